@@ -1,0 +1,3 @@
+from l2bridge.cli import main
+
+raise SystemExit(main())

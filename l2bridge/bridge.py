@@ -1,0 +1,431 @@
+"""The running site: frames between the tap and the peers, through the learning switch.
+
+Outbound flow (tap → peers), per wake-up:
+  1. wait until the tap is readable, then drain up to BATCH_FRAMES frames;
+  2. ``now`` is read once per batch;
+  3. per frame: optional MSS clamp → ``switch.egress`` → unicast to one peer,
+     flood to every live peer, or a counted drop;
+  4. each frame is split into datagrams once (FRAME, or FRAGMENTs when it does
+     not fit the WAN MTU) and sent to each chosen peer.
+
+Inbound flow (peers → tap), per wake-up:
+  1. wait until the socket is readable, then drain up to BATCH_DATAGRAMS;
+  2. per datagram: source address → peer (unknown sources are counted and
+     dropped; a HELLO may bind a dial-in peer) → cheap type dispatch;
+  3. FRAGMENTs go to the peer's reassembler, which yields whole frames;
+  4. ``switch.ingress`` → deliver to the tap (and, on a hub, relay to peers).
+
+Invariants: the per-frame path never logs, never awaits between a table lookup
+and its update (switch methods are synchronous), and allocates only the
+datagram it sends.  Tap and transport are passed in, so the same Bridge runs on
+real devices and on the in-memory fakes of ``l2bridge.testing``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from typing import Protocol
+
+import trio
+
+from l2bridge import wire
+from l2bridge.config import SiteConfig
+from l2bridge.ether import format_mac
+from l2bridge.mss import clamp_mss
+from l2bridge.peers import Peer, PeerTable
+from l2bridge.switch import FLOOD, TAP, Drop, Switch
+from l2bridge.transport import Transport
+
+log = logging.getLogger("l2bridge")
+
+BATCH_FRAMES = 64
+BATCH_DATAGRAMS = 64
+IPV4_UDP_OVERHEAD = 28
+IPV6_UDP_OVERHEAD = 48
+VLAN_TAGS_BYTES = 8  # room for QinQ on top of a full-MTU frame
+REASSEMBLY_TIMEOUT_S = 2.0
+REASSEMBLY_MAX_PENDING = 64
+
+_FRAME = wire.TYPE_FRAME
+_FRAGMENT = wire.TYPE_FRAGMENT
+_HELLO = wire.TYPE_HELLO
+_HDR = wire.HEADER_LEN
+
+
+class Tap(Protocol):
+    """What the bridge needs from a tap device (real or fake)."""
+
+    name: str
+
+    async def wait_readable(self) -> None: ...
+
+    def read_batch(self, max_frames: int) -> list[bytes]: ...
+
+    def write(self, frame: bytes) -> None: ...
+
+
+class Bridge:
+    """One site's dataplane: a switch whose ports are the tap and the peers."""
+
+    def __init__(self, config: SiteConfig, *, tap: Tap, transport: Transport) -> None:
+        self.config = config
+        self.tap = tap
+        self.transport = transport
+        max_frame = config.mtu + wire_eth_overhead()
+        self.switch = Switch(
+            hub=config.hub,
+            ageing_s=config.ageing_s,
+            max_entries=config.max_entries,
+            max_entries_per_peer=config.max_entries_per_peer,
+            max_frame=max_frame,
+        )
+        overhead = IPV6_UDP_OVERHEAD if config.listen.is_ipv6 else IPV4_UDP_OVERHEAD
+        self.fragmenter = wire.Fragmenter(config.wan_mtu - overhead)
+        self.peers = PeerTable(
+            (
+                Peer(
+                    port=i + 1,
+                    name=p.name,
+                    configured=p.endpoint,
+                    reassembler=wire.Reassembler(
+                        max_pending=REASSEMBLY_MAX_PENDING,
+                        timeout_s=REASSEMBLY_TIMEOUT_S,
+                        max_frame=max_frame,
+                    ),
+                )
+                for i, p in enumerate(config.peers)
+            ),
+            keepalive_s=config.keepalive_s,
+            dead_after_s=config.dead_after_s,
+        )
+        self.hello_payloads = (
+            wire.encode_hello(config.name, want_reply=False),
+            wire.encode_hello(config.name, want_reply=True),
+        )
+        # Site-wide counters: frames from the tap, drops that belong to no peer.
+        self.tap_frames_in = 0
+        self.tap_bytes_in = 0
+        self.tap_frames_out = 0
+        self.tap_bytes_out = 0
+        self.tap_drops: dict[str, int] = {}
+        self.unknown_source = 0
+        self.tap_write_errors = 0
+        self.started_at: float | None = None
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every task of the site until cancelled."""
+        self.started_at = trio.current_time()
+        await self.resolve_endpoints()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tap_to_peers)
+            nursery.start_soon(self._peers_to_tap)
+            nursery.start_soon(self._timers)
+            nursery.start_soon(self._table_gc)
+            task_status.started()
+
+    async def resolve_endpoints(self) -> None:
+        """Resolve configured endpoints; a failure is logged and retried by the timers."""
+        for peer in self.peers:
+            if peer.configured is not None and peer.addr is None:
+                await self._resolve(peer)
+
+    async def _resolve(self, peer: Peer) -> None:
+        try:
+            addr = await self.transport.resolve(peer.configured)  # type: ignore[arg-type]
+        except OSError as exc:
+            peer.drop("resolve_failed")
+            if peer.drops["resolve_failed"] == 1:
+                log.warning("peer %s: cannot resolve %s: %s (will retry)",
+                            peer.name, peer.configured, exc.strerror or exc)
+            return
+        self.peers.bind(peer, addr)
+
+    async def _tap_to_peers(self) -> None:
+        tap = self.tap
+        egress = self.switch.egress
+        split = self.fragmenter.split
+        peers = self.peers
+        by_port = peers.by_port
+        mss = self.config.mss_clamp
+        drops = self.tap_drops
+        while True:
+            await tap.wait_readable()
+            frames = tap.read_batch(BATCH_FRAMES)
+            if not frames:
+                continue
+            now = trio.current_time()
+            for frame in frames:
+                self.tap_frames_in += 1
+                self.tap_bytes_in += len(frame)
+                if mss is not None:
+                    frame = clamp_mss(frame, mss)
+                decision = egress(frame, now)
+                if decision is FLOOD:
+                    live = peers.live
+                    if live:
+                        datagrams = split(frame)
+                        for peer in live:
+                            peer.flooded_out += 1
+                            await self._send_frame(peer, datagrams, len(frame))
+                elif type(decision) is int:
+                    peer = by_port[decision]
+                    peer.unicast_out += 1
+                    await self._send_frame(peer, split(frame), len(frame))
+                else:
+                    reason = decision.value  # type: ignore[union-attr]
+                    drops[reason] = drops.get(reason, 0) + 1
+
+    async def _send_frame(self, peer: Peer, datagrams: list[bytes], size: int) -> None:
+        addr = peer.addr
+        if addr is None:
+            peer.drop("no_endpoint")
+            return
+        send = self.transport.send
+        for datagram in datagrams:
+            try:
+                while not send(datagram, addr):
+                    await self.transport.wait_writable()
+            except OSError as exc:
+                peer.drop(f"send_{_errno_name(exc)}")
+                return
+            peer.datagrams_out += 1
+        peer.frames_out += 1
+        peer.bytes_out += size
+
+    async def _peers_to_tap(self) -> None:
+        transport = self.transport
+        by_addr = self.peers.by_addr
+        while True:
+            await transport.wait_readable()
+            batch = transport.recv_batch(BATCH_DATAGRAMS)
+            if not batch:
+                continue
+            now = trio.current_time()
+            for data, addr in batch:
+                peer = by_addr.get(addr)
+                if peer is None:
+                    self._from_stranger(data, addr, now)
+                    continue
+                peer.datagrams_in += 1
+                kind = data[0] if data else 0
+                if kind == _FRAME and len(data) > _HDR:
+                    frame = data[_HDR:]
+                elif kind == _FRAGMENT:
+                    frame = self._reassemble(peer, data, now)
+                    if frame is None:
+                        continue
+                elif kind == _HELLO:
+                    self._hello(peer, data, now)
+                    continue
+                else:
+                    peer.drop("truncated" if kind == _FRAME else "bad_type")
+                    continue
+                peer.last_seen = now
+                if not peer.up and self.peers.seen(peer, now):
+                    self._came_up(peer)
+                await self._deliver(peer, frame, now)
+
+    def _reassemble(self, peer: Peer, data: bytes, now: float) -> bytes | None:
+        try:
+            message = wire.decode(data)
+        except wire.WireError as exc:
+            peer.drop(exc.reason)
+            return None
+        return peer.reassembler.feed(message, now)  # type: ignore[arg-type]
+
+    async def _deliver(self, peer: Peer, frame: bytes, now: float) -> None:
+        peer.frames_in += 1
+        peer.bytes_in += len(frame)
+        mss = self.config.mss_clamp
+        if mss is not None:
+            frame = clamp_mss(frame, mss)
+        decision = self.switch.ingress(frame, peer.port, now)
+        if decision is TAP:
+            self._to_tap(frame)
+        elif decision is FLOOD:  # hub: the tap and every live peer but the ingress one
+            self._to_tap(frame)
+            datagrams = None
+            for other in self.peers.live:
+                if other is not peer:
+                    datagrams = datagrams or self.fragmenter.split(frame)
+                    other.flooded_out += 1
+                    await self._send_frame(other, datagrams, len(frame))
+        elif type(decision) is int:  # hub: relay to the one peer that has the destination
+            other = self.peers.by_port[decision]
+            other.unicast_out += 1
+            await self._send_frame(other, self.fragmenter.split(frame), len(frame))
+        else:
+            peer.drop(decision.value)  # type: ignore[union-attr]
+
+    def _to_tap(self, frame: bytes) -> None:
+        try:
+            self.tap.write(frame)
+        except OSError:
+            self.tap_write_errors += 1
+            return
+        self.tap_frames_out += 1
+        self.tap_bytes_out += len(frame)
+
+    def _from_stranger(self, data: bytes, addr: object, now: float) -> None:
+        """A datagram from an address that belongs to no peer.
+
+        Only a HELLO naming a dial-in peer (configured without an endpoint) is
+        accepted: it binds that peer to this address.  Everything else is
+        counted and dropped.
+        """
+        if data[:1] == bytes((_HELLO,)):
+            try:
+                hello = wire.decode(data)
+            except wire.WireError:
+                self.unknown_source += 1
+                return
+            peer = self.peers.by_name.get(hello.name)  # type: ignore[union-attr]
+            if peer is not None and peer.configured is None:
+                old = peer.addr
+                self.peers.bind(peer, addr)
+                if old is not None:
+                    log.info("peer %s moved from %s to %s", peer.name,
+                             self.transport.format_addr(old), self.transport.format_addr(addr))
+                peer.datagrams_in += 1
+                self._hello(peer, data, now)
+                return
+        self.unknown_source += 1
+
+    def _hello(self, peer: Peer, data: bytes, now: float) -> None:
+        try:
+            hello = wire.decode(data)
+        except wire.WireError as exc:
+            peer.drop(exc.reason)
+            return
+        if hello.name != peer.name:  # type: ignore[union-attr]
+            peer.drop("wrong_name")
+            return
+        peer.hellos_in += 1
+        if self.peers.seen(peer, now):
+            self._came_up(peer)
+        if hello.want_reply:  # type: ignore[union-attr]
+            self._send_hello(peer)
+
+    def _came_up(self, peer: Peer) -> None:
+        log.info("peer %s is up at %s", peer.name, self.transport.format_addr(peer.addr))
+
+    async def _timers(self) -> None:
+        """Liveness and keepalives: HELLOs when due, dead peers down and flushed."""
+        peers = self.peers
+        while True:
+            now = trio.current_time()
+            for peer in peers.dead(now):
+                flushed = self.switch.flush_port(peer.port)
+                peer.reassembler.expire(math.inf)  # partial frames of a dead peer go too
+                log.warning("peer %s is down (silent for %.1f s); %d MAC entries flushed",
+                            peer.name, peers.dead_after_s, flushed)
+            for peer in peers.hellos_due(now):
+                self._send_hello(peer)
+            for peer in peers:
+                peer.reassembler.expire(now)
+                if peer.configured is not None and peer.addr is None and not peer.up:
+                    await self._resolve(peer)
+            await trio.sleep_until(peers.next_event(trio.current_time()))
+
+    def _send_hello(self, peer: Peer) -> None:
+        """One HELLO, asking for a reply while the peer is down (best effort: never waits)."""
+        try:
+            self.transport.send(self.hello_payloads[not peer.up], peer.addr)
+        except OSError as exc:
+            peer.drop(f"send_{_errno_name(exc)}")
+            return
+        peer.hellos_out += 1
+
+    async def _table_gc(self) -> None:
+        """Remove expired MAC entries; sleep until the next one expires."""
+        while True:
+            now = trio.current_time()
+            nxt = self.switch.expire(now)
+            if nxt is None:
+                nxt = now + (self.config.ageing_s or math.inf)
+            # Wake at least every ageing period: new entries may expire sooner.
+            await trio.sleep_until(min(nxt, now + max(self.config.ageing_s, 1.0)))
+
+    # ------------------------------------------------------------- inspection
+
+    def status(self) -> dict:
+        """Everything ``l2bridge show`` prints, as plain JSON-ready data."""
+        now = trio.current_time()
+        cfg = self.config
+        return {
+            "site": cfg.name,
+            "listen": str(cfg.listen),
+            "hub": cfg.hub,
+            "bridge": cfg.bridge,
+            "tap": self.tap.name,
+            "uptime_s": round(now - (self.started_at or now), 3),
+            "security": "cleartext (filtered by peer address only)",
+            "local": {
+                "frames_in": self.tap_frames_in,
+                "bytes_in": self.tap_bytes_in,
+                "frames_out": self.tap_frames_out,
+                "bytes_out": self.tap_bytes_out,
+                "drops": dict(sorted(self.tap_drops.items())),
+                "tap_write_errors": self.tap_write_errors,
+            },
+            "unknown_source": self.unknown_source,
+            "socket_errors": self.transport.errors,
+            "fdb": {
+                "entries": len(self.switch.entries(now)),
+                **self.switch.counters,
+            },
+            "peers": [self._peer_status(p, now) for p in self.peers],
+        }
+
+    def _peer_status(self, peer: Peer, now: float) -> dict:
+        drops = dict(peer.drops)
+        for reason, count in peer.reassembler.counters.items():
+            if reason != "reassembled" and count:
+                drops[f"reassembly_{reason}"] = count
+        return {
+            "name": peer.name,
+            "endpoint": self.transport.format_addr(peer.addr) if peer.addr is not None else None,
+            "configured_endpoint": str(peer.configured) if peer.configured else None,
+            "state": peer.state,
+            "last_seen_s": None if peer.last_seen is None else round(now - peer.last_seen, 3),
+            "frames_in": peer.frames_in,
+            "bytes_in": peer.bytes_in,
+            "frames_out": peer.frames_out,
+            "bytes_out": peer.bytes_out,
+            "unicast_out": peer.unicast_out,
+            "flooded_out": peer.flooded_out,
+            "datagrams_in": peer.datagrams_in,
+            "datagrams_out": peer.datagrams_out,
+            "hellos_in": peer.hellos_in,
+            "hellos_out": peer.hellos_out,
+            "times_down": peer.times_down,
+            "mac_entries": self.switch.port_count(peer.port),
+            "reassembled": peer.reassembler.counters.get("reassembled", 0),
+            "drops": dict(sorted(drops.items())),
+        }
+
+    def fdb(self) -> list[dict]:
+        now = trio.current_time()
+        names = {p.port: p.name for p in self.peers}
+        names[TAP] = "local"
+        return [
+            {"mac": format_mac(e.mac), "vlan": e.vlan, "peer": names.get(e.port, str(e.port)),
+             "age_s": round(e.age_s, 1)}
+            for e in sorted(self.switch.entries(now), key=lambda e: (e.vlan, e.mac))
+        ]
+
+
+def wire_eth_overhead() -> int:
+    """Bytes an Ethernet frame carries beyond the MTU: header plus room for two VLAN tags."""
+    return 14 + VLAN_TAGS_BYTES
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "error").lower()
+
+
+__all__ = ["Bridge", "Drop", "Tap"]

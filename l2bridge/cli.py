@@ -1,0 +1,228 @@
+"""The ``l2bridge`` command line.
+
+Exit status: 0 success, 1 a runtime failure (device, socket, peer), 2 bad
+usage or bad configuration.  Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from l2bridge import __version__
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+MAIN_HELP = """\
+Join Ethernet LANs at layer 2 over UDP.
+
+  l2bridge up -c site.toml        run a site in the foreground
+  l2bridge show [--json]          peers, counters and drops of a running site
+  l2bridge fdb [--json]           MAC addresses learned behind each peer
+  l2bridge check -c site.toml     validate a site configuration
+  l2bridge tap add|del NAME       persistent tap devices (like tunctl)
+  l2bridge lab run SCENARIO       build a multi-site lab in network namespaces and check it
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l2bridge",
+        description=MAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"l2bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run a site in the foreground (SIGINT/SIGTERM stop it)")
+    up.add_argument("-c", "--config", required=True, metavar="FILE", help="site TOML file")
+    up.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                    help="override [site].log_level")
+
+    check = sub.add_parser("check", help="validate a site configuration and print it")
+    check.add_argument("-c", "--config", required=True, metavar="FILE")
+
+    for name, text in (("show", "peers, counters and drops of a running site"),
+                       ("fdb", "the MAC table of a running site")):
+        p = sub.add_parser(name, help=text)
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", metavar="FILE", help="find the site by its config")
+        where.add_argument("-s", "--socket", metavar="PATH", help="the site's control socket")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tap = sub.add_parser("tap", help="create or delete persistent tap/tun devices")
+    tap_sub = tap.add_subparsers(dest="tap_command", metavar="add|del", required=True)
+    add = tap_sub.add_parser(
+        "add", help="create a persistent device (like tunctl / openvpn --mktun)"
+    )
+    add.add_argument("name")
+    add.add_argument("--mode", choices=["tap", "tun"], default="tap")
+    add.add_argument("--user", help="owner allowed to attach without root (name or uid)")
+    add.add_argument("--group", help="group allowed to attach without root (name or gid)")
+    delete = tap_sub.add_parser("del", help="delete a persistent device")
+    delete.add_argument("name")
+
+    sub.add_parser("lab", help="network-namespace labs (l2bridge lab --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["lab"]:
+        from netns.cli import main as lab_main
+
+        return lab_main(args_list[1:])
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _fail(message: str, status: int = EXIT_FAILURE) -> int:
+    print(f"l2bridge: {message}", file=sys.stderr)
+    return status
+
+
+def _load(path: str):
+    from l2bridge.config import load_config
+
+    return load_config(path)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import trio
+
+    from l2bridge import daemon
+    from l2bridge.config import ConfigError
+    from l2bridge.control import ControlError
+    from l2bridge.netctl import NetctlError
+    from l2bridge.tap import TapError
+    from l2bridge.transport import TransportError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    level = (args.log_level or config.log_level).upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
+    )
+    known = (TapError, NetctlError, TransportError, ControlError)
+    try:
+        trio.run(daemon.run, config)
+    except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
+        cause = _sole_cause(exc)
+        if isinstance(cause, known):
+            return _fail(f"site {config.name}: {cause}")
+        if isinstance(cause, KeyboardInterrupt):
+            return 130
+        raise
+    return 0
+
+
+def _sole_cause(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from l2bridge.config import ConfigError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    peers = ", ".join(
+        f"{p.name} ({p.endpoint or 'dial-in'})" for p in config.peers
+    ) or "none"
+    print(f"{config.path}: ok — site {config.name}, listen {config.listen}, "
+          f"bridge {config.bridge}, tap {config.tap}, peers: {peers}")
+    return 0
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    from l2bridge.control import find_socket
+
+    if args.socket:
+        return args.socket
+    if args.config:
+        return _load(args.config).control
+    return find_socket()
+
+
+def _query(args: argparse.Namespace, cmd: str) -> object:
+    from l2bridge.control import query
+
+    return query(_socket_path(args), cmd)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from l2bridge.config import ConfigError
+    from l2bridge.control import ControlError
+    from l2bridge.report import format_show
+
+    try:
+        status = _query(args, "show")
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ControlError as exc:
+        return _fail(str(exc))
+    print(json.dumps(status, indent=2) if args.json else format_show(status))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_fdb(args: argparse.Namespace) -> int:
+    from l2bridge.config import ConfigError
+    from l2bridge.control import ControlError
+    from l2bridge.report import format_fdb
+
+    try:
+        entries = _query(args, "fdb")
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ControlError as exc:
+        return _fail(str(exc))
+    print(json.dumps(entries, indent=2) if args.json else format_fdb(entries))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    from l2bridge.tap import TapError, delete_persistent, make_persistent
+
+    try:
+        if args.tap_command == "add":
+            make_persistent(args.name, args.mode, user=args.user, group=args.group)
+            owner = f" owned by {args.user or '-'}:{args.group or '-'}" if (
+                args.user or args.group) else ""
+            print(f"persistent {args.mode} device {args.name} created{owner}")
+        else:
+            delete_persistent(args.name)
+            print(f"persistent device {args.name} deleted")
+    except TapError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "check": cmd_check,
+    "show": cmd_show,
+    "fdb": cmd_fdb,
+    "tap": cmd_tap,
+}
+

@@ -1,0 +1,104 @@
+"""``l2bridge up``: a site on real devices, from start to a clean, bounded stop.
+
+Start-up, each step's undo registered as soon as it succeeds:
+  1. open the tap (created, or the existing persistent one attached);
+  2. plumb it: bridge created if missing, tap and LAN NICs enslaved, MTU set;
+  3. bind the UDP socket;
+  4. run the dataplane, then open the control socket (its presence = ready).
+SIGINT/SIGTERM cancel everything; the undo stack then leaves the host as found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+
+import trio
+
+from l2bridge import control
+from l2bridge.bridge import Bridge
+from l2bridge.config import SiteConfig
+from l2bridge.netctl import BridgePlumbing
+from l2bridge.tap import TapDevice, open_tap
+from l2bridge.transport import UdpTransport
+
+log = logging.getLogger("l2bridge")
+
+CLEARTEXT_WARNING = (
+    "traffic is CLEARTEXT: frames are filtered only by peer address; anyone on the path "
+    "can read them and anyone who can spoof a peer's address can inject them"
+)
+
+
+class TrioTap:
+    """A TapDevice made awaitable: readiness from trio, reads and writes non-blocking."""
+
+    def __init__(self, device: TapDevice) -> None:
+        self.device = device
+        self.name = device.name
+        self.fd = device.fd
+        self.read_batch = device.read_batch
+        self.write = device.write
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self.fd)
+
+    def close(self) -> None:
+        if self.device.fd >= 0:
+            trio.lowlevel.notify_closing(self.fd)
+        self.device.close()
+
+
+async def serve_site(
+    config: SiteConfig, *, task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Bring the site up on real devices and run it until cancelled."""
+    with contextlib.ExitStack() as undo:
+        tap = TrioTap(open_tap(config.tap, "tap"))
+        undo.callback(tap.close)
+        undo.enter_context(
+            BridgePlumbing(
+                bridge=config.bridge, tap=config.tap, interfaces=config.interfaces, mtu=config.mtu
+            )
+        )
+        transport = UdpTransport.open(config.listen)
+        undo.callback(transport.close)
+        bridge = Bridge(config, tap=tap, transport=transport)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await nursery.start(control.serve, config.control, _handler(bridge))
+            log.info(
+                "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s",
+                config.name, config.listen, config.bridge, config.tap, len(config.peers),
+                ", hub" if config.hub else "",
+            )
+            task_status.started(bridge)
+
+
+def _handler(bridge: Bridge):
+    def handle(cmd: str) -> object:
+        if cmd == "show":
+            return bridge.status()
+        if cmd == "fdb":
+            return bridge.fdb()
+        raise LookupError(f"unknown command {cmd!r} (known: show, fdb)")
+
+    return handle
+
+
+async def run(config: SiteConfig) -> None:
+    """Run a site in the foreground until SIGINT or SIGTERM."""
+    log.warning(CLEARTEXT_WARNING)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_site, config)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+    log.info("site %s stopped", config.name)

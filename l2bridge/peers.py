@@ -1,0 +1,156 @@
+"""Peer state: who the remote sites are, where they are, and whether they are alive.
+
+Pure logic (no I/O, no trio): the bridge feeds it facts (a datagram arrived,
+time passed) and acts on what it returns (send a HELLO, a peer went down).
+
+Liveness (cleartext transport, version 1):
+  1. A peer starts ``down``.  While down and its endpoint is known, a HELLO with
+     WANT_REPLY goes out every ``retry_s`` (at most 1 s) so a restarted site is
+     answered within one round trip.
+  2. Any valid datagram from the peer's endpoint marks it ``up`` (last_seen = now).
+  3. While up, a HELLO goes out every ``keepalive_s``.
+  4. Silence for ``dead_after_s`` marks it ``down``: the bridge stops flooding to
+     it and flushes the MACs learned behind it.
+  5. A peer configured without an endpoint only dials in: its endpoint is the
+     source address of the first HELLO that carries its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+from l2bridge.wire import Reassembler
+
+DOWN_RETRY_MAX_S = 1.0
+
+Addr = Hashable  # a socket address as the transport reports it, e.g. ("198.18.1.2", 55555)
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    """One remote site: a switch port plus its liveness and counters."""
+
+    port: int  # switch port number (1..N)
+    name: str
+    configured: object | None  # the endpoint from the config (Endpoint) or None: dial-in only
+    addr: Addr | None = None  # where datagrams go and come from
+    up: bool = False
+    last_seen: float | None = None
+    last_hello: float = float("-inf")
+    went_up_at: float | None = None
+    # Counters (hot path: plain int attributes, no dict lookups).
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    unicast_out: int = 0
+    flooded_out: int = 0
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    hellos_in: int = 0
+    hellos_out: int = 0
+    times_down: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    reassembler: Reassembler = field(default_factory=Reassembler)
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    @property
+    def state(self) -> str:
+        return "up" if self.up else "down"
+
+
+class PeerTable:
+    """All peers of a site, indexed by port, name and socket address."""
+
+    def __init__(
+        self,
+        peers: Iterable[Peer],
+        *,
+        keepalive_s: float,
+        dead_after_s: float,
+    ) -> None:
+        self.by_port: dict[int, Peer] = {}
+        self.by_name: dict[str, Peer] = {}
+        self.by_addr: dict[Addr, Peer] = {}
+        for peer in peers:
+            self.by_port[peer.port] = peer
+            self.by_name[peer.name] = peer
+            if peer.addr is not None:
+                self.by_addr[peer.addr] = peer
+        self.keepalive_s = keepalive_s
+        self.dead_after_s = dead_after_s
+        self.retry_s = min(DOWN_RETRY_MAX_S, keepalive_s)
+        # Live peers in port order: the flood list, rebuilt only on state changes.
+        self.live: list[Peer] = []
+
+    def __iter__(self):
+        return iter(self.by_port.values())
+
+    def __len__(self) -> int:
+        return len(self.by_port)
+
+    def bind(self, peer: Peer, addr: Addr) -> None:
+        """Point ``peer`` at ``addr`` (resolution or a dial-in HELLO)."""
+        if peer.addr is not None and self.by_addr.get(peer.addr) is peer:
+            del self.by_addr[peer.addr]
+        other = self.by_addr.get(addr)
+        if other is not None and other is not peer:
+            other.addr = None
+        peer.addr = addr
+        self.by_addr[addr] = peer
+
+    def seen(self, peer: Peer, now: float) -> bool:
+        """A valid datagram came from ``peer``; returns True if it just came up."""
+        peer.last_seen = now
+        if peer.up:
+            return False
+        peer.up = True
+        peer.went_up_at = now
+        self._rebuild_live()
+        return True
+
+    def mark_down(self, peer: Peer) -> None:
+        if peer.up:
+            peer.up = False
+            peer.times_down += 1
+            self._rebuild_live()
+
+    def dead(self, now: float) -> list[Peer]:
+        """Peers silent for ``dead_after_s``: mark them down and return them."""
+        gone = [
+            p
+            for p in self.live
+            if p.last_seen is None or now - p.last_seen >= self.dead_after_s
+        ]
+        for peer in gone:
+            self.mark_down(peer)
+        return gone
+
+    def hellos_due(self, now: float) -> list[Peer]:
+        """Peers with a known address whose next HELLO is due; stamps them as sent."""
+        due = []
+        for peer in self.by_port.values():
+            if peer.addr is None:
+                continue
+            interval = self.keepalive_s if peer.up else self.retry_s
+            if now - peer.last_hello >= interval:
+                peer.last_hello = now
+                due.append(peer)
+        return due
+
+    def next_event(self, now: float) -> float:
+        """The earliest time at which ``dead`` or ``hellos_due`` may have work."""
+        when = now + self.retry_s
+        for peer in self.by_port.values():
+            if peer.addr is not None:
+                interval = self.keepalive_s if peer.up else self.retry_s
+                when = min(when, peer.last_hello + interval)
+            if peer.up and peer.last_seen is not None:
+                when = min(when, peer.last_seen + self.dead_after_s)
+        return max(when, now)
+
+    def _rebuild_live(self) -> None:
+        self.live = [p for p in self.by_port.values() if p.up]
