@@ -47,6 +47,7 @@ IPV6_UDP_OVERHEAD = 48
 VLAN_TAGS_BYTES = 8  # room for QinQ on top of a full-MTU frame
 REASSEMBLY_TIMEOUT_S = 2.0
 REASSEMBLY_MAX_PENDING = 64
+SEND_RETRIES = 100  # wake-ups waiting for socket buffer room before a frame is dropped
 
 _FRAME = wire.TYPE_FRAME
 _FRAGMENT = wire.TYPE_FRAGMENT
@@ -148,6 +149,7 @@ class Bridge:
         tap = self.tap
         egress = self.switch.egress
         split = self.fragmenter.split
+        send = self._send_frame
         peers = self.peers
         by_port = peers.by_port
         mss = self.config.mss_clamp
@@ -158,47 +160,68 @@ class Bridge:
             if not frames:
                 continue
             now = trio.current_time()
+            self.tap_frames_in += len(frames)
+            self.tap_bytes_in += sum(map(len, frames))
             for frame in frames:
-                self.tap_frames_in += 1
-                self.tap_bytes_in += len(frame)
                 if mss is not None:
                     frame = clamp_mss(frame, mss)
                 decision = egress(frame, now)
-                if decision is FLOOD:
+                if type(decision) is int and decision > 0:
+                    peer = by_port[decision]
+                    peer.unicast_out += 1
+                    datagrams = split(frame)
+                    if not send(peer, datagrams, len(frame)):
+                        await self._send_blocked(peer, datagrams, len(frame))
+                elif decision is FLOOD:
                     live = peers.live
                     if live:
                         datagrams = split(frame)
                         for peer in live:
                             peer.flooded_out += 1
-                            await self._send_frame(peer, datagrams, len(frame))
-                elif type(decision) is int:
-                    peer = by_port[decision]
-                    peer.unicast_out += 1
-                    await self._send_frame(peer, split(frame), len(frame))
+                            if not send(peer, datagrams, len(frame)):
+                                await self._send_blocked(peer, datagrams, len(frame))
                 else:
                     reason = decision.value  # type: ignore[union-attr]
                     drops[reason] = drops.get(reason, 0) + 1
 
-    async def _send_frame(self, peer: Peer, datagrams: list[bytes], size: int) -> None:
+    def _send_frame(self, peer: Peer, datagrams: list[bytes], size: int) -> bool:
+        """Send a frame's datagrams without waiting; False if the socket buffer is full.
+
+        On False nothing of the frame has been sent (a blocked first datagram) or
+        the caller retries the whole frame: the receiver's reassembler counts a
+        repeated piece as a duplicate, so a retry never corrupts a frame.
+        """
         addr = peer.addr
         if addr is None:
             peer.drop("no_endpoint")
-            return
+            return True
         send = self.transport.send
-        for datagram in datagrams:
-            try:
-                while not send(datagram, addr):
-                    await self.transport.wait_writable()
-            except OSError as exc:
-                peer.drop(f"send_{_errno_name(exc)}")
-                return
-            peer.datagrams_out += 1
+        try:
+            for datagram in datagrams:
+                if not send(datagram, addr):
+                    return False
+        except OSError as exc:
+            peer.drop(f"send_{_errno_name(exc)}")
+            return True
+        peer.datagrams_out += len(datagrams)
         peer.frames_out += 1
         peer.bytes_out += size
+        return True
+
+    async def _send_blocked(self, peer: Peer, datagrams: list[bytes], size: int) -> None:
+        """The slow path: wait for room in the socket buffer, then send (bounded retries)."""
+        for _ in range(SEND_RETRIES):
+            await self.transport.wait_writable()
+            if self._send_frame(peer, datagrams, size):
+                return
+        peer.drop("send_buffer_full")
 
     async def _peers_to_tap(self) -> None:
         transport = self.transport
         by_addr = self.peers.by_addr
+        ingress = self.switch.ingress
+        mss = self.config.mss_clamp
+        write = self.tap.write
         while True:
             await transport.wait_readable()
             batch = transport.recv_batch(BATCH_DATAGRAMS)
@@ -227,7 +250,21 @@ class Bridge:
                 peer.last_seen = now
                 if not peer.up and self.peers.seen(peer, now):
                     self._came_up(peer)
-                await self._deliver(peer, frame, now)
+                peer.frames_in += 1
+                peer.bytes_in += len(frame)
+                if mss is not None:
+                    frame = clamp_mss(frame, mss)
+                decision = ingress(frame, peer.port, now)
+                if decision is TAP:
+                    try:
+                        write(frame)
+                    except OSError:
+                        self.tap_write_errors += 1
+                        continue
+                    self.tap_frames_out += 1
+                    self.tap_bytes_out += len(frame)
+                else:
+                    await self._relay(peer, frame, decision)
 
     def _reassemble(self, peer: Peer, data: bytes, now: float) -> bytes | None:
         try:
@@ -237,27 +274,24 @@ class Bridge:
             return None
         return peer.reassembler.feed(message, now)  # type: ignore[arg-type]
 
-    async def _deliver(self, peer: Peer, frame: bytes, now: float) -> None:
-        peer.frames_in += 1
-        peer.bytes_in += len(frame)
-        mss = self.config.mss_clamp
-        if mss is not None:
-            frame = clamp_mss(frame, mss)
-        decision = self.switch.ingress(frame, peer.port, now)
-        if decision is TAP:
-            self._to_tap(frame)
-        elif decision is FLOOD:  # hub: the tap and every live peer but the ingress one
+    async def _relay(self, peer: Peer, frame: bytes, decision: int | Drop) -> None:
+        """What a hub does beyond the tap: flood to the other peers or relay to one."""
+        split = self.fragmenter.split
+        if decision is FLOOD:  # the tap and every live peer but the ingress one
             self._to_tap(frame)
             datagrams = None
             for other in self.peers.live:
                 if other is not peer:
-                    datagrams = datagrams or self.fragmenter.split(frame)
+                    datagrams = datagrams or split(frame)
                     other.flooded_out += 1
-                    await self._send_frame(other, datagrams, len(frame))
-        elif type(decision) is int:  # hub: relay to the one peer that has the destination
+                    if not self._send_frame(other, datagrams, len(frame)):
+                        await self._send_blocked(other, datagrams, len(frame))
+        elif type(decision) is int:  # the one peer that has the destination
             other = self.peers.by_port[decision]
             other.unicast_out += 1
-            await self._send_frame(other, self.fragmenter.split(frame), len(frame))
+            datagrams = split(frame)
+            if not self._send_frame(other, datagrams, len(frame)):
+                await self._send_blocked(other, datagrams, len(frame))
         else:
             peer.drop(decision.value)  # type: ignore[union-attr]
 
