@@ -1,0 +1,446 @@
+"""Tap and tun devices through /dev/net/tun.
+
+Flow of ``open_tap``:
+  1. validate the name (1..15 bytes, no "/", ":" or whitespace) before any syscall;
+  2. open /dev/net/tun (non-blocking, close-on-exec);
+  3. ``TUNSETIFF`` with ``IFF_TAP | IFF_NO_PI`` (or ``IFF_TUN``): this attaches to an
+     existing device of that name in the calling thread's namespace, or creates a
+     transient one (which needs CAP_NET_ADMIN);
+  4. only then hand the fd to a ``TapDevice``.  If step 3 fails the fd is closed
+     before the error is raised, so a failed open never leaks a descriptor.
+
+A transient device lives as long as its fd.  A persistent device
+(``make_persistent``, as ``tunctl``/``openvpn --mktun`` do) survives without an
+fd; its owner and group may attach to it without privileges.
+
+``TapDevice`` does no async I/O itself.  The daemon waits with
+``trio.lowlevel.wait_readable(tap.fd)``, drains with ``read_batch`` until it returns
+fewer frames than asked, and calls ``trio.lowlevel.notify_closing(tap.fd)`` before
+``close()``.
+
+Devices are created in the network namespace of the calling thread.  Their state
+is read back over rtnetlink (``IFLA_INFO_DATA`` of kind "tun"), never from
+/sys/class/net, because sysfs shows the namespace it was mounted in, not the one
+the thread is in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import grp
+import os
+import pwd
+import struct
+from types import TracebackType
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+# --- specification constants (linux/if_tun.h) -------------------------------------
+TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+TUNSETPERSIST = 0x400454CB  # _IOW('T', 203, int)
+TUNSETOWNER = 0x400454CC  # _IOW('T', 204, int)
+TUNSETGROUP = 0x400454CE  # _IOW('T', 206, int)
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+IFNAMSIZ = 16  # including the terminating NUL: names are at most 15 bytes
+IFREQ_FORMAT = "16sH22x"  # struct ifreq: ifr_name[16], short ifr_flags, union padding
+IFREQ_SIZE = 40
+
+# IFLA_TUN_TYPE values reported over rtnetlink
+_TUN_TYPE_TO_MODE = {IFF_TUN: "tun", IFF_TAP: "tap"}
+
+# --- implementation constants -----------------------------------------------------
+DEFAULT_DEV_PATH = "/dev/net/tun"
+DEFAULT_READ_BUFSIZE = 65536
+MODES = ("tap", "tun")
+
+assert struct.calcsize(IFREQ_FORMAT) == IFREQ_SIZE
+
+
+class TapError(Exception):
+    """A tap/tun operation failed; ``str()`` is one line naming the device, cause and fix.
+
+    ``errno`` is the OS error number when one caused the failure, else None.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def _ename(err: int) -> str:
+    return errno.errorcode.get(err, f"errno {err}")
+
+
+def validate_name(name: str) -> bytes:
+    """Return ``name`` encoded, or raise TapError if the kernel would refuse it."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if not raw:
+        raise TapError("tap name is empty: give an interface name of 1 to 15 bytes")
+    if len(raw) >= IFNAMSIZ:
+        raise TapError(
+            f'tap name "{name}" is {len(raw)} bytes long: interface names are at most '
+            f"{IFNAMSIZ - 1} bytes, choose a shorter name"
+        )
+    if name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
+        raise TapError(
+            f'tap name "{name}" is not a valid interface name: avoid "/", ":", '
+            'whitespace, "." and ".."'
+        )
+    return raw
+
+
+def _mode_flags(mode: str) -> int:
+    if mode == "tap":
+        return IFF_TAP
+    if mode == "tun":
+        return IFF_TUN
+    raise TapError(f'unknown device mode "{mode}": use "tap" (layer 2) or "tun" (layer 3)')
+
+
+def _describe(mode: str) -> str:
+    return "tun device (layer 3)" if mode == "tun" else "tap device (layer 2)"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TapInfo:
+    """What rtnetlink reports about a tun/tap device in the current namespace.
+
+    ``owner``/``group`` are None when unset (anyone with CAP_NET_ADMIN only).
+    """
+
+    name: str
+    mode: str
+    persistent: bool
+    multi_queue: bool
+    owner: int | None
+    group: int | None
+
+
+def _link_kind(name: str) -> tuple[str | None, dict[str, int] | None] | None:
+    """(kind, tun attributes) of link ``name`` in the current namespace, None if absent."""
+    with IPRoute() as ipr:
+        try:
+            links = ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+    linkinfo = links[0].get_attr("IFLA_LINKINFO")
+    if linkinfo is None:
+        return None, None
+    kind = linkinfo.get_attr("IFLA_INFO_KIND")
+    data = linkinfo.get_attr("IFLA_INFO_DATA")
+    if kind != "tun" or data is None:
+        return kind, None
+    return kind, dict(data["attrs"])
+
+
+def tap_info(name: str) -> TapInfo | None:
+    """Describe tun/tap device ``name`` in the calling thread's namespace.
+
+    Returns None when no link has that name; raises TapError when the link exists
+    but is not a tun/tap device.
+    """
+    validate_name(name)
+    found = _link_kind(name)
+    if found is None:
+        return None
+    kind, attrs = found
+    if attrs is None:
+        raise TapError(
+            f'device "{name}" exists and is not a tun/tap device (kind {kind or "unknown"}): '
+            "choose another name"
+        )
+    return TapInfo(
+        name=name,
+        mode=_TUN_TYPE_TO_MODE.get(attrs.get("IFLA_TUN_TYPE", 0), "unknown"),
+        persistent=bool(attrs.get("IFLA_TUN_PERSIST", 0)),
+        multi_queue=bool(attrs.get("IFLA_TUN_MULTI_QUEUE", 0)),
+        owner=attrs.get("IFLA_TUN_OWNER"),
+        group=attrs.get("IFLA_TUN_GROUP"),
+    )
+
+
+class TapDevice:
+    """An attached tun/tap queue: a non-blocking, close-on-exec fd plus its name.
+
+    Frames are whole Ethernet frames in "tap" mode and bare IP packets in "tun"
+    mode (no packet-information header: IFF_NO_PI is always set).
+    """
+
+    __slots__ = ("name", "mode", "fd")
+
+    def __init__(self, name: str, mode: str, fd: int) -> None:
+        self.name = name
+        self.mode = mode
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def read_batch(self, max_frames: int, bufsize: int = DEFAULT_READ_BUFSIZE) -> list[bytes]:
+        """Read up to ``max_frames`` frames, stopping early at EAGAIN; never blocks.
+
+        Returns [] when nothing is queued.  Each read returns exactly one frame.
+        """
+        frames: list[bytes] = []
+        read = os.read
+        fd = self.fd
+        try:
+            while len(frames) < max_frames:
+                frames.append(read(fd, bufsize))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if frames:
+                return frames  # deliver what was read; the error repeats on the next call
+            raise self._io_error("reading from", exc) from None
+        return frames
+
+    def write(self, frame: bytes) -> None:
+        """Inject one frame (tap) or IP packet (tun) into the kernel."""
+        try:
+            os.write(self.fd, frame)
+        except OSError as exc:
+            raise self._io_error("writing to", exc) from None
+
+    def _io_error(self, action: str, exc: OSError) -> TapError:
+        err = exc.errno or 0
+        if self.fd < 0:
+            return TapError(f'{self.mode} "{self.name}" is closed', err)
+        if err == errno.EBADFD:
+            fix = "the device was deleted or detached; reopen it"
+        elif err == errno.EIO:
+            fix = "the device is down; bring it up"
+        elif err == errno.EINVAL:
+            fix = "the frame is malformed or larger than the device accepts"
+        else:
+            fix = "reopen the device"
+        return TapError(
+            f'{action} {self.mode} "{self.name}": {os.strerror(err)} ({_ename(err)}): {fix}', err
+        )
+
+    def close(self) -> None:
+        """Close the fd (a transient device disappears with it). Idempotent."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> TapDevice:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TapDevice(name={self.name!r}, mode={self.mode!r}, fd={self.fd})"
+
+
+def _open_dev(dev_path: str, name: str, mode: str) -> int:
+    try:
+        return os.open(dev_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TapError(
+            f"{dev_path} not found: load the tun module (modprobe tun) or run where "
+            f"{dev_path} exists",
+            errno.ENOENT,
+        ) from None
+    except PermissionError as exc:
+        err = exc.errno or errno.EACCES
+        raise TapError(
+            f'opening {dev_path} for {mode} "{name}": permission denied ({_ename(err)}): '
+            f"run as root, or give your user read/write access to {dev_path}",
+            err,
+        ) from None
+    except OSError as exc:
+        err = exc.errno or 0
+        raise TapError(
+            f'opening {dev_path} for {mode} "{name}": {os.strerror(err)} ({_ename(err)}): '
+            "check that the tun module is loaded (modprobe tun)",
+            err,
+        ) from None
+
+
+def _setiff_error(name: str, mode: str, multi_queue: bool, exc: OSError) -> TapError:
+    """Turn a failed TUNSETIFF into one line naming the device, the cause and the fix."""
+    err = exc.errno or 0
+    if err in (errno.EPERM, errno.EACCES):
+        return TapError(
+            f'opening {mode} "{name}": permission denied ({_ename(err)}): run as root, or '
+            f'create it persistent for your user with "l2bridge tap add {name} --user USER"',
+            err,
+        )
+    if err == errno.EBUSY:
+        return TapError(
+            f'device "{name}" is in use by another process ({_ename(err)}): stop that '
+            "process or choose another name",
+            err,
+        )
+    if err == errno.EINVAL:
+        try:
+            info = tap_info(name)
+        except TapError as not_tun:
+            return TapError(str(not_tun), err)
+        except (OSError, NetlinkError):
+            info = None
+        if info is not None and info.mode != mode:
+            return TapError(
+                f'{mode} "{name}" exists as a {_describe(info.mode)}; l2bridge needs mode '
+                f'"{mode}": delete it ("l2bridge tap del {name}") or choose another name',
+                err,
+            )
+        if info is not None and info.multi_queue != multi_queue:
+            have = "multi-queue" if info.multi_queue else "single-queue"
+            return TapError(
+                f'{mode} "{name}" exists as a {have} device and was opened with '
+                f"multi_queue={multi_queue}: open it the way it was created, or delete it "
+                f'("l2bridge tap del {name}")',
+                err,
+            )
+    return TapError(
+        f'opening {mode} "{name}": {os.strerror(err)} ({_ename(err)}): check the name and '
+        "that no other kind of device uses it",
+        err,
+    )
+
+
+def _attach(name: str, mode: str, multi_queue: bool, dev_path: str) -> tuple[int, str]:
+    """Open the control device and TUNSETIFF; return (fd, name the kernel chose)."""
+    raw = validate_name(name)
+    flags = _mode_flags(mode) | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    fd = _open_dev(dev_path, name, mode)
+    try:
+        ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack(IFREQ_FORMAT, raw, flags))
+    except OSError as exc:
+        os.close(fd)
+        raise _setiff_error(name, mode, multi_queue, exc) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    actual = struct.unpack(IFREQ_FORMAT, ifr)[0].rstrip(b"\0").decode("utf-8", "surrogateescape")
+    return fd, actual
+
+
+def open_tap(
+    name: str,
+    mode: str = "tap",
+    *,
+    multi_queue: bool = False,
+    dev_path: str = DEFAULT_DEV_PATH,
+) -> TapDevice:
+    """Attach to tun/tap ``name`` (creating a transient one if missing) and return it.
+
+    Always IFF_NO_PI.  With ``multi_queue`` each call opens one more queue of the
+    same device (IFF_MULTI_QUEUE).  The device lives in the calling thread's
+    network namespace.  Raises TapError; never leaks the fd on failure.
+    """
+    fd, actual = _attach(name, mode, multi_queue, dev_path)
+    return TapDevice(actual, mode, fd)
+
+
+def _resolve_id(value: str | int, kind: str) -> int:
+    if isinstance(value, int):
+        if value < 0:
+            raise TapError(f"{kind} id {value} is negative: give a name or an id >= 0")
+        return value
+    if value.isdigit():
+        return int(value)
+    try:
+        if kind == "user":
+            return pwd.getpwnam(value).pw_uid
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise TapError(
+            f'unknown {kind} "{value}": give an existing {kind} name or a numeric id'
+        ) from None
+
+
+def make_persistent(
+    name: str,
+    mode: str = "tap",
+    *,
+    user: str | int | None = None,
+    group: str | int | None = None,
+    multi_queue: bool = False,
+    dev_path: str = DEFAULT_DEV_PATH,
+) -> None:
+    """Create (or update) a persistent tun/tap device owned by ``user``/``group``.
+
+    Flow: resolve user and group (before any syscall) → TUNSETIFF → TUNSETOWNER /
+    TUNSETGROUP when given → TUNSETPERSIST 1 → close.  Persistence is set last, so
+    a failure part-way leaves no new device behind.  ``None`` leaves owner/group as
+    they are (unset on a new device: only CAP_NET_ADMIN may attach).
+    """
+    validate_name(name)
+    _mode_flags(mode)
+    uid = None if user is None else _resolve_id(user, "user")
+    gid = None if group is None else _resolve_id(group, "group")
+    fd, actual = _attach(name, mode, multi_queue, dev_path)
+    try:
+        for request, value, what in (
+            (TUNSETOWNER, uid, "owner"),
+            (TUNSETGROUP, gid, "group"),
+            (TUNSETPERSIST, 1, "persistence"),
+        ):
+            if value is None:
+                continue
+            try:
+                fcntl.ioctl(fd, request, value)
+            except OSError as exc:
+                err = exc.errno or 0
+                raise TapError(
+                    f'setting {what} of {mode} "{actual}": {os.strerror(err)} ({_ename(err)}): '
+                    "run as root (CAP_NET_ADMIN)",
+                    err,
+                ) from None
+    finally:
+        os.close(fd)
+
+
+def delete_persistent(name: str, *, dev_path: str = DEFAULT_DEV_PATH) -> None:
+    """Remove persistent tun/tap ``name`` from the calling thread's namespace.
+
+    Flow: look the device up over rtnetlink (missing or not tun/tap → TapError) →
+    TUNSETIFF with its own mode and queue flag → TUNSETPERSIST 0 → close, which
+    destroys it.  Fails with EBUSY while another process holds it open.
+    """
+    validate_name(name)
+    info = tap_info(name)
+    if info is None:
+        raise TapError(
+            f'tap "{name}" does not exist in the current namespace (ENODEV): nothing to '
+            "delete; check the name"
+        )
+    if info.mode not in MODES:
+        raise TapError(f'device "{name}" has an unknown tun type: delete it with "ip link del"')
+    fd, _ = _attach(name, info.mode, info.multi_queue, dev_path)
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, 0)
+    except OSError as exc:
+        err = exc.errno or 0
+        raise TapError(
+            f'clearing persistence of {info.mode} "{name}": {os.strerror(err)} '
+            f"({_ename(err)}): run as root (CAP_NET_ADMIN)",
+            err,
+        ) from None
+    finally:
+        os.close(fd)

@@ -1,0 +1,728 @@
+"""Traffic primitives: pure frame/pcap/output parsing, then real tools in namespaces.
+
+The netns tests build their own topology (``l2btr-<hex>-{s,a,b,c}``): a
+bridge ``br0`` in namespace ``s`` with one veth port per host namespace::
+
+    a eth0 (10.250.0.1, fd00:250::1) ─┐
+    b eth0 (10.250.0.2, fd00:250::2) ─┼─ br0 in s
+    c eth0 (no address: DHCP client) ─┘
+
+Nothing leaves those namespaces; teardown kills whatever still runs in them
+and deletes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netns.frames import (
+    BROADCAST_MAC,
+    ETH_ZLEN,
+    ETHERTYPE_EXPERIMENTAL,
+    insert_vlan_tag,
+    make_frame,
+    make_mac,
+    marker_payload,
+    marker_seq,
+    parse_pcap,
+    write_pcap,
+)
+from netns.nsenter import in_netns, pids_in_netns
+from netns.traffic import (
+    FrameCounter,
+    ToolMissing,
+    TrafficError,
+    dhcp_lease,
+    iperf3,
+    parse_iperf3_json,
+    parse_ping_output,
+    ping,
+    run_command,
+    send_frames,
+    tcpdump_count,
+)
+
+SRC = bytes.fromhex("020000000001")
+DST = bytes.fromhex("020000000002")
+IFA_F_NODAD = 0x02
+
+# --- pure: frames ---------------------------------------------------------------
+
+
+def test_make_frame_header_and_padding() -> None:
+    frame = make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, b"hi")
+    assert frame == BROADCAST_MAC + SRC + b"\x88\xb5" + b"hi" + bytes(44)
+    assert len(frame) == ETH_ZLEN
+
+
+def test_make_frame_vlan_tag() -> None:
+    frame = make_frame(DST, SRC, 0x0800, bytes(range(50)), vlan=42)
+    assert frame == DST + SRC + b"\x81\x00\x00\x2a" + b"\x08\x00" + bytes(range(50))
+
+
+def test_make_frame_long_payload_not_padded() -> None:
+    payload = b"x" * 1500
+    assert make_frame(DST, SRC, 0x88B5, payload) == DST + SRC + b"\x88\xb5" + payload
+
+
+@pytest.mark.parametrize(
+    ("dst", "ethertype", "vlan", "message"),
+    [
+        (b"\x00" * 5, 0x88B5, None, "6 bytes"),
+        (DST, 0x10000, None, "16 bits"),
+        (DST, -1, None, "16 bits"),
+        (DST, 0x88B5, 4096, "VLAN ID 4096"),
+        (DST, 0x88B5, -1, "VLAN ID -1"),
+    ],
+)
+def test_make_frame_rejects(dst: bytes, ethertype: int, vlan: int | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_frame(dst, SRC, ethertype, b"", vlan=vlan)
+
+
+def test_make_mac_is_local_unicast() -> None:
+    mac = make_mac(0x01020304)
+    assert mac == bytes.fromhex("020001020304")
+    assert mac[0] & 0x02 and not mac[0] & 0x01
+
+
+def test_marker_payload_layout_and_seq() -> None:
+    payload = marker_payload(b"MARK", 258, size=16)
+    assert payload == b"MARK" + b"\x00\x00\x01\x02" + bytes(8)
+    frame = make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, payload)
+    assert marker_seq(frame, b"MARK") == 258
+    assert marker_seq(frame, b"OTHER") is None
+
+
+@pytest.mark.parametrize(
+    ("marker", "seq", "size", "message"),
+    [
+        (b"", 0, 64, "empty"),
+        (b"M", -1, 64, "sequence"),
+        (b"M", 2**32, 64, "sequence"),
+        (b"MARK", 0, 7, "shorter"),
+    ],
+)
+def test_marker_payload_rejects(marker: bytes, seq: int, size: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        marker_payload(marker, seq, size)
+
+
+def test_insert_vlan_tag() -> None:
+    untagged = make_frame(DST, SRC, 0x88B5, b"p" * 50)
+    tagged = make_frame(DST, SRC, 0x88B5, b"p" * 50, vlan=7)
+    assert insert_vlan_tag(untagged, 7) == tagged
+
+
+# --- pure: pcap -----------------------------------------------------------------
+
+
+def _pcap_by_hand(order: str, magic: int, records: list[bytes]) -> bytes:
+    out = struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, 1)
+    for i, rec in enumerate(records):
+        out += struct.pack(order + "IIII", 1_700_000_000 + i, 999, len(rec), len(rec) + 10) + rec
+    return out
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("magic", [0xA1B2C3D4, 0xA1B23C4D])
+def test_parse_pcap_both_orders_and_resolutions(order: str, magic: int) -> None:
+    records = [b"\x01" * 60, b"", b"\x02\x03" * 700]
+    assert parse_pcap(_pcap_by_hand(order, magic, records)) == records
+
+
+def test_parse_pcap_header_only_is_empty() -> None:
+    assert parse_pcap(_pcap_by_hand("<", 0xA1B2C3D4, [])) == []
+
+
+@given(
+    frames=st.lists(st.binary(max_size=1600), max_size=20),
+    nanosecond=st.booleans(),
+    big_endian=st.booleans(),
+)
+def test_parse_pcap_round_trip(frames: list[bytes], nanosecond: bool, big_endian: bool) -> None:
+    data = write_pcap(frames, nanosecond=nanosecond, big_endian=big_endian)
+    assert parse_pcap(data) == frames
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "shorter than the 24-byte"),
+        (b"\x00" * 24, "bad magic"),
+        (b"GIF89a" + bytes(40), "bad magic"),
+        (bytes.fromhex("0a0d0d0a") + bytes(40), "bad magic"),  # pcapng is not classic pcap
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 1, 0, 0, 0, 65535, 1), "version 1"),
+        (_pcap_by_hand("<", 0xA1B2C3D4, [b"abc"])[:-1], "truncated record at offset 24"),
+        (_pcap_by_hand("<", 0xA1B2C3D4, [b"abc"]) + b"\x00" * 5, "truncated record header"),
+        (
+            _pcap_by_hand("<", 0xA1B2C3D4, []) + struct.pack("<IIII", 0, 0, 10**9, 10**9),
+            "claims 1000000000 bytes",
+        ),
+    ],
+)
+def test_parse_pcap_rejects_garbage(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_pcap(data)
+
+
+# --- pure: tool output ------------------------------------------------------------
+
+PING_OK = """PING 10.250.0.1 (10.250.0.1) 1472(1500) bytes of data.
+1480 bytes from 10.250.0.1: icmp_seq=1 ttl=64 time=0.082 ms
+1480 bytes from 10.250.0.1: icmp_seq=2 ttl=64 time=0.050 ms
+
+--- 10.250.0.1 ping statistics ---
+2 packets transmitted, 2 received, 0% packet loss, time 204ms
+rtt min/avg/max/mdev = 0.050/0.066/0.082/0.016 ms
+"""
+PING_TOO_BIG = """PING 10.250.0.1 (10.250.0.1) 1473(1501) bytes of data.
+ping: local error: message too long, mtu=1500
+
+--- 10.250.0.1 ping statistics ---
+1 packets transmitted, 0 received, +1 errors, 100% packet loss, time 0ms
+"""
+PING_DUP = """--- x ping statistics ---
+3 packets transmitted, 3 received, +2 duplicates, 0% packet loss, time 400ms
+rtt min/avg/max/mdev = 1.000/2.500/4.000/0.100 ms
+"""
+
+
+def test_parse_ping_output() -> None:
+    ok = parse_ping_output(PING_OK)
+    assert (ok.sent, ok.received, ok.ok, ok.errors) == (2, 2, True, 0)
+    assert (ok.rtt_min_ms, ok.rtt_avg_ms, ok.rtt_max_ms) == (0.050, 0.066, 0.082)
+    big = parse_ping_output(PING_TOO_BIG)
+    assert (big.sent, big.received, big.ok, big.errors, big.rtt_avg_ms) == (1, 0, False, 1, None)
+    dup = parse_ping_output(PING_DUP)
+    assert (dup.sent, dup.received, dup.duplicates, dup.ok) == (3, 3, 2, True)
+    nothing = parse_ping_output("ping: connect: Network is unreachable\n")
+    assert (nothing.sent, nothing.received, nothing.ok) == (0, 0, False)
+
+
+def test_parse_iperf3_json() -> None:
+    tcp_doc = {
+        "end": {
+            "sum_sent": {"seconds": 1.0, "bits_per_second": 2e9, "retransmits": 7},
+            "sum_received": {"seconds": 1.0002, "bits_per_second": 1.5e9},
+        }
+    }
+    tcp = parse_iperf3_json(tcp_doc, udp=False)
+    assert (tcp.mbit_s, tcp.retransmits, tcp.lost_percent) == (1500.0, 7, None)
+    assert (tcp.seconds, tcp.protocol, tcp.raw) == (1.0002, "TCP", tcp_doc)
+    udp_doc = {
+        "end": {
+            "sum": {"seconds": 1.0, "bits_per_second": 9e6, "lost_percent": 0},
+            "sum_received": {"seconds": 1.0, "bits_per_second": 8e6, "lost_percent": 12.5},
+        }
+    }
+    udp = parse_iperf3_json(udp_doc, udp=True)
+    assert (udp.mbit_s, udp.retransmits, udp.lost_percent, udp.protocol) == (8.0, None, 12.5, "UDP")
+    old_udp = parse_iperf3_json({"end": {"sum": udp_doc["end"]["sum"]}}, udp=True)
+    assert (old_udp.mbit_s, old_udp.lost_percent) == (9.0, 0.0)
+    with pytest.raises(TrafficError, match="unable to connect"):
+        parse_iperf3_json({"error": "unable to connect to server: Connection refused"}, udp=False)
+    with pytest.raises(TrafficError, match="no receiver summary"):
+        parse_iperf3_json({"end": {}}, udp=False)
+
+
+# --- missing tools (no root needed: the PATH check comes first) ------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "program", "package"),
+    [
+        (lambda: ping("l2btr-none", "10.250.0.1"), "ping", "iputils-ping"),
+        (lambda: iperf3("l2btr-none", "10.250.0.1", "l2btr-none"), "iperf3", "iperf3"),
+        (
+            lambda: dhcp_lease(
+                "l2btr-none",
+                "eth0",
+                range_start="10.250.0.100",
+                range_end="10.250.0.150",
+                netmask="255.255.255.0",
+                client_ns="l2btr-none",
+                client_if="eth0",
+            ),
+            "dnsmasq",
+            "dnsmasq-base",
+        ),
+        (lambda: tcpdump_count("l2btr-none", "eth0", "", duration_s=1), "tcpdump", "tcpdump"),
+    ],
+)
+async def test_tool_missing_names_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, call, program: str, package: str
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissing) as caught:
+        await call()
+    assert (caught.value.program, caught.value.package) == (program, package)
+    assert str(caught.value) == (
+        f"{program}: not found on PATH; install the Debian package {package} "
+        f"(apt-get install {package})"
+    )
+
+
+async def test_dhcp_without_busybox_names_busybox(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    os.symlink("/usr/sbin/dnsmasq", os.path.join(tmp_path, "dnsmasq"))
+    monkeypatch.setenv("PATH", os.fspath(tmp_path))
+    with pytest.raises(ToolMissing, match="busybox"):
+        await dhcp_lease(
+            "l2btr-none",
+            "eth0",
+            range_start="10.250.0.100",
+            range_end="10.250.0.150",
+            netmask="255.255.255.0",
+            client_ns="l2btr-none",
+            client_if="eth0",
+        )
+
+
+# --- netns topology ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topo:
+    s: str
+    a: str
+    b: str
+    c: str
+
+    @property
+    def hosts(self) -> tuple[str, str, str]:
+        return (self.a, self.b, self.c)
+
+    def leftovers(self) -> dict[str, list[int]]:
+        """Processes still running in any of the namespaces (should always be none)."""
+        return {ns: pids for ns in (self.s, *self.hosts) if (pids := pids_in_netns(ns))}
+
+
+def _build(topo: Topo) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=topo.s) as ipr:
+        ipr.link("add", ifname="br0", kind="bridge")
+        br = ipr.link_lookup(ifname="br0")[0]
+        for port, host in (("pa", topo.a), ("pb", topo.b), ("pc", topo.c)):
+            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host})
+            idx = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=idx, master=br, state="up")
+        ipr.link("set", index=br, state="up")
+    for host, last in ((topo.a, 1), (topo.b, 2), (topo.c, None)):
+        with IPRoute(netns=host) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            if last is not None:
+                ipr.addr("add", index=idx, address=f"10.250.0.{last}", prefixlen=24)
+                ipr.addr(
+                    "add", index=idx, address=f"fd00:250::{last}", prefixlen=64, flags=IFA_F_NODAD
+                )
+            ipr.link("set", index=idx, state="up")
+
+
+def _destroy(names: list[str]) -> None:
+    from pyroute2 import netns
+
+    for name in names:
+        for pid in pids_in_netns(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        netns.remove(name)
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topo]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: builds network namespaces, veths and a bridge")
+    from pyroute2 import netns
+
+    prefix = f"l2btr-{secrets.token_hex(3)}"
+    t = Topo(s=f"{prefix}-s", a=f"{prefix}-a", b=f"{prefix}-b", c=f"{prefix}-c")
+    created: list[str] = []
+    try:
+        for name in (t.s, *t.hosts):
+            netns.create(name)
+            created.append(name)
+        _build(t)
+        yield t
+    finally:
+        _destroy(created)
+
+
+@pytest.fixture
+def clean(topo: Topo) -> Iterator[Topo]:
+    """The topology, with a check that the test left no process behind."""
+    yield topo
+    assert topo.leftovers() == {}
+
+
+def _marker() -> bytes:
+    return b"l2btr" + secrets.token_bytes(8)
+
+
+netns_test = pytest.mark.netns
+
+# --- ping -----------------------------------------------------------------------
+
+
+@netns_test
+async def test_ping_ok(clean: Topo) -> None:
+    with trio.fail_after(10):
+        r = await ping(clean.a, "10.250.0.2", count=3, interval_s=0.05)
+    assert (r.sent, r.received, r.ok, r.errors) == (3, 3, True, 0), r.output
+    assert r.rtt_min_ms is not None and r.rtt_avg_ms is not None and r.rtt_max_ms is not None
+    assert 0 < r.rtt_min_ms <= r.rtt_avg_ms <= r.rtt_max_ms
+
+
+@netns_test
+async def test_ping_unreachable_fails_in_bounded_time(clean: Topo) -> None:
+    start = trio.current_time()
+    with trio.fail_after(10):
+        r = await ping(clean.a, "10.250.0.99", count=2, interval_s=0.2, deadline_s=2)
+    assert not r.ok
+    assert r.received == 0 and r.sent >= 1
+    assert r.rtt_avg_ms is None
+    assert trio.current_time() - start < 4
+
+
+@netns_test
+async def test_ping_ipv6(clean: Topo) -> None:
+    with trio.fail_after(10):
+        r = await ping(clean.b, "fd00:250::1", count=2, interval_s=0.05)
+    assert (r.sent, r.received, r.ok) == (2, 2, True), r.output
+    assert "fd00:250::1" in r.output
+
+
+@netns_test
+async def test_ping_dont_fragment_size(clean: Topo) -> None:
+    with trio.fail_after(15):
+        fits = await ping(
+            clean.a, "10.250.0.2", count=2, interval_s=0.05, size=1472, dont_fragment=True
+        )
+        too_big = await ping(
+            clean.a,
+            "10.250.0.2",
+            count=2,
+            interval_s=0.05,
+            size=1473,
+            dont_fragment=True,
+            deadline_s=2,
+        )
+    assert fits.ok and fits.received == 2, fits.output
+    assert not too_big.ok and too_big.received == 0
+    assert too_big.errors >= 1 and "message too long" in too_big.output
+
+
+@netns_test
+async def test_ping_missing_namespace() -> None:
+    message = r"^network namespace 'l2btr-no-such-ns' does not exist \(ENOENT\); create it"
+    with pytest.raises(TrafficError, match=message):
+        await ping("l2btr-no-such-ns", "10.250.0.1")
+    with pytest.raises(TrafficError, match=message):
+        await send_frames("l2btr-no-such-ns", "eth0", [])
+
+
+# --- iperf3 ---------------------------------------------------------------------
+
+
+@netns_test
+async def test_iperf3_tcp(clean: Topo) -> None:
+    with trio.fail_after(20):
+        r = await iperf3(clean.a, "10.250.0.1", clean.b, seconds=1)
+    assert r.protocol == "TCP"
+    assert r.mbit_s > 10
+    assert isinstance(r.retransmits, int) and r.retransmits >= 0
+    assert r.lost_percent is None
+    assert 0.9 < r.seconds < 1.5
+    assert r.raw["start"]["test_start"]["protocol"] == "TCP"
+
+
+@netns_test
+async def test_iperf3_udp(clean: Topo) -> None:
+    with trio.fail_after(20):
+        r = await iperf3(
+            clean.a,
+            "10.250.0.1",
+            clean.b,
+            seconds=1,
+            udp=True,
+            bitrate="20M",
+            length=1200,
+            port=5301,
+        )
+    assert r.protocol == "UDP"
+    assert 5 < r.mbit_s < 25
+    assert r.retransmits is None
+    assert r.lost_percent is not None and 0 <= r.lost_percent < 50
+    assert r.raw["start"]["test_start"]["blksize"] == 1200
+
+
+@netns_test
+async def test_iperf3_ipv6_parallel(clean: Topo) -> None:
+    with trio.fail_after(20):
+        r = await iperf3(clean.b, "fd00:250::2", clean.a, seconds=1, parallel=2)
+    assert r.mbit_s > 10
+    assert len(r.raw["end"]["streams"]) == 2
+
+
+@netns_test
+async def test_iperf3_timeout_kills_server_and_client(clean: Topo) -> None:
+    start = trio.current_time()
+    with trio.fail_after(10), pytest.raises(TrafficError, match="no result within 1 s"):
+        await iperf3(clean.a, "10.250.0.1", clean.b, seconds=5, timeout_s=1.0)
+    assert trio.current_time() - start < 3
+    # the `clean` fixture asserts no iperf3 is left in either namespace
+
+
+@netns_test
+async def test_iperf3_no_server_address(clean: Topo) -> None:
+    with trio.fail_after(10), pytest.raises(TrafficError, match=r"iperf3 in .*-a: exited"):
+        await iperf3(clean.a, "10.250.0.77", clean.b, seconds=1)
+
+
+# --- DHCP -----------------------------------------------------------------------
+
+
+@netns_test
+async def test_dhcp_lease_in_range(clean: Topo) -> None:
+    with trio.fail_after(20):
+        r = await dhcp_lease(
+            clean.a,
+            "eth0",
+            range_start="10.250.0.100",
+            range_end="10.250.0.150",
+            netmask="255.255.255.0",
+            client_ns=clean.c,
+            client_if="eth0",
+            timeout_s=10,
+        )
+    assert r.ok, r.output
+    assert r.address is not None
+    addr = ipaddress.IPv4Address(r.address)
+    assert ipaddress.IPv4Address("10.250.0.100") <= addr <= ipaddress.IPv4Address("10.250.0.150")
+    assert 0 < r.elapsed_s < 10
+    assert "DHCPACK" in r.output  # the server's log is part of the output
+
+
+@netns_test
+async def test_dhcp_no_lease_when_range_is_unreachable(clean: Topo) -> None:
+    # dnsmasq serves only on lo of a: the client on c never hears an offer.
+    with trio.fail_after(15):
+        r = await dhcp_lease(
+            clean.a,
+            "lo",
+            range_start="127.0.0.100",
+            range_end="127.0.0.150",
+            netmask="255.0.0.0",
+            client_ns=clean.c,
+            client_if="eth0",
+            timeout_s=2,
+        )
+    assert not r.ok and r.address is None
+    assert "no lease" in r.output
+
+
+@netns_test
+async def test_dhcp_bad_server_interface(clean: Topo) -> None:
+    with trio.fail_after(15), pytest.raises(TrafficError, match=r"dnsmasq in .*-a: exited"):
+        await dhcp_lease(
+            clean.a,
+            "nosuch0",
+            range_start="10.250.0.100",
+            range_end="10.250.0.150",
+            netmask="255.255.255.0",
+            client_ns=clean.c,
+            client_if="eth0",
+            timeout_s=2,
+        )
+
+
+# --- raw frames -----------------------------------------------------------------
+
+
+@netns_test
+async def test_broadcast_marker_frames_counted_exactly(clean: Topo) -> None:
+    marker = _marker()
+    n = 25
+    frames = [
+        make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(marker, i))
+        for i in range(n)
+    ]
+    with trio.fail_after(10):
+        async with (
+            FrameCounter(clean.a, "eth0", marker, settle_s=0.1) as at_a,
+            FrameCounter(clean.b, "eth0", marker, settle_s=0.1) as at_b,
+            FrameCounter(clean.c, "eth0", marker, settle_s=0.1) as at_c,
+        ):
+            await send_frames(clean.a, "eth0", frames)
+    assert (at_a.incoming, at_a.outgoing, at_a.frames) == (0, n, [])
+    assert (at_b.incoming, at_b.outgoing) == (n, 0)
+    assert (at_c.incoming, at_c.outgoing) == (n, 0)
+    assert at_b.frames == frames and at_c.frames == frames
+    assert [marker_seq(f, marker) for f in at_b.frames] == list(range(n))
+    assert at_a.dropped == at_b.dropped == at_c.dropped == 0
+
+
+@netns_test
+async def test_frame_counter_ignores_other_markers_and_keeps_vlan_tag(clean: Topo) -> None:
+    marker = _marker()
+    tagged = make_frame(
+        BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(marker, 1), vlan=42
+    )
+    other = make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(_marker(), 2))
+    with trio.fail_after(10):
+        async with FrameCounter(clean.b, "eth0", marker, settle_s=0.1, max_frames=1) as at_b:
+            await send_frames(clean.a, "eth0", [other, tagged, other, tagged], interval_s=0.01)
+    assert (at_b.incoming, at_b.outgoing) == (2, 0)
+    assert at_b.frames == [tagged]  # bounded by max_frames, tag restored from aux data
+
+
+@netns_test
+async def test_frame_counter_lets_the_block_error_through(clean: Topo) -> None:
+    counter = FrameCounter(clean.b, "eth0", _marker())
+    with trio.fail_after(5), pytest.raises(KeyError, match="boom"):
+        async with counter:
+            raise KeyError("boom")
+    assert (counter.incoming, counter.outgoing) == (0, 0)
+    with pytest.raises(TrafficError, match=r"'nosuch0' in .*-b: .*\(ENODEV\)"):
+        async with FrameCounter(clean.b, "nosuch0", b"m"):
+            pass
+
+
+@netns_test
+async def test_send_frames_errors_are_named(clean: Topo) -> None:
+    frame = make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, b"x")
+    with pytest.raises(TrafficError, match=r"'nosuch0' in .*-a: .*\(ENODEV\)"):
+        await send_frames(clean.a, "nosuch0", [frame])
+    jumbo = make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, bytes(1600))
+    with pytest.raises(TrafficError, match=r"sending frame 0 on 'eth0' .*\(EMSGSIZE\)"):
+        await send_frames(clean.a, "eth0", [jumbo])
+
+
+# --- tcpdump --------------------------------------------------------------------
+
+
+@netns_test
+async def test_tcpdump_sees_frames_bytes_equal(clean: Topo) -> None:
+    marker = _marker()
+    frames = [
+        make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(marker, i, 100))
+        for i in range(5)
+    ] + [make_frame(DST, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(marker, 5), vlan=9)]
+
+    async def send() -> None:
+        await send_frames(clean.a, "eth0", frames)
+
+    with trio.fail_after(10):
+        captured = await tcpdump_count(
+            clean.b,
+            "eth0",
+            "ether proto 0x88b5 or (vlan and ether proto 0x88b5)",
+            duration_s=0.5,
+            action=send,
+        )
+    assert captured == frames
+
+
+@netns_test
+async def test_tcpdump_bad_filter_is_named(clean: Topo) -> None:
+    with trio.fail_after(10), pytest.raises(TrafficError, match=r"tcpdump in .*-b: exited.*"):
+        await tcpdump_count(clean.b, "eth0", "ether proto nonsense(", duration_s=0.2)
+
+
+# --- timeouts and cancellation kill the child ---------------------------------------
+
+
+@netns_test
+async def test_run_command_timeout_kills_child(clean: Topo) -> None:
+    with trio.fail_after(5):
+        r = await run_command(clean.a, ["sleep", "30"], timeout_s=0.3)
+    assert r.timed_out
+    assert r.returncode == -signal.SIGKILL
+    assert clean.leftovers() == {}
+
+
+@netns_test
+async def test_timeout_kills_the_tools_own_children(clean: Topo) -> None:
+    with trio.fail_after(5):
+        r = await run_command(clean.a, ["sh", "-c", "sleep 30 & sleep 30"], timeout_s=0.3)
+    assert r.timed_out
+    assert clean.leftovers() == {}
+
+
+async def test_run_command_unknown_program(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    monkeypatch.setenv("PATH", os.fspath(tmp_path))
+    with pytest.raises(ToolMissing, match="^sleep: not found on PATH; install it or fix PATH$"):
+        await run_command("l2btr-none", ["sleep", "1"], timeout_s=1)
+
+
+def _listen_in(ns: str, addr: str, port: int) -> socket.socket:
+    with in_netns(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((addr, port))
+    sock.listen()
+    return sock
+
+
+@netns_test
+async def test_iperf3_port_held_by_another_listener(clean: Topo) -> None:
+    # A foreign listener on the port must not pass for our server being ready.
+    foreign = await trio.to_thread.run_sync(_listen_in, clean.a, "10.250.0.1", 5401)
+    with (
+        foreign,
+        trio.fail_after(10),
+        pytest.raises(TrafficError, match=r"iperf3 in .*-a: exited before listening"),
+    ):
+        await iperf3(clean.a, "10.250.0.1", clean.b, seconds=1, port=5401)
+
+
+@netns_test
+async def test_run_command_output(clean: Topo) -> None:
+    with trio.fail_after(5):
+        r = await run_command(
+            clean.b, ["busybox", "ip", "-o", "addr", "show", "dev", "eth0"], timeout_s=3
+        )
+    assert (r.returncode, r.timed_out) == (0, False)
+    assert "10.250.0.2/24" in r.stdout
+
+
+@netns_test
+async def test_cancelled_ping_leaves_no_process(clean: Topo) -> None:
+    with trio.move_on_after(0.5) as scope:
+        await ping(clean.a, "10.250.0.99", count=100, deadline_s=30)
+    assert scope.cancelled_caught
+    assert clean.leftovers() == {}
+
+
+@netns_test
+async def test_cancelled_dhcp_leaves_no_process(clean: Topo) -> None:
+    with trio.move_on_after(1.0) as scope:
+        await dhcp_lease(
+            clean.a,
+            "lo",
+            range_start="127.0.0.100",
+            range_end="127.0.0.150",
+            netmask="255.0.0.0",
+            client_ns=clean.c,
+            client_if="eth0",
+            timeout_s=10,
+        )
+    assert scope.cancelled_caught
+    assert clean.leftovers() == {}
