@@ -1,0 +1,307 @@
+"""``l2bridge lab``: run scenarios, keep labs up, enter them, list and clean them.
+
+Exit status: 0 every check passed (or the command did its job); 1 a check failed
+or the lab could not come up; 2 bad input, not root, or a missing program (nothing
+was created); 130 / 143 interrupted by SIGINT / SIGTERM (after a full teardown).
+
+Progress goes to stderr, results (table or JSON) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+import trio
+
+from netns.gateways import GatewayError
+from netns.lab import LabError, PreflightError, open_lab
+from netns.nsenter import netns_path, netns_preexec
+from netns.plan import VXLAN_OVERHEAD_V4, make_plan, new_prefix
+from netns.registry import clean, destroy, list_labs, owner_alive, read_state
+from netns.report import CheckResult, format_table, make_report, to_json
+from netns.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l2bridge lab",
+        description="Build multi-site layer-2 labs in network namespaces and check them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def scenario_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("scenario", metavar="SCENARIO", help="scenario file (.toml)")
+        p.add_argument("--gateway", choices=GATEWAY_MODES,
+                       help="override the scenario's gateway mode")
+        p.add_argument("--wan-mtu", type=int, metavar="BYTES",
+                       help=f"override wan.mtu ({MIN_MTU}..{MAX_MTU})")
+
+    p = sub.add_parser("run", help="build, run the checks, report, tear down")
+    scenario_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the lab up afterwards (remove it with `lab down NAME`)")
+    p.add_argument("--compare", choices=["vxlan"],
+                   help="afterwards, rerun the iperf3 checks with kernel VXLAN gateways in the "
+                        "same topology and report the throughput ratio")
+    p = sub.add_parser("up", help="build a lab and leave it up; prints its name")
+    scenario_args(p)
+    p = sub.add_parser("plan", help="print the names, addresses and steps (no root needed)")
+    scenario_args(p)
+    p = sub.add_parser("down", help="remove a lab (one made by `up` or `run --keep`)")
+    p.add_argument("name", metavar="NAME")
+    p = sub.add_parser("exec", help="run a command in a node of a lab")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("node", metavar="NODE", help='"site.host", "site.gw", "site.sw" or "wan"')
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    sub.add_parser("list", help="list labs on this machine")
+    sub.add_parser("clean", help="remove labs whose owning process is dead")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except ScenarioError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except PreflightError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except (LabError, GatewayError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    print("\n".join(plan.describe()))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    _need_root()
+    scenario = load_scenario(args.scenario)
+    _plan(args, scenario)  # validate overrides before anything exists
+
+    async def body() -> int:
+        async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
+                            keep=args.keep, progress=_err) as lab:
+            started = time.monotonic()
+            results = await lab.run_checks()
+            lab.timings["checks_s"] = time.monotonic() - started
+            if args.keep:
+                _kept_hint(lab.name, lab.hosts()[0].ref)
+        if args.compare:
+            results += await _compare(scenario, args, results)
+        report = make_report(lab.name, scenario, lab.plan.gateway, len(lab.hosts()),
+                             results, lab.timings)
+        out.write(to_json(report) if args.json else format_table(report))
+        out.flush()
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    return _run_guarded(body)
+
+
+async def _compare(scenario: Any, args: argparse.Namespace,
+                   results: list[CheckResult]) -> list[CheckResult]:
+    """Rerun the iperf3 checks with VXLAN gateways; rows carry the ratio to the first run."""
+    selected = [c for c in scenario.checks if c.kind == "iperf3"]
+    if not selected:
+        return []
+    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + VXLAN_OVERHEAD_V4)
+    first = {r.index: r for r in results}
+    rows = []
+    async with open_lab(scenario, gateway=args.compare, wan_mtu=wan_mtu, progress=_err) as ref:
+        for r in await ref.run_checks(selected):
+            mine = first[r.index].numbers.get("mbit_s")
+            theirs = r.numbers.get("mbit_s")
+            numbers = dict(r.numbers)
+            summary = f"{r.summary} (reference, wan mtu {wan_mtu})"
+            if mine is not None and theirs:
+                numbers["ratio"] = round(mine / theirs, 4)
+                summary += f"; first run / {args.compare} = {mine / theirs:.3f}"
+            rows.append(dataclasses.replace(r, name=f"{r.name} [{args.compare}]",
+                                            summary=summary, numbers=numbers))
+    return rows
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _need_root()
+    scenario = load_scenario(args.scenario)
+    _plan(args, scenario)
+
+    async def body() -> int:
+        async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
+                            keep=True, detached=True, progress=_err) as lab:
+            print(lab.name)
+            _kept_hint(lab.name, lab.hosts()[0].ref)
+            return EXIT_OK
+
+    return _run_guarded(body)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _need_root()
+    state = read_state(args.name)
+    if state is None:
+        _err(f"lab {args.name}: no such lab (see `l2bridge lab list`)")
+        return EXIT_USAGE
+    if not state.detached and owner_alive(state):
+        _err(f"lab {args.name}: owned by running process {state.pid}, which removes it when it "
+             f"ends; stop that process instead")
+        return EXIT_FAILED
+    problems = destroy(state)
+    for problem in problems:
+        _err(f"lab {args.name}: {problem}")
+    _err(f"lab {args.name}: removed ({len(state.namespaces)} namespaces)")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    _need_root()
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        _err("exec: give the command after --, e.g. `l2bridge lab exec NAME london.h1 -- ip a`")
+        return EXIT_USAGE
+    state = read_state(args.name)
+    if state is None:
+        _err(f"lab {args.name}: no such lab (see `l2bridge lab list`)")
+        return EXIT_USAGE
+    ns = state.nodes.get(args.node)
+    if ns is None:
+        _err(f'lab {args.name}: no node "{args.node}" (one of: {", ".join(state.nodes)})')
+        return EXIT_USAGE
+    if not os.path.exists(netns_path(ns)):
+        _err(f"lab {args.name}: namespace {ns} is gone (the lab is being removed?)")
+        return EXIT_FAILED
+    enter = netns_preexec(ns)
+
+    def preexec() -> None:
+        enter()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the command
+    try:
+        return subprocess.call(cmd, preexec_fn=preexec)
+    except FileNotFoundError:
+        _err(f"exec: {cmd[0]}: command not found")
+        return 127
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    labs = list_labs()
+    if not labs:
+        print("no labs")
+        return EXIT_OK
+    rows = [("NAME", "SCENARIO", "GATEWAY", "OWNER", "NAMESPACES", "CREATED")]
+    for s in labs:
+        if s.detached:
+            owner = "detached"
+        else:
+            owner = f"pid {s.pid} " + ("running" if owner_alive(s) else "dead")
+        alive = sum(1 for ns in s.namespaces if os.path.exists(netns_path(ns)))
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created))
+        rows.append((s.prefix, s.scenario, s.gateway, owner, str(alive), created))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    _need_root()
+    removed = clean()
+    for s in removed:
+        print(f"removed {s.prefix} ({s.scenario}, owner pid {s.pid} dead, "
+              f"{len(s.namespaces)} namespaces)")
+    if not removed:
+        print("nothing to clean")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "up": cmd_up,
+    "plan": cmd_plan,
+    "down": cmd_down,
+    "exec": cmd_exec,
+    "list": cmd_list,
+    "clean": cmd_clean,
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _run_guarded(body: Callable[[], Awaitable[int]]) -> int:
+    """Run ``body`` under trio; SIGINT/SIGTERM cancel it (teardown runs) → 130/143."""
+    got: list[int] = []
+
+    async def watch(scope: trio.CancelScope, *, task_status: Any = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:  # later signals are swallowed: teardown finishes
+                if not got:
+                    got.append(signum)
+                    _err(f"{signal.Signals(signum).name}: tearing down …")
+                    scope.cancel()
+
+    async def guarded() -> int:
+        status = EXIT_FAILED
+        async with trio.open_nursery() as nursery:
+            work = trio.CancelScope()
+            await nursery.start(watch, work)
+            try:
+                with work:
+                    status = await body()
+            finally:
+                nursery.cancel_scope.cancel()
+        return status
+
+    status = trio.run(guarded)
+    if got:
+        return 128 + got[0]
+    return status
+
+
+def _plan(args: argparse.Namespace, scenario: Any = None) -> Any:
+    if args.wan_mtu is not None and not MIN_MTU <= args.wan_mtu <= MAX_MTU:
+        raise ScenarioError(args.scenario, "--wan-mtu",
+                            f"expected {MIN_MTU}..{MAX_MTU}, found {args.wan_mtu}")
+    scenario = scenario or load_scenario(args.scenario)
+    return make_plan(scenario, prefix=new_prefix(), gateway=args.gateway, wan_mtu=args.wan_mtu)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise PreflightError("this command needs root (network namespaces); run it with sudo")
+
+
+def _kept_hint(name: str, host: str) -> None:
+    _err(f"lab {name} is up: enter a host with `l2bridge lab exec {name} {host} -- bash`; "
+         f"remove it with `l2bridge lab down {name}`")
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,296 @@
+"""A running lab: build a plan, start its gateways, run checks, tear everything down.
+
+Flow of ``open_lab``: 1. load and plan the scenario (pure; bad input raises
+``ScenarioError`` before anything exists)  2. preflight: root, programs the checks
+need  3. write the registry's state file  4. build namespaces and links (each undo
+registered as soon as its object exists)  5. start one gateway per site and wait
+until each is ready and sees all its peers up  6. hand the ``Lab`` to the caller
+7. on every exit path (success, failure, exception, cancellation) stop the
+gateways and unwind the undo stack, shielded from cancellation; with ``keep`` and a
+body that completed, the lab is detached instead and lives until ``lab down``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from netns import checks as checks_mod
+from netns.build import BuildError, build
+from netns.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.plan import Node, Plan, make_plan, new_prefix
+from netns.registry import Registry, kill_namespace_processes
+from netns.scenario import (
+    CHECK_TIMEOUT_S,
+    Check,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_check,
+)
+from netns.traffic import TOOL_PACKAGES
+from netns.undo import UndoStack
+
+READY_TIMEOUT_S = 10.0
+PEERS_UP_TIMEOUT_S = 10.0
+PEERS_POLL_S = 0.1
+STOP_TIMEOUT_S = 2.0
+
+CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
+    "ping": ("ping",),
+    "reachability": ("ping",),
+    "iperf3": ("iperf3",),
+    "dhcp": ("dnsmasq", "busybox"),
+    "broadcast_once": (),
+    "unicast_isolation": ("ping",),
+    "mtu": ("ping",),
+    "restart": ("ping",),
+}
+
+Progress = Callable[[str], None]
+
+
+class LabError(Exception):
+    """The lab could not be built or its gateways did not come up (one line)."""
+
+
+class PreflightError(LabError):
+    """Not root, or a program is missing: nothing was created."""
+
+
+def preflight(plan: Plan) -> None:
+    """Fail before creating anything when the lab cannot run here."""
+    if os.geteuid() != 0:
+        raise PreflightError(
+            "the lab needs root (network namespaces, veths, bridges); run it with sudo"
+        )
+    for check in plan.scenario.checks:
+        for program in CHECK_PROGRAMS[check.kind]:
+            if shutil.which(program) is None:
+                package = TOOL_PACKAGES.get(program, program)
+                raise PreflightError(
+                    f"check[{check.index}] ({check.kind}) needs {program}, which is not on PATH;"
+                    f" install it (apt-get install {package})"
+                )
+    if plan.gateway == "l2bridge" and importlib.util.find_spec("l2bridge.cli") is None:
+        raise PreflightError(
+            "gateway l2bridge needs the l2bridge package (l2bridge.cli not importable); "
+            "install it or use --gateway vxlan"
+        )
+
+
+class Lab:
+    """Handle on a running lab: its nodes, its gateways, its checks."""
+
+    def __init__(self, plan: Plan, registry: Registry, *, detached: bool,
+                 progress: Progress | None = None) -> None:
+        self.plan = plan
+        self.registry = registry
+        self.progress = progress or (lambda line: None)
+        self.gateways: dict[str, Gateway] = {
+            s.name: make_gateway(s, detached=detached) for s in plan.sites
+        }
+        self.timings: dict[str, float] = {}
+
+    # -- naming
+
+    @property
+    def prefix(self) -> str:
+        return self.plan.prefix
+
+    @property
+    def name(self) -> str:
+        return self.plan.prefix
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.plan.scenario
+
+    def node(self, ref: str) -> Node:
+        """A node by reference: ``"site.host"``, ``"site.gw"``, ``"site.sw"`` or ``"wan"``."""
+        try:
+            return self.plan.nodes[ref]
+        except KeyError:
+            raise LabError(
+                f'lab {self.prefix}: no node "{ref}" (one of: {", ".join(self.plan.nodes)})'
+            ) from None
+
+    def ns(self, ref: str) -> str:
+        return self.node(ref).ns
+
+    def hosts(self) -> list[Node]:
+        return self.plan.hosts()
+
+    # -- gateways
+
+    async def start_gateways(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for gw in self.gateways.values():
+                nursery.start_soon(gw.start)
+        await self.wait_ready()
+
+    async def wait_ready(self, ready_timeout_s: float = READY_TIMEOUT_S,
+                         peers_timeout_s: float = PEERS_UP_TIMEOUT_S) -> None:
+        """Every gateway answers its control socket, then sees all its peers up."""
+        deadline = trio.current_time() + ready_timeout_s
+        async with trio.open_nursery() as nursery:
+            for gw in self.gateways.values():
+                nursery.start_soon(gw.wait_ready, deadline)
+        deadline = trio.current_time() + peers_timeout_s
+        while True:
+            lagging = []
+            for name, gw in self.gateways.items():
+                try:
+                    up, total = peers_up(await gw.show())
+                except (OSError, ValueError, GatewayError, trio.TooSlowError):
+                    up, total = 0, -1
+                if up != total:
+                    lagging.append(f"{name} {max(up, 0)}/{max(total, 0)}")
+            if not lagging:
+                return
+            if trio.current_time() >= deadline:
+                raise GatewayError(
+                    f"lab {self.prefix}: peers not all up after {peers_timeout_s:g} s "
+                    f"(peers up: {', '.join(lagging)}); see the logs in {self.plan.rundir}"
+                )
+            await trio.sleep(PEERS_POLL_S)
+
+    async def stop_gateways(self) -> None:
+        with trio.move_on_after(STOP_TIMEOUT_S * 2):
+            async with trio.open_nursery() as nursery:
+                for gw in self.gateways.values():
+                    nursery.start_soon(gw.stop)
+
+    async def kill_site(self, site: str) -> None:
+        """Stop a site's gateway the hard way (SIGKILL for l2bridge)."""
+        await self._gateway(site).kill()
+
+    async def stop_site(self, site: str) -> None:
+        await self._gateway(site).stop()
+
+    async def start_site(self, site: str, *, wait: bool = True) -> None:
+        """Start a site's gateway again; with ``wait``, until it answers."""
+        gw = self._gateway(site)
+        await gw.start()
+        if wait:
+            await gw.wait_ready(trio.current_time() + READY_TIMEOUT_S)
+
+    async def show(self, site: str) -> dict[str, Any]:
+        """The site's status (the control socket's ``show`` answer)."""
+        return await self._gateway(site).show()
+
+    def _gateway(self, site: str) -> Gateway:
+        try:
+            return self.gateways[site]
+        except KeyError:
+            raise LabError(
+                f'lab {self.prefix}: no site "{site}" (one of: {", ".join(self.gateways)})'
+            ) from None
+
+    # -- checks
+
+    async def check(self, kind: str, params: Mapping[str, Any] | None = None, *,
+                    timeout_s: float | None = None, **kw: Any) -> checks_mod.CheckResult:
+        """Run one check of ``kind``; ``from_=`` may stand for ``from`` in keywords."""
+        raw: dict[str, Any] = {"kind": kind, **(params or {})}
+        raw.update({k.rstrip("_"): v for k, v in kw.items()})
+        if timeout_s is not None:
+            raw["timeout"] = timeout_s
+        check = parse_check(raw, self.scenario, path=f"lab {self.prefix}")
+        return await checks_mod.run_check(self, check)
+
+    async def run_checks(self, selected: list[Check] | None = None
+                         ) -> list[checks_mod.CheckResult]:
+        results = []
+        for check in selected if selected is not None else self.scenario.checks:
+            self.progress(f"check {check.name} …")
+            result = await checks_mod.run_check(self, check)
+            mark = "ok" if result.ok else "FAIL"
+            self.progress(f"check {check.name} … {mark} {result.summary} "
+                          f"({result.elapsed_s:.2f} s)")
+            results.append(result)
+        return results
+
+
+@asynccontextmanager
+async def open_lab(
+    scenario: Scenario | str,
+    *,
+    gateway: str | None = None,
+    wan_mtu: int | None = None,
+    prefix: str | None = None,
+    keep: bool = False,
+    detached: bool = False,
+    progress: Progress | None = None,
+) -> AsyncIterator[Lab]:
+    """Build ``scenario`` and yield its ``Lab``; tear it all down on exit (see module doc).
+
+    ``detached`` records no owner (a lab for ``lab up``); ``keep`` leaves the lab
+    up after a body that completed (and detaches it).
+    """
+    say = progress or (lambda line: None)
+    if isinstance(scenario, str):
+        scenario = load_scenario(scenario)
+    plan = make_plan(scenario, prefix=prefix or new_prefix(), gateway=gateway, wan_mtu=wan_mtu)
+    preflight(plan)
+    undo = UndoStack()
+    registry = Registry.create(plan, detached=detached)
+    undo.push(f"remove {registry.dir}", registry.remove_dir)
+    lab = Lab(plan, registry, detached=detached, progress=progress)
+    completed = False
+    try:
+        started = time.monotonic()
+        say(f"lab {plan.prefix}: building {len(plan.sites)} sites "
+            f"({len(plan.namespaces)} namespaces) …")
+        try:
+            await trio.to_thread.run_sync(
+                lambda: build(plan, undo, record_netns=registry.add_namespace),
+                abandon_on_cancel=False,
+            )
+        except (BuildError, OSError) as e:
+            raise LabError(f"lab {plan.prefix}: {e}") from None
+        lab.timings["build_s"] = time.monotonic() - started
+        say(f"lab {plan.prefix}: built in {lab.timings['build_s']:.2f} s")
+        started = time.monotonic()
+        say(f"lab {plan.prefix}: starting {len(plan.sites)} {plan.gateway} gateways …")
+        try:
+            await lab.start_gateways()
+        except GatewayError as e:
+            raise LabError(str(e)) from None
+        lab.timings["start_s"] = time.monotonic() - started
+        say(f"lab {plan.prefix}: gateways ready, all peers up in {lab.timings['start_s']:.2f} s")
+        yield lab
+        completed = True
+    finally:
+        if keep and completed:
+            registry.detach()
+        else:
+            started = time.monotonic()
+            with trio.CancelScope(shield=True):
+                await lab.stop_gateways()
+                await trio.to_thread.run_sync(
+                    kill_namespace_processes, list(registry.state.namespaces)
+                )
+                problems = undo.unwind()
+            lab.timings["teardown_s"] = time.monotonic() - started
+            say(f"lab {plan.prefix}: removed in {lab.timings['teardown_s']:.2f} s")
+            for problem in problems:
+                say(f"lab {plan.prefix}: teardown: {problem}")
+
+
+__all__ = [
+    "CHECK_TIMEOUT_S",
+    "Lab",
+    "LabError",
+    "PreflightError",
+    "ScenarioError",
+    "open_lab",
+    "preflight",
+]

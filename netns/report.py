@@ -1,0 +1,99 @@
+"""The result of a lab run: a table readable at a glance, or JSON for machines (pure)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SUMMARY_MAX = 90
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    index: int
+    name: str
+    kind: str
+    ok: bool
+    summary: str
+    elapsed_s: float
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "kind": self.kind,
+            "ok": self.ok,
+            "summary": self.summary,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "numbers": self.numbers,
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    lab: str
+    scenario: str
+    path: str
+    gateway: str
+    sites: int
+    hosts: int
+    results: tuple[CheckResult, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for r in self.results if r.ok)
+
+
+def format_table(report: RunReport) -> str:
+    """A fixed-width table: one row per check, then a verdict line."""
+    head = (f"{report.scenario} — lab {report.lab}, {report.sites} sites, {report.hosts} hosts, "
+            f"gateway {report.gateway}")
+    rows = [("#", "check", "result", "time", "details")]
+    for r in report.results:
+        summary = r.summary if len(r.summary) <= SUMMARY_MAX else r.summary[:SUMMARY_MAX - 1] + "…"
+        rows.append((str(r.index), r.name, "ok" if r.ok else "FAIL", f"{r.elapsed_s:.2f}s",
+                     summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [head, ""]
+    for n, row in enumerate(rows):
+        cells = [row[i].ljust(widths[i]) for i in range(4)] + [row[4]]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 7)
+    timing = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in report.timings.items())
+    verdict = "PASS" if report.ok else "FAIL"
+    lines += ["", f"{verdict}: {report.passed}/{len(report.results)} checks passed"
+              + (f" ({timing})" if timing else "")]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: RunReport) -> str:
+    doc: dict[str, Any] = {
+        "lab": report.lab,
+        "scenario": report.scenario,
+        "path": report.path,
+        "gateway": report.gateway,
+        "sites": report.sites,
+        "hosts": report.hosts,
+        "ok": report.ok,
+        "passed": report.passed,
+        "total": len(report.results),
+        "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in report.timings.items()},
+        "checks": [r.as_dict() for r in report.results],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def make_report(lab: str, scenario: Any, gateway: str, hosts: int,
+                results: Sequence[CheckResult], timings: dict[str, float]) -> RunReport:
+    return RunReport(lab=lab, scenario=scenario.name, path=scenario.path, gateway=gateway,
+                     sites=len(scenario.sites), hosts=hosts, results=tuple(results),
+                     timings=dict(timings))

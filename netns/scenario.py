@@ -1,0 +1,662 @@
+"""Scenario files: parse and validate a lab description (pure; no root, no I/O but reading).
+
+Flow: 1. ``tomllib`` parses the text  2. every table is checked against its schema
+(unknown keys get a "did you mean" hint, types are exact: a bool is not an int)
+3. names, addresses and host references are cross-checked  4. the result is a tree
+of frozen dataclasses that ``plan.py`` turns into namespaces, links and steps.
+
+Every problem is a ``ScenarioError`` whose ``str()`` is one line:
+``FILE: key.path: what is wrong (what is expected)``.  Key paths use 0-based array
+indexes as they appear in the file: ``site[1].host[0].ipv4``, ``check[2].to``.
+
+Invariants guaranteed to the planner:
+- at least two sites, unique site names, unique host names within a site;
+- names match ``NAME_RE`` (at most ``NAME_MAX`` chars) so derived interface names
+  fit in 15 bytes;
+- host addresses (given or derived later) never clash, lie inside the LAN prefix
+  and are neither its network nor its broadcast address;
+- at most one hub site;
+- every check kind is known, its parameters typed, its host references exist.
+
+Keys reserved for later versions (WAN impairments, NAT, IPv6 underlay, VLAN hosts)
+are part of the schema so they validate by type, but a non-default value is
+rejected with a message saying it is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NAME_MAX = 12
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+MAX_SITES = 200
+MAX_HOSTS_PER_SITE = 200
+GATEWAY_MODES = ("l2bridge", "vxlan")
+DEFAULT_LAN_IPV4 = "10.77.0.0/16"
+DEFAULT_LAN_IPV6 = "fd00:77::/64"
+DEFAULT_MTU = 1500
+DEFAULT_KEEPALIVE_S = 1.0
+DEFAULT_DEAD_AFTER_S = 3.0
+MIN_MTU = 576
+MAX_MTU = 9000
+
+
+class ScenarioError(Exception):
+    """A scenario problem; ``str()`` is ``FILE: key.path: message`` on one line."""
+
+    def __init__(self, path: str, key: str, message: str) -> None:
+        self.path = path
+        self.key = key
+        self.message = message
+        super().__init__(f"{path}: {key}: {message}")
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One LAN host: a namespace with ``eth0`` on its site's LAN switch."""
+
+    name: str
+    ipv4: str | None = None  # "10.77.1.10/16"; None = derived by the planner
+    ipv6: str | None = None
+    mac: str | None = None  # None = derived (locally administered, deterministic)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One office: a gateway, a LAN switch and its hosts."""
+
+    name: str
+    hosts: tuple[Host, ...]
+    hub: bool = False
+    l2bridge: Mapping[str, Any] = field(default_factory=dict)  # extra daemon [site] keys
+
+
+@dataclass(frozen=True, slots=True)
+class Wan:
+    """The WAN between the gateways: one router namespace, one link per site."""
+
+    mtu: int = DEFAULT_MTU
+    # Reserved for impairments and NAT (validated, not implemented yet).
+    rate_mbit: float | None = None
+    loss_percent: float = 0.0
+    duplicate_percent: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    reorder_percent: float = 0.0
+    nat: bool = False
+    ipv6: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lan:
+    """Addressing shared by every LAN (all sites form one layer-2 segment)."""
+
+    ipv4: str = DEFAULT_LAN_IPV4
+    ipv6: str | None = DEFAULT_LAN_IPV6
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check: a kind, its parameters (defaults filled in) and a timeout."""
+
+    kind: str
+    name: str
+    params: Mapping[str, Any]
+    timeout_s: float
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    path: str
+    description: str
+    gateway: str
+    keepalive_s: float
+    dead_after_s: float
+    lan: Lan
+    wan: Wan
+    sites: tuple[Site, ...]
+    checks: tuple[Check, ...]
+
+    def site(self, name: str) -> Site:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    @property
+    def hub(self) -> Site | None:
+        return next((s for s in self.sites if s.hub), None)
+
+    def host_refs(self) -> list[str]:
+        """Every host as ``"site.host"``, in file order."""
+        return [f"{s.name}.{h.name}" for s in self.sites for h in s.hosts]
+
+
+# ---------------------------------------------------------------- schemas
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One key of a table: its type name, a default (or required) and a checker."""
+
+    kind: str  # "str" | "int" | "float" | "bool" | "host" | "str_list" | "table"
+    default: Any = _REQUIRED
+    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not lo <= value <= hi:
+            return f"expected a number in {lo:g}..{hi:g}, found {value!r}"
+        return None
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in options:
+            wanted = " or ".join(f'"{o}"' for o in options)
+            return f"expected {wanted}, found {_kind_of(value)}"
+        return None
+
+    return check
+
+
+def _not_yet(what: str, default: Any) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value != default:
+            return f"{what}: not implemented in this version of the lab (remove the key)"
+        return None
+
+    return check
+
+
+_MTU = _range(MIN_MTU, MAX_MTU)
+
+LAB_SCHEMA: dict[str, Param] = {
+    "name": Param("str", None),
+    "description": Param("str", ""),
+    "gateway": Param("str", "l2bridge", _choice(*GATEWAY_MODES)),
+    "keepalive": Param("float", DEFAULT_KEEPALIVE_S, _range(0.1, 60)),
+    "dead_after": Param("float", DEFAULT_DEAD_AFTER_S, _range(0.2, 600)),
+}
+LAN_SCHEMA: dict[str, Param] = {
+    "ipv4": Param("str", DEFAULT_LAN_IPV4),
+    "ipv6": Param("str", DEFAULT_LAN_IPV6),
+    "mtu": Param("int", DEFAULT_MTU, _MTU),
+}
+WAN_SCHEMA: dict[str, Param] = {
+    "mtu": Param("int", DEFAULT_MTU, _MTU),
+    "rate_mbit": Param("float", None, _not_yet("WAN rate limiting", None)),
+    "loss_percent": Param("float", 0.0, _not_yet("WAN loss", 0.0)),
+    "duplicate_percent": Param("float", 0.0, _not_yet("WAN duplication", 0.0)),
+    "delay_ms": Param("float", 0.0, _not_yet("WAN delay", 0.0)),
+    "jitter_ms": Param("float", 0.0, _not_yet("WAN jitter", 0.0)),
+    "reorder_percent": Param("float", 0.0, _not_yet("WAN reordering", 0.0)),
+    "nat": Param("bool", False, _not_yet("NAT", False)),
+    "ipv6": Param("bool", False, _not_yet("an IPv6 underlay", False)),
+}
+SITE_SCHEMA: dict[str, Param] = {
+    "name": Param("str"),
+    "hub": Param("bool", False),
+    "l2bridge": Param("table", None),
+    "host": Param("table_list", None),
+}
+HOST_SCHEMA: dict[str, Param] = {
+    "name": Param("str"),
+    "ipv4": Param("str", None),
+    "ipv6": Param("str", None),
+    "mac": Param("str", None),
+    "vlan": Param("int", None, _not_yet("VLAN-tagged hosts", None)),
+}
+TOP_SCHEMA = ("lab", "lan", "wan", "site", "check")
+# Keys of the daemon's own [site] table the lab writes itself.
+L2BRIDGE_OWNED = frozenset(
+    {"name", "listen", "bridge", "tap", "interfaces", "hub", "control", "peer"}
+)
+
+_COMMON_CHECK = {
+    "kind": Param("str"),
+    "name": Param("str", None),
+    "timeout": Param("float", None, _range(0.1, 3600)),
+}
+CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
+    "ping": {
+        "from": Param("host"),
+        "to": Param("host"),
+        "count": Param("int", 3, _range(1, 1000)),
+        "size": Param("int", 56, _range(0, 65000)),
+        "dont_fragment": Param("bool", False),
+        "ipv6": Param("bool", False),
+    },
+    "reachability": {
+        "count": Param("int", 1, _range(1, 100)),
+        "ipv6": Param("bool", False),
+    },
+    "iperf3": {
+        "from": Param("host"),
+        "to": Param("host"),
+        "seconds": Param("float", 2.0, _range(0.5, 600)),
+        "udp": Param("bool", False),
+        "bitrate": Param("str", None),
+        "parallel": Param("int", 1, _range(1, 32)),
+        "min_mbit_s": Param("float", None, _range(0, 1_000_000)),
+    },
+    "dhcp": {
+        "server": Param("host"),
+        "client": Param("host"),
+        "range_start": Param("str", None),
+        "range_end": Param("str", None),
+    },
+    "broadcast_once": {
+        "from": Param("host"),
+        "count": Param("int", 5, _range(1, 10_000)),
+    },
+    "unicast_isolation": {
+        "from": Param("host"),
+        "to": Param("host"),
+        "count": Param("int", 5, _range(1, 10_000)),
+    },
+    "mtu": {
+        "from": Param("host"),
+        "to": Param("host"),
+        "size": Param("int", 1472, _range(0, 65000)),
+    },
+    "restart": {
+        "site": Param("str"),
+        "from": Param("host"),
+        "to": Param("host"),
+        "within_s": Param("float", 5.0, _range(0.1, 600)),
+    },
+}
+CHECK_TIMEOUT_S: dict[str, float] = {
+    "ping": 15.0,
+    "reachability": 60.0,
+    "iperf3": 30.0,
+    "dhcp": 20.0,
+    "broadcast_once": 15.0,
+    "unicast_isolation": 20.0,
+    "mtu": 15.0,
+    "restart": 30.0,
+}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def load_scenario(path: str) -> Scenario:
+    """Read and validate the scenario at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ScenarioError(path, "-", "no such file (give the path to a .toml scenario)") from None
+    except OSError as e:
+        raise ScenarioError(path, "-", f"cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(path, "-", f"not UTF-8 text (byte {e.start})") from None
+    return parse_scenario(text, path)
+
+
+def parse_scenario(text: str, path: str = "<string>") -> Scenario:
+    """Validate scenario ``text``; ``path`` names the file in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(path, "-", f"TOML syntax error: {e}") from None
+    return _Parser(path).scenario(doc)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f' (did you mean "{close[0]}"?)'
+    return f" (known keys: {', '.join(sorted(known))})"
+
+
+_TYPE_NAMES = {
+    "str": "a string",
+    "host": 'a host reference "site.host"',
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "table": "a table",
+    "table_list": "an array of tables",
+    "str_list": "an array of strings",
+}
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ScenarioError:
+        return ScenarioError(self.path, key, message)
+
+    def table(self, value: Any, key: str, schema: Mapping[str, Param]) -> dict[str, Any]:
+        """Check ``value`` against ``schema``; return it with defaults filled in."""
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, found {_kind_of(value)}")
+        for k in value:
+            if k not in schema:
+                where = f"{key}.{k}" if key else k
+                raise self.fail(where, f'unknown key "{k}"' + _suggest(k, list(schema)))
+        out: dict[str, Any] = {}
+        for name, param in schema.items():
+            where = f"{key}.{name}" if key else name
+            if name not in value:
+                if param.default is _REQUIRED:
+                    raise self.fail(where, f"missing (expected {_TYPE_NAMES[param.kind]})")
+                out[name] = param.default
+                continue
+            v = self.typed(value[name], where, param.kind)
+            if param.check is not None:
+                problem = param.check(v)
+                if problem:
+                    raise self.fail(where, problem)
+            out[name] = v
+        return out
+
+    def typed(self, v: Any, where: str, kind: str) -> Any:
+        ok: bool
+        if kind in ("str", "host"):
+            ok = isinstance(v, str)
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif kind == "float":
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            if ok:
+                v = float(v)
+        elif kind == "bool":
+            ok = isinstance(v, bool)
+        elif kind == "table":
+            ok = isinstance(v, dict)
+        elif kind == "table_list":
+            ok = isinstance(v, list) and all(isinstance(x, dict) for x in v)
+        else:
+            ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+        if not ok:
+            raise self.fail(where, f"expected {_TYPE_NAMES[kind]}, found {_kind_of(v)}")
+        return v
+
+    def name(self, value: str, where: str) -> str:
+        if len(value) > NAME_MAX:
+            raise self.fail(
+                where,
+                f'name "{value}" is {len(value)} chars; at most {NAME_MAX} so interface '
+                "and namespace names stay short (shorten it)",
+            )
+        if not NAME_RE.match(value):
+            raise self.fail(
+                where,
+                f'name "{value}" must start with a-z and contain only a-z, 0-9 and "-"',
+            )
+        return value
+
+    # -- sections
+
+    def scenario(self, doc: dict[str, Any]) -> Scenario:
+        for k in doc:
+            if k not in TOP_SCHEMA:
+                raise self.fail(k, f'unknown key "{k}"' + _suggest(k, list(TOP_SCHEMA)))
+        lab = self.table(doc.get("lab", {}), "lab", LAB_SCHEMA)
+        if lab["dead_after"] <= lab["keepalive"]:
+            raise self.fail(
+                "lab.dead_after",
+                f"must be greater than lab.keepalive ({lab['keepalive']:g}), "
+                f"found {lab['dead_after']:g}",
+            )
+        lan = self.lan(doc.get("lan", {}))
+        wan = Wan(**self.table(doc.get("wan", {}), "wan", WAN_SCHEMA))
+        sites = self.sites(doc.get("site"), lan)
+        refs = {f"{s.name}.{h.name}" for s in sites for h in s.hosts}
+        checks = self.checks(doc.get("check", []), refs, {s.name for s in sites})
+        name = lab["name"]
+        if name is None:
+            name = os.path.splitext(os.path.basename(self.path))[0] or "lab"
+        return Scenario(
+            name=name,
+            path=self.path,
+            description=lab["description"],
+            gateway=lab["gateway"],
+            keepalive_s=lab["keepalive"],
+            dead_after_s=lab["dead_after"],
+            lan=lan,
+            wan=wan,
+            sites=sites,
+            checks=checks,
+        )
+
+    def lan(self, value: Any) -> Lan:
+        t = self.table(value, "lan", LAN_SCHEMA)
+        for key in ("ipv4", "ipv6"):
+            try:
+                net = ipaddress.ip_network(t[key], strict=True)
+            except ValueError as e:
+                raise self.fail(f"lan.{key}", f"expected a network like "
+                                f"{DEFAULT_LAN_IPV4 if key == 'ipv4' else DEFAULT_LAN_IPV6}: {e}"
+                                ) from None
+            if net.version != (4 if key == "ipv4" else 6):
+                raise self.fail(f"lan.{key}", f"expected an IPv{key[-1]} network, found {net}")
+            if net.num_addresses < 4:
+                raise self.fail(f"lan.{key}", f"network {net} is too small for hosts")
+        return Lan(ipv4=t["ipv4"], ipv6=t["ipv6"], mtu=t["mtu"])
+
+    def sites(self, value: Any, lan: Lan) -> tuple[Site, ...]:
+        if value is None:
+            raise self.fail("site", "missing (expected at least two [[site]] tables)")
+        value = self.typed(value, "site", "table_list")
+        if len(value) < 2:
+            raise self.fail("site", f"expected at least two [[site]] tables, found {len(value)}")
+        if len(value) > MAX_SITES:
+            raise self.fail("site", f"at most {MAX_SITES} sites, found {len(value)}")
+        sites: list[Site] = []
+        seen: dict[str, int] = {}
+        hub_at: str | None = None
+        addresses: dict[str, str] = {}
+        macs: dict[str, str] = {}
+        v4 = ipaddress.ip_network(lan.ipv4)
+        v6 = ipaddress.ip_network(lan.ipv6) if lan.ipv6 else None
+        for i, raw in enumerate(value):
+            key = f"site[{i}]"
+            t = self.table(raw, key, SITE_SCHEMA)
+            name = self.name(t["name"], f"{key}.name")
+            if name in seen:
+                raise self.fail(
+                    f"{key}.name", f'duplicate site name "{name}" (also site[{seen[name]}])'
+                )
+            seen[name] = i
+            if t["hub"]:
+                if hub_at is not None:
+                    raise self.fail(
+                        f"{key}.hub", f"only one hub site is supported ({hub_at} is the hub)"
+                    )
+                hub_at = key
+            extra = t["l2bridge"] or {}
+            for k in extra:
+                if k in L2BRIDGE_OWNED:
+                    raise self.fail(
+                        f"{key}.l2bridge.{k}", f'"{k}" is set by the lab itself (remove it)'
+                    )
+            hosts = self.hosts(t["host"] or [], key, v4, v6, addresses, macs)
+            sites.append(
+                Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra)
+            )
+        return tuple(sites)
+
+    def hosts(
+        self,
+        value: list[dict[str, Any]],
+        site_key: str,
+        v4: ipaddress.IPv4Network | ipaddress.IPv6Network,
+        v6: ipaddress.IPv4Network | ipaddress.IPv6Network | None,
+        addresses: dict[str, str],
+        macs: dict[str, str],
+    ) -> tuple[Host, ...]:
+        if not value:
+            raise self.fail(f"{site_key}.host", "expected at least one [[site.host]] table")
+        if len(value) > MAX_HOSTS_PER_SITE:
+            raise self.fail(
+                f"{site_key}.host", f"at most {MAX_HOSTS_PER_SITE} hosts, found {len(value)}"
+            )
+        hosts: list[Host] = []
+        seen: dict[str, int] = {}
+        for j, raw in enumerate(value):
+            key = f"{site_key}.host[{j}]"
+            t = self.table(raw, key, HOST_SCHEMA)
+            name = self.name(t["name"], f"{key}.name")
+            if name in ("gw", "sw"):
+                raise self.fail(f"{key}.name", f'"{name}" is reserved for the site\'s own nodes')
+            if name in seen:
+                raise self.fail(
+                    f"{key}.name",
+                    f'duplicate host name "{name}" (also {site_key}.host[{seen[name]}])',
+                )
+            seen[name] = j
+            for fam, net in (("ipv4", v4), ("ipv6", v6)):
+                if t[fam] is None:
+                    continue
+                if net is None:
+                    raise self.fail(f"{key}.{fam}", "lan.ipv6 is off; remove the address")
+                try:
+                    check_host_address(t[fam], net)
+                except ValueError as e:
+                    raise self.fail(f"{key}.{fam}", str(e)) from None
+                addr = t[fam].split("/")[0]
+                canon = str(ipaddress.ip_address(addr))
+                if canon in addresses:
+                    raise self.fail(
+                        f"{key}.{fam}", f"address {canon} clashes with {addresses[canon]}"
+                    )
+                addresses[canon] = key
+            if t["mac"] is not None:
+                mac = t["mac"].lower()
+                if not _is_unicast_mac(mac):
+                    raise self.fail(
+                        f"{key}.mac",
+                        f'expected a unicast MAC like "02:00:00:00:00:01", found "{t["mac"]}"',
+                    )
+                if mac in macs:
+                    raise self.fail(f"{key}.mac", f"MAC {mac} clashes with {macs[mac]}")
+                macs[mac] = key
+                t["mac"] = mac
+            hosts.append(Host(name=name, ipv4=t["ipv4"], ipv6=t["ipv6"], mac=t["mac"]))
+        return tuple(hosts)
+
+    def checks(self, value: Any, refs: set[str], sites: set[str]) -> tuple[Check, ...]:
+        value = self.typed(value, "check", "table_list")
+        checks: list[Check] = []
+        for i, raw in enumerate(value):
+            key = f"check[{i}]"
+            kind = raw.get("kind")
+            if kind is None:
+                known = ", ".join(CHECK_SCHEMAS)
+                raise self.fail(f"{key}.kind", f"missing (expected one of: {known})")
+            if not isinstance(kind, str):
+                raise self.fail(f"{key}.kind", f"expected a string, found {_kind_of(kind)}")
+            if kind not in CHECK_SCHEMAS:
+                close = difflib.get_close_matches(kind, list(CHECK_SCHEMAS), n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                raise self.fail(
+                    f"{key}.kind",
+                    f'unknown check kind "{kind}"{hint}; known: {", ".join(CHECK_SCHEMAS)}',
+                )
+            t = self.table(raw, key, {**_COMMON_CHECK, **CHECK_SCHEMAS[kind]})
+            for pname, param in CHECK_SCHEMAS[kind].items():
+                if param.kind == "host" and t[pname] not in refs:
+                    raise self.fail(
+                        f"{key}.{pname}",
+                        f'no host "{t[pname]}" (expected "site.host", one of: '
+                        f"{', '.join(sorted(refs))})",
+                    )
+            if "from" in t and "to" in t and t["from"] == t["to"]:
+                raise self.fail(f"{key}.to", f'"to" must differ from "from" ({t["from"]})')
+            if kind == "dhcp" and t["server"] == t["client"]:
+                raise self.fail(f"{key}.client", "client must differ from server")
+            if kind == "restart" and t["site"] not in sites:
+                raise self.fail(
+                    f"{key}.site", f'no site "{t["site"]}" (one of: {", ".join(sorted(sites))})'
+                )
+            params = {k: v for k, v in t.items() if k not in _COMMON_CHECK}
+            name = t["name"] or _default_check_name(kind, params)
+            timeout = t["timeout"] if t["timeout"] is not None else CHECK_TIMEOUT_S[kind]
+            checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i))
+        return tuple(checks)
+
+
+def parse_check(raw: Mapping[str, Any], scenario: Scenario, path: str = "<check>") -> Check:
+    """Validate one check table against ``scenario``'s hosts and sites."""
+    refs = set(scenario.host_refs())
+    sites = {s.name for s in scenario.sites}
+    return _Parser(path).checks([dict(raw)], refs, sites)[0]
+
+
+def check_host_address(text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Raise ``ValueError`` (the reason) unless ``text`` is a usable host address in ``net``."""
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise ValueError(f'expected an address like "{net[10]}/{net.prefixlen}", found "{text}"'
+                         ) from None
+    if "/" in text and iface.network.prefixlen != net.prefixlen:
+        raise ValueError(f"prefix length /{iface.network.prefixlen} differs from the LAN {net}")
+    if iface.ip not in net:
+        raise ValueError(f"address {iface.ip} is outside the LAN {net}")
+    if iface.ip == net.network_address or (
+        net.version == 4 and iface.ip == net.broadcast_address
+    ):
+        raise ValueError(f"address {iface.ip} is the network or broadcast address of {net}")
+
+
+def _is_unicast_mac(mac: str) -> bool:
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
+        return False
+    first = int(mac[:2], 16)
+    return not first & 1 and mac != "00:00:00:00:00:00"
+
+
+def _kind_of(v: Any) -> str:
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if isinstance(v, int):
+        return f"integer {v}"
+    if isinstance(v, float):
+        return f"number {v:g}"
+    if isinstance(v, str):
+        return f'string "{v}"'
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__
+
+
+def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:
+    if kind == "reachability":
+        return "reachability" + (" ipv6" if params.get("ipv6") else "")
+    if kind == "dhcp":
+        return f"dhcp {params['server']} → {params['client']}"
+    if kind == "broadcast_once":
+        return f"broadcast_once from {params['from']}"
+    if kind == "restart":
+        return f"restart {params['site']}"
+    suffix = " ipv6" if params.get("ipv6") else ""
+    return f"{kind}{suffix} {params['from']} → {params['to']}"

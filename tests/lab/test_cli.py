@@ -1,0 +1,66 @@
+"""The lab CLI without root: plan, bad input (exit 2, one line), root checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from netns import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TWO = os.path.join(ROOT, "scenarios", "two-offices.toml")
+
+
+def test_plan_prints_names_and_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", TWO]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lab l2b") and "2 sites, 4 hosts, gateway l2bridge" in out[0]
+    assert any(line.endswith("-wan") and line.startswith("netns add") for line in out)
+    assert any("l2bridge up -c /run/l2bridge/lab/" in line for line in out)
+
+
+def test_bad_scenario_exits_2_with_one_line(tmp_path: object,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = os.path.join(str(tmp_path), "bad.toml")
+    with open(path, "w") as f:
+        f.write("[wan]\nmtuu = 1500\n")
+    assert cli.main(["run", path]) == 2
+    assert cli.main(["plan", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f'{path}: wan.mtuu: unknown key "mtuu" (did you mean "mtu"?)'
+
+
+def test_vxlan_on_small_wan_mtu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", TWO, "--gateway", "vxlan"]) == 2
+    assert "wan.mtu: vxlan gateways need wan.mtu >= 1550" in capsys.readouterr().err
+    assert cli.main(["plan", TWO, "--gateway", "vxlan", "--wan-mtu", "1550"]) == 0
+    assert cli.main(["plan", TWO, "--wan-mtu", "20"]) == 2
+
+
+@pytest.mark.parametrize("argv", [["run", TWO], ["up", TWO], ["down", "l2b00000"], ["clean"],
+                                  ["exec", "l2b00000", "a.h1", "--", "true"]])
+def test_commands_needing_root_say_so(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "this command needs root (network namespaces); run it with sudo\n")
+
+
+def test_python_dash_m_netns_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "netns", "plan", TWO], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "gateway london:" in done.stdout
+
+
+def test_unknown_lab_for_down_and_exec(capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("down/exec need root")
+    assert cli.main(["down", "l2bfffff"]) == 2
+    assert cli.main(["exec", "l2bfffff", "a.h1", "--", "true"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lab l2bfffff: no such lab (see `l2bridge lab list`)"] * 2
