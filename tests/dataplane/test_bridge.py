@@ -308,3 +308,45 @@ async def test_entries_age_out(lab, autojump_clock):
     await trio.sleep(10.5)
     assert a.fdb() == [] and a.switch.counters["expired"] == 1
     assert not math.isnan(a.status()["uptime_s"])
+
+
+async def test_transient_send_errors_are_counted_and_survived(lab, autojump_clock):
+    import errno
+
+    for cfg in mesh(["a", "b"]):
+        await lab.start(cfg)
+    await lab.settle()
+    transport = lab.sites["a"].transport
+    real_send = transport.send
+    failures = iter([OSError(errno.ENETUNREACH, "unreachable")] * 3)
+
+    def flaky_send(data, addr):
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        return real_send(data, addr)
+
+    transport.send = flaky_send
+    for i in range(5):
+        lab.taps["a"].inject(frame(BCAST, mac(1), b"flaky%d" % i + b"\0" * 40))
+    await lab.settle(0.01)
+    assert len(data_frames(lab.taps["b"], b"flaky")) == 2
+    assert lab.sites["a"].peers.by_name["b"].drops == {"send_enetunreach": 3}
+
+
+async def test_full_socket_buffer_waits_instead_of_dropping(lab, autojump_clock):
+    for cfg in mesh(["a", "b"]):
+        await lab.start(cfg)
+    await lab.settle()
+    transport = lab.sites["a"].transport
+    real_send = transport.send
+    blocked = iter([False] * 5)
+
+    def full_send(data, addr):
+        return next(blocked, None) is None and real_send(data, addr)
+
+    transport.send = full_send
+    lab.taps["a"].inject(frame(BCAST, mac(1), b"waited" + b"\0" * 40))
+    await lab.settle(0.01)
+    assert len(data_frames(lab.taps["b"], b"waited")) == 1
+    assert lab.sites["a"].peers.by_name["b"].drops == {}

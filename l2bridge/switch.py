@@ -1,0 +1,359 @@
+"""The learning switch: which port a (VLAN, MAC) sits behind (DESIGN §2).
+
+Pure module: no I/O, no trio, no socket; time is the ``now`` argument
+(seconds, monotonic, never decreasing between calls).
+
+Ports are small ints: ``TAP = 0`` is the local tap, peers are ``1..N``.
+A decision is a port, ``FLOOD`` or a ``Drop`` reason.
+
+Per-frame flow (``egress`` from the tap, ``ingress`` from peer ``port``):
+  1. Validate, cheapest first: runt (< 14 bytes) -> oversize (> max_frame)
+     -> bad source (group bit or all-zero) -> PAUSE destination.
+     A frame dropped here teaches the table nothing.
+  2. Learn the source on the arrival port (insert after filtering, as the
+     Linux bridge does, so invalid frames cannot poison the table).
+     A *new* source is refused when a cap is full (TABLE_FULL / PEER_FULL)
+     and the frame is dropped, not flooded.
+  3. Decide:
+     egress:            group dst -> FLOOD; dst at peer p -> p;
+                        dst at TAP -> LOCAL_DEST; unknown -> FLOOD
+     ingress (mesh):    TAP, always (split horizon: never peer to peer)
+     ingress (hub):     group dst -> FLOOD (caller: tap + live peers but
+                        `port`); dst at TAP -> TAP; dst at q != port -> q;
+                        dst at `port` -> HAIRPIN; unknown -> FLOOD
+     The source is learned before the decision, so a LOCAL_DEST or HAIRPIN
+     drop still refreshes it (the frame itself was valid).
+
+Table invariants:
+  * Key: the 6-byte source MAC slice for VLAN 0 (untagged, priority-tagged or
+    truncated tag), a ``(vid, mac)`` tuple otherwise; value: a mutable
+    ``[port, last_seen]`` list refreshed in place.  ``vlan_id`` in
+    ``ether.py`` defines the VLAN; the hot path inlines the same rule.
+  * An entry is live while ``now - last_seen < ageing_s``; an expired entry
+    is a miss for lookups and decisions even before ``expire`` removes it.
+  * ``len(table) <= max_entries`` and, for every peer port,
+    ``port_count(port) <= max_entries_per_peer``.  The TAP port is bounded
+    only by the global cap.  Counts are of stored entries: expired entries
+    stay stored (and counted) until removed, but whenever a cap refuses a
+    source every expired entry is removed first and the cap checked again,
+    so stale entries never block learning.
+  * A known live source refreshing or moving never hits TABLE_FULL.  A
+    move into a full peer port is refused as PEER_FULL and the entry stays
+    where it was, so the per-peer cap holds without exception.
+  * A stored but expired entry for a source being learned again is removed
+    (counted ``expired``) and the source learned as new (counted
+    ``learned``, subject to the caps).
+  * ``ageing_s == 0``: nothing is ever learned, every unicast floods.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from l2bridge.ether import ETH_HLEN, PAUSE_MAC, VLAN_HLEN, VLAN_TPIDS, ZERO_MAC
+
+TAP = 0
+"""Port number of the local tap."""
+FLOOD = -1
+"""Decision: send to every eligible port (see the module flow)."""
+
+FDB_AGEING_S = 300.0
+FDB_MAX_ENTRIES = 8192
+FDB_MAX_ENTRIES_PER_PEER = 1024
+MAX_FRAME_BYTES = 1522
+"""Default largest accepted frame: 1500 payload + 14 header + 4 tag + 4 tag."""
+
+
+class Drop(enum.Enum):
+    """Every reason a frame is dropped; the value is the counter name."""
+
+    RUNT = "runt"  # shorter than 14 bytes
+    OVERSIZE = "oversize"  # longer than max_frame
+    BAD_SOURCE = "bad_source"  # source MAC multicast/broadcast or all-zero
+    PAUSE = "pause"  # 802.3x PAUSE (dst 01:80:c2:00:00:01), never forwarded
+    TABLE_FULL = "table_full"  # new source, global cap reached
+    PEER_FULL = "peer_full"  # new source (or move), per-port cap reached
+    LOCAL_DEST = "local_dest"  # egress frame whose destination was learned on the tap
+    HAIRPIN = "hairpin"  # hub: destination learned behind the ingress peer
+
+
+@dataclass(frozen=True, slots=True)
+class FdbEntry:
+    """One live table entry, as shown to operators."""
+
+    vlan: int
+    mac: bytes
+    port: int
+    age_s: float
+
+
+# Bound once: the hot path reads module globals, not enum attributes.
+_RUNT = Drop.RUNT
+_OVERSIZE = Drop.OVERSIZE
+_BAD_SOURCE = Drop.BAD_SOURCE
+_PAUSE = Drop.PAUSE
+_TABLE_FULL = Drop.TABLE_FULL
+_PEER_FULL = Drop.PEER_FULL
+_LOCAL_DEST = Drop.LOCAL_DEST
+_HAIRPIN = Drop.HAIRPIN
+_TAGGED_HLEN = ETH_HLEN + VLAN_HLEN
+
+# Table key: bytes (VLAN 0) or (vid, mac).  Value: [port, last_seen].
+_Key = bytes | tuple[int, bytes]
+
+
+def _key(vlan: int, mac: bytes) -> _Key:
+    return (vlan, bytes(mac)) if vlan else bytes(mac)
+
+
+def _split_key(key: _Key) -> tuple[int, bytes]:
+    return (0, key) if isinstance(key, bytes) else key
+
+
+class Switch:
+    """A MAC-learning switch whose ports are the tap and the peers.
+
+    Synchronous by design: no call awaits, so a lookup and its update can
+    never interleave with another task.
+    """
+
+    __slots__ = (
+        "_hub",
+        "_ageing_s",
+        "_max_entries",
+        "_max_per_peer",
+        "_max_frame",
+        "_table",
+        "_counts",
+        "_stale_from",
+        "counters",
+    )
+
+    def __init__(
+        self,
+        *,
+        hub: bool = False,
+        ageing_s: float = FDB_AGEING_S,
+        max_entries: int = FDB_MAX_ENTRIES,
+        max_entries_per_peer: int = FDB_MAX_ENTRIES_PER_PEER,
+        max_frame: int = MAX_FRAME_BYTES,
+    ) -> None:
+        if ageing_s < 0:
+            raise ValueError(f"ageing_s must be >= 0, got {ageing_s}")
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        if max_entries_per_peer < 1:
+            raise ValueError(f"max_entries_per_peer must be >= 1, got {max_entries_per_peer}")
+        if max_frame < ETH_HLEN:
+            raise ValueError(f"max_frame must be >= {ETH_HLEN}, got {max_frame}")
+        self._hub = hub
+        self._ageing_s = float(ageing_s)
+        self._max_entries = max_entries
+        self._max_per_peer = max_entries_per_peer
+        self._max_frame = max_frame
+        self._table: dict[_Key, list] = {}
+        self._counts: dict[int, int] = {}
+        # Lower bound of every stored entry's expiry time: before it, no
+        # entry can be stale and a purge would find nothing.
+        self._stale_from = math.inf
+        self.counters: dict[str, int] = {"learned": 0, "moved": 0, "expired": 0, "flushed": 0}
+
+    @property
+    def hub(self) -> bool:
+        return self._hub
+
+    @property
+    def ageing_s(self) -> float:
+        return self._ageing_s
+
+    # --- hot path -----------------------------------------------------------
+
+    def egress(self, frame: bytes, now: float) -> int | Drop:
+        """Decide for a frame read from the tap (module flow, steps 1-3)."""
+        n = len(frame)
+        if n < ETH_HLEN:
+            return _RUNT
+        if n > self._max_frame:
+            return _OVERSIZE
+        src = frame[6:12]
+        if frame[6] & 1 or src == ZERO_MAC:
+            return _BAD_SOURCE
+        group = frame[0] & 1
+        if group and frame[:6] == PAUSE_MAC:
+            return _PAUSE
+        vid = 0
+        if n >= _TAGGED_HLEN and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
+            vid = (frame[14] << 8 | frame[15]) & 0x0FFF
+        key = (vid, src) if vid else src
+        table = self._table
+        ageing = self._ageing_s
+        entry = table.get(key)
+        if entry is not None and entry[0] == TAP and now - entry[1] < ageing:
+            entry[1] = now
+        else:
+            refused = self._learn(key, entry, TAP, now)
+            if refused is not None:
+                return refused
+        if group:
+            return FLOOD
+        dst = frame[:6]
+        entry = table.get((vid, dst) if vid else dst)
+        if entry is None or now - entry[1] >= ageing:
+            return FLOOD
+        if entry[0] == TAP:
+            return _LOCAL_DEST
+        return entry[0]
+
+    def ingress(self, frame: bytes, port: int, now: float) -> int | Drop:
+        """Decide for a frame received from peer ``port`` (precondition: port >= 1)."""
+        n = len(frame)
+        if n < ETH_HLEN:
+            return _RUNT
+        if n > self._max_frame:
+            return _OVERSIZE
+        src = frame[6:12]
+        if frame[6] & 1 or src == ZERO_MAC:
+            return _BAD_SOURCE
+        group = frame[0] & 1
+        if group and frame[:6] == PAUSE_MAC:
+            return _PAUSE
+        vid = 0
+        if n >= _TAGGED_HLEN and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
+            vid = (frame[14] << 8 | frame[15]) & 0x0FFF
+        key = (vid, src) if vid else src
+        table = self._table
+        ageing = self._ageing_s
+        entry = table.get(key)
+        if entry is not None and entry[0] == port and now - entry[1] < ageing:
+            entry[1] = now
+        else:
+            refused = self._learn(key, entry, port, now)
+            if refused is not None:
+                return refused
+        if not self._hub:
+            return TAP
+        if group:
+            return FLOOD
+        dst = frame[:6]
+        entry = table.get((vid, dst) if vid else dst)
+        if entry is None or now - entry[1] >= ageing:
+            return FLOOD
+        if entry[0] == port:
+            return _HAIRPIN
+        return entry[0]
+
+    # --- learning (off the common path) --------------------------------------
+
+    def _learn(self, key: _Key, entry: list | None, port: int, now: float) -> Drop | None:
+        """Learn ``key`` on ``port``; return the refusal reason or None.
+
+        Called when the source is unknown, expired, or known on another port.
+        """
+        ageing = self._ageing_s
+        if not ageing:
+            return None
+        counts = self._counts
+        if entry is not None:
+            if now - entry[1] < ageing:
+                # 1. Live entry on another port: a move (never TABLE_FULL).
+                if port != TAP and counts.get(port, 0) >= self._max_per_peer:
+                    self._purge(now)
+                    if counts.get(port, 0) >= self._max_per_peer:
+                        return _PEER_FULL
+                counts[entry[0]] -= 1
+                counts[port] = counts.get(port, 0) + 1
+                entry[0] = port
+                entry[1] = now
+                self.counters["moved"] += 1
+                return None
+            # 2. Stored but expired: remove it, then learn as new.
+            del self._table[key]
+            counts[entry[0]] -= 1
+            self.counters["expired"] += 1
+        # 3. New source: caps first, purging expired entries before refusing.
+        table = self._table
+        if len(table) >= self._max_entries:
+            self._purge(now)
+            if len(table) >= self._max_entries:
+                return _TABLE_FULL
+        if port != TAP and counts.get(port, 0) >= self._max_per_peer:
+            self._purge(now)
+            if counts.get(port, 0) >= self._max_per_peer:
+                return _PEER_FULL
+        table[key] = [port, now]
+        counts[port] = counts.get(port, 0) + 1
+        self.counters["learned"] += 1
+        expiry = now + ageing
+        if expiry < self._stale_from:
+            self._stale_from = expiry
+        return None
+
+    def _purge(self, now: float) -> None:
+        """Remove every expired entry; keep ``_stale_from`` exact afterwards."""
+        if now < self._stale_from:
+            return
+        ageing = self._ageing_s
+        counts = self._counts
+        earliest = math.inf
+        stale = []
+        for key, (port, last_seen) in self._table.items():
+            expiry = last_seen + ageing
+            if now >= expiry:
+                stale.append(key)
+                counts[port] -= 1
+            elif expiry < earliest:
+                earliest = expiry
+        for key in stale:
+            del self._table[key]
+        self.counters["expired"] += len(stale)
+        self._stale_from = earliest
+
+    # --- management (per event, not per frame) -------------------------------
+
+    def expire(self, now: float) -> float | None:
+        """Remove expired entries; return the next expiry time, None when empty.
+
+        A GC task sleeps until the returned time (or until the next learn
+        when None) and calls again.
+        """
+        self._stale_from = -math.inf  # force the scan
+        self._purge(now)
+        return None if not self._table else self._stale_from
+
+    def flush_port(self, port: int) -> int:
+        """Remove every stored entry of ``port`` (a peer went down); return the count."""
+        doomed = [key for key, entry in self._table.items() if entry[0] == port]
+        for key in doomed:
+            del self._table[key]
+        self._counts.pop(port, None)
+        self.counters["flushed"] += len(doomed)
+        return len(doomed)
+
+    def lookup(self, vlan: int, mac: bytes, now: float) -> int | None:
+        """The port a live entry places (vlan, mac) behind, or None."""
+        entry = self._table.get(_key(vlan, mac))
+        if entry is None or now - entry[1] >= self._ageing_s:
+            return None
+        return entry[0]
+
+    def entries(self, now: float) -> list[FdbEntry]:
+        """Every live entry, sorted by (vlan, mac)."""
+        ageing = self._ageing_s
+        live = []
+        for key, (port, last_seen) in self._table.items():
+            age_s = now - last_seen
+            if age_s < ageing:
+                vlan, mac = _split_key(key)
+                live.append(FdbEntry(vlan, mac, port, age_s))
+        live.sort(key=lambda e: (e.vlan, e.mac))
+        return live
+
+    def port_count(self, port: int) -> int:
+        """Entries stored for ``port``, including expired ones not yet removed."""
+        return self._counts.get(port, 0)
+
+    def __len__(self) -> int:
+        """Entries stored, including expired ones not yet removed."""
+        return len(self._table)
