@@ -172,32 +172,29 @@ def _query(args: argparse.Namespace, cmd: str) -> object:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from l2bridge.config import ConfigError
-    from l2bridge.control import ControlError
     from l2bridge.report import format_show
 
-    try:
-        status = _query(args, "show")
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except ControlError as exc:
-        return _fail(str(exc))
-    print(json.dumps(status, indent=2) if args.json else format_show(status))  # type: ignore[arg-type]
-    return 0
+    return _print_query(args, "show", format_show)
 
 
 def cmd_fdb(args: argparse.Namespace) -> int:
-    from l2bridge.config import ConfigError
-    from l2bridge.control import ControlError
     from l2bridge.report import format_fdb
 
+    return _print_query(args, "fdb", format_fdb)
+
+
+def _print_query(args: argparse.Namespace, cmd: str, render) -> int:
+    """Ask the running site and print its answer, as JSON or for people."""
+    from l2bridge.config import ConfigError
+    from l2bridge.control import ControlError
+
     try:
-        entries = _query(args, "fdb")
+        answer = _query(args, cmd)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ControlError as exc:
         return _fail(str(exc))
-    print(json.dumps(entries, indent=2) if args.json else format_fdb(entries))  # type: ignore[arg-type]
+    print(json.dumps(answer, indent=2) if args.json else render(answer))
     return 0
 
 

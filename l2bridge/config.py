@@ -233,7 +233,7 @@ def _quote(text: str, limit: int = 40) -> str:
     return json.dumps(text)
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """Name the TOML type of ``value`` and show it briefly."""
     if isinstance(value, bool):
         return f"a boolean ({'true' if value else 'false'})"
@@ -288,7 +288,7 @@ class _Reader:
     def string(self, name: str, default: Any, rule: str) -> str:
         value = self.raw(name, default, rule)
         if not isinstance(value, str):
-            raise self.error(name, f"expected {rule}, found {_describe(value)}")
+            raise self.error(name, f"expected {rule}, found {describe_value(value)}")
         return value
 
     def name(self, name: str, default: Any = _MISSING) -> str:
@@ -301,14 +301,14 @@ class _Reader:
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name, default, "true or false")
         if not isinstance(value, bool):
-            raise self.error(name, f"expected true or false, found {_describe(value)}")
+            raise self.error(name, f"expected true or false, found {describe_value(value)}")
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         rule = f"an integer from {low} to {high}"
         value = self.raw(name, default, rule)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(name, f"expected {rule}, found {_describe(value)}")
+            raise self.error(name, f"expected {rule}, found {describe_value(value)}")
         if not low <= value <= high:
             raise self.error(name, f"expected {rule}, found {value}")
         return value
@@ -317,7 +317,7 @@ class _Reader:
         rule = f"a number of seconds from {_number(low)} to {_number(high)}"
         value = self.raw(name, default, rule)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(name, f"expected {rule}, found {_describe(value)}")
+            raise self.error(name, f"expected {rule}, found {describe_value(value)}")
         if not low <= value <= high:  # also rejects nan
             raise self.error(name, f"expected {rule}, found {_number(value)}")
         return float(value)
@@ -415,7 +415,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         raise ConfigError(path, "-", 'missing [site] table; expected [site] with name = "..."')
     if not isinstance(site_table, Mapping):
         raise ConfigError(
-            path, "site", f"expected a table [site], found {_describe(site_table)}"
+            path, "site", f"expected a table [site], found {describe_value(site_table)}"
         )
     site = _Reader(path, "site", site_table)
     site.check_keys(SITE_KEYS)
@@ -488,13 +488,13 @@ def _interfaces(site: _Reader, bridge: str, tap: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise site.error(
             "interfaces", f'expected an array of interface names like ["eth1"], found'
-            f" {_describe(value)}"
+            f" {describe_value(value)}"
         )
     seen: dict[str, int] = {}
     for index, item in enumerate(value):
         key = f"interfaces[{index}]"
         if not isinstance(item, str):
-            raise site.error(key, f"expected an interface name, found {_describe(item)}")
+            raise site.error(key, f"expected an interface name, found {describe_value(item)}")
         problem = _ifname_problem(item)
         if problem:
             raise site.error(key, problem)
@@ -542,7 +542,7 @@ def _mss_clamp(site: _Reader, wan_mtu: int, listen: Endpoint) -> int | None:
     if value is True:
         return mss_for(wan_mtu, listen.is_ipv6, True)
     if not isinstance(value, int):
-        raise site.error("mss_clamp", f"expected {rule}, found {_describe(value)}")
+        raise site.error("mss_clamp", f"expected {rule}, found {describe_value(value)}")
     if not MSS_MIN <= value <= MSS_MAX:
         raise site.error("mss_clamp", f"expected {rule}, found {value}")
     return value
@@ -571,7 +571,7 @@ def _peers(path: str, value: Any, site_name: str, listen: Endpoint) -> tuple[Pee
         )
     if not isinstance(value, list):
         raise ConfigError(
-            path, "peer", f"expected an array of tables [[peer]], found {_describe(value)}"
+            path, "peer", f"expected an array of tables [[peer]], found {describe_value(value)}"
         )
     peers: list[PeerConfig] = []
     seen: dict[str, int] = {}
@@ -579,7 +579,7 @@ def _peers(path: str, value: Any, site_name: str, listen: Endpoint) -> tuple[Pee
         prefix = f"peer[{index}]"
         if not isinstance(table, Mapping):
             raise ConfigError(
-                path, prefix, f"expected a table [[peer]], found {_describe(table)}"
+                path, prefix, f"expected a table [[peer]], found {describe_value(table)}"
             )
         peer = _Reader(path, prefix, table)
         peer.check_keys(PEER_KEYS)

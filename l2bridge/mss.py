@@ -17,10 +17,10 @@ caller can test ``out is frame``; otherwise a new ``bytes`` of equal length.
 
 from __future__ import annotations
 
+from l2bridge.ether import ETH_HLEN, VLAN_HLEN, VLAN_TPIDS
+from l2bridge.wire import HEADER_LEN
+
 # Specification constants.
-ETH_HLEN = 14
-VLAN_TAG_LEN = 4
-VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
 MAX_VLAN_TAGS = 2
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
@@ -38,7 +38,6 @@ UDP_HLEN = 8
 # Overheads used by ``mss_for``.
 UNDERLAY_IPV4_UDP_LEN = IPV4_HLEN_MIN + UDP_HLEN  # 28
 UNDERLAY_IPV6_UDP_LEN = IPV6_HLEN + UDP_HLEN  # 48
-WIRE_HEADER_LEN = 4
 
 
 def mss_for(wan_mtu: int, ipv6_underlay: bool, ipv6_inner: bool) -> int:
@@ -50,7 +49,7 @@ def mss_for(wan_mtu: int, ipv6_underlay: bool, ipv6_inner: bool) -> int:
     """
     underlay = UNDERLAY_IPV6_UDP_LEN if ipv6_underlay else UNDERLAY_IPV4_UDP_LEN
     inner = IPV6_HLEN if ipv6_inner else IPV4_HLEN_MIN
-    return wan_mtu - underlay - WIRE_HEADER_LEN - ETH_HLEN - inner - TCP_HLEN_MIN
+    return wan_mtu - underlay - HEADER_LEN - ETH_HLEN - inner - TCP_HLEN_MIN
 
 
 def _checksum_update(checksum: int, old: int, new: int) -> int:
@@ -71,10 +70,10 @@ def clamp_mss(frame: bytes, mss: int) -> bytes:
     tags = 0
     while ethertype in VLAN_TPIDS:
         tags += 1
-        if tags > MAX_VLAN_TAGS or offset + VLAN_TAG_LEN > size:
+        if tags > MAX_VLAN_TAGS or offset + VLAN_HLEN > size:
             return frame
         ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
-        offset += VLAN_TAG_LEN
+        offset += VLAN_HLEN
 
     # 2. Network header: find where TCP starts and where the IP packet ends.
     if ethertype == ETHERTYPE_IPV4:

@@ -47,7 +47,8 @@ def in_netns(name: str) -> Iterator[None]:
     except FileNotFoundError:
         raise NetnsError(errno.ENOENT, f"network namespace {name!r} does not exist") from None
     try:
-        home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+        home = os.open(own, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(target, name)
             try:

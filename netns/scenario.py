@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2bridge.config import describe_value
+
 NAME_MAX = 12
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 MAX_SITES = 200
@@ -172,7 +174,7 @@ def _choice(*options: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if value not in options:
             wanted = " or ".join(f'"{o}"' for o in options)
-            return f"expected {wanted}, found {_kind_of(value)}"
+            return f"expected {wanted}, found {describe_value(value)}"
         return None
 
     return check
@@ -354,7 +356,7 @@ class _Parser:
     def table(self, value: Any, key: str, schema: Mapping[str, Param]) -> dict[str, Any]:
         """Check ``value`` against ``schema``; return it with defaults filled in."""
         if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, found {_kind_of(value)}")
+            raise self.fail(key, f"expected a table, found {describe_value(value)}")
         for k in value:
             if k not in schema:
                 where = f"{key}.{k}" if key else k
@@ -394,7 +396,7 @@ class _Parser:
         else:
             ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
         if not ok:
-            raise self.fail(where, f"expected {_TYPE_NAMES[kind]}, found {_kind_of(v)}")
+            raise self.fail(where, f"expected {_TYPE_NAMES[kind]}, found {describe_value(v)}")
         return v
 
     def name(self, value: str, where: str) -> str:
@@ -571,7 +573,7 @@ class _Parser:
                 known = ", ".join(CHECK_SCHEMAS)
                 raise self.fail(f"{key}.kind", f"missing (expected one of: {known})")
             if not isinstance(kind, str):
-                raise self.fail(f"{key}.kind", f"expected a string, found {_kind_of(kind)}")
+                raise self.fail(f"{key}.kind", f"expected a string, found {describe_value(kind)}")
             if kind not in CHECK_SCHEMAS:
                 close = difflib.get_close_matches(kind, list(CHECK_SCHEMAS), n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -631,22 +633,6 @@ def _is_unicast_mac(mac: str) -> bool:
         return False
     first = int(mac[:2], 16)
     return not first & 1 and mac != "00:00:00:00:00:00"
-
-
-def _kind_of(v: Any) -> str:
-    if isinstance(v, bool):
-        return f"boolean {str(v).lower()}"
-    if isinstance(v, int):
-        return f"integer {v}"
-    if isinstance(v, float):
-        return f"number {v:g}"
-    if isinstance(v, str):
-        return f'string "{v}"'
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
 
 
 def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:

@@ -90,14 +90,14 @@ to = "berlin.h1"
         ("sites = []\n",
          'lab.toml: sites: unknown key "sites" (did you mean "site"?)'),
         ("[wan]\nmtu = true\n" + TWO_SITES,
-         "lab.toml: wan.mtu: expected an integer, found boolean true"),
+         "lab.toml: wan.mtu: expected an integer, found a boolean (true)"),
         ("[wan]\nmtu = 100\n" + TWO_SITES,
          "lab.toml: wan.mtu: expected a number in 576..9000, found 100"),
         ("[wan]\nloss_percent = 1.5\n" + TWO_SITES,
          "lab.toml: wan.loss_percent: WAN loss: not implemented in this version of the lab "
          "(remove the key)"),
         ("[lab]\ngateway = 'gre'\n" + TWO_SITES,
-         'lab.toml: lab.gateway: expected "l2bridge" or "vxlan", found string "gre"'),
+         'lab.toml: lab.gateway: expected "l2bridge" or "vxlan", found a string (\"gre\")'),
         ("[lab]\nkeepalive = 3\ndead_after = 2\n" + TWO_SITES,
          "lab.toml: lab.dead_after: must be greater than lab.keepalive (3), found 2"),
         ("[[site]]\nname = 'a'\n[[site.host]]\nname = 'h1'\n",
@@ -151,7 +151,7 @@ to = "berlin.h1"
          'lab.toml: check[0].to: "to" must differ from "from" (london.h1)'),
         (TWO_SITES + "[[check]]\nkind = 'ping'\nfrom = 'london.h1'\nto = 'berlin.h1'\n"
          "count = '3'\n",
-         'lab.toml: check[0].count: expected an integer, found string "3"'),
+         'lab.toml: check[0].count: expected an integer, found a string (\"3\")'),
         (TWO_SITES + "[[check]]\nkind = 'restart'\nsite = 'paris'\nfrom = 'london.h1'\n"
          "to = 'berlin.h1'\n",
          'lab.toml: check[0].site: no site "paris" (one of: berlin, london)'),
