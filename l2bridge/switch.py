@@ -124,6 +124,7 @@ class Switch:
         "_ageing_s",
         "_max_entries",
         "_max_per_peer",
+        "_port_caps",
         "_max_frame",
         "_table",
         "_counts",
@@ -152,6 +153,7 @@ class Switch:
         self._ageing_s = float(ageing_s)
         self._max_entries = max_entries
         self._max_per_peer = max_entries_per_peer
+        self._port_caps: dict[int, int] = {}
         self._max_frame = max_frame
         self._table: dict[_Key, list] = {}
         self._counts: dict[int, int] = {}
@@ -258,9 +260,9 @@ class Switch:
         if entry is not None:
             if now - entry[1] < ageing:
                 # 1. Live entry on another port: a move (never TABLE_FULL).
-                if port != TAP and counts.get(port, 0) >= self._max_per_peer:
+                if port != TAP and counts.get(port, 0) >= self._cap(port):
                     self._purge(now)
-                    if counts.get(port, 0) >= self._max_per_peer:
+                    if counts.get(port, 0) >= self._cap(port):
                         return _PEER_FULL
                 counts[entry[0]] -= 1
                 counts[port] = counts.get(port, 0) + 1
@@ -278,9 +280,9 @@ class Switch:
             self._purge(now)
             if len(table) >= self._max_entries:
                 return _TABLE_FULL
-        if port != TAP and counts.get(port, 0) >= self._max_per_peer:
+        if port != TAP and counts.get(port, 0) >= self._cap(port):
             self._purge(now)
-            if counts.get(port, 0) >= self._max_per_peer:
+            if counts.get(port, 0) >= self._cap(port):
                 return _PEER_FULL
         table[key] = [port, now]
         counts[port] = counts.get(port, 0) + 1
@@ -289,6 +291,15 @@ class Switch:
         if expiry < self._stale_from:
             self._stale_from = expiry
         return None
+
+    def set_port_cap(self, port: int, cap: int) -> None:
+        """Cap the entries of one peer port (instead of ``max_entries_per_peer``)."""
+        if port <= TAP or cap < 1:
+            raise ValueError(f"port {port} cap {cap}: expected a peer port and a cap >= 1")
+        self._port_caps[port] = cap
+
+    def _cap(self, port: int) -> int:
+        return self._port_caps.get(port, self._max_per_peer)
 
     def _purge(self, now: float) -> None:
         """Remove every expired entry; keep ``_stale_from`` exact afterwards."""

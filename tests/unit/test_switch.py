@@ -638,3 +638,18 @@ SwitchVersusModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_switch_matches_naive_model = SwitchVersusModel.TestCase
+
+
+def test_a_port_cap_overrides_the_per_peer_default() -> None:
+    sw = Switch(max_entries_per_peer=4)
+    sw.set_port_cap(2, 2)
+    def src(n: int) -> bytes:
+        return bytes([0x0A, 0, 0, 0, 1, n])
+
+    decisions = [sw.ingress(frame(BROADCAST_MAC, src(10 + i)), P2, 0.0) for i in range(3)]
+    assert decisions == [TAP, TAP, Drop.PEER_FULL]
+    more = [sw.ingress(frame(BROADCAST_MAC, src(20 + i)), P1, 0.0) for i in range(5)]
+    assert more[-1] is Drop.PEER_FULL
+    assert sw.port_count(P1) == 4 and sw.port_count(P2) == 2
+    with pytest.raises(ValueError):
+        sw.set_port_cap(0, 5)
