@@ -15,6 +15,12 @@ Inbound flow (peers → tap), per wake-up:
   3. FRAGMENTs go to the peer's reassembler, which yields whole frames;
   4. ``switch.ingress`` → deliver to the tap (and, on a hub, relay to peers).
 
+Secure mode (the default): every inner datagram above is sealed into a DATA
+packet of the peer's current session before it is sent, and every received
+datagram is authenticated by ``SecureLinks`` before anything else looks at it;
+the peer is the one whose keys opened it, and its endpoint follows it
+(roaming).  Cleartext mode (``insecure = true``) identifies peers by address.
+
 Invariants: the per-frame path never logs, never awaits between a table lookup
 and its update (switch methods are synchronous), and allocates only the
 datagram it sends.  Tap and transport are passed in, so the same Bridge runs on
@@ -26,7 +32,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -37,6 +43,10 @@ from l2bridge.mss import clamp_mss
 from l2bridge.peers import Peer, PeerTable
 from l2bridge.switch import FLOOD, TAP, Drop, Switch
 from l2bridge.transport import Transport
+
+if TYPE_CHECKING:
+    from l2bridge import noise
+    from l2bridge.secure import Established, PeerLink, Reply, SecureLinks, Timers
 
 log = logging.getLogger("l2bridge")
 
@@ -70,7 +80,16 @@ class Tap(Protocol):
 class Bridge:
     """One site's dataplane: a switch whose ports are the tap and the peers."""
 
-    def __init__(self, config: SiteConfig, *, tap: Tap, transport: Transport) -> None:
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        tap: Tap,
+        transport: Transport,
+        identity: noise.Identity | None = None,
+        psks: dict[str, bytes] | None = None,
+        timers: Timers | None = None,
+    ) -> None:
         self.config = config
         self.tap = tap
         self.transport = transport
@@ -83,6 +102,10 @@ class Bridge:
             max_frame=max_frame,
         )
         overhead = IPV6_UDP_OVERHEAD if config.listen.is_ipv6 else IPV4_UDP_OVERHEAD
+        if not config.insecure:
+            from l2bridge import noise  # secure mode only: cleartext labs need no crypto
+
+            overhead += noise.DATA_HEADER_LEN + noise.TAG_LEN
         self.fragmenter = wire.Fragmenter(config.wan_mtu - overhead)
         self.peers = PeerTable(
             (
@@ -101,6 +124,32 @@ class Bridge:
             keepalive_s=config.keepalive_s,
             dead_after_s=config.dead_after_s,
         )
+        for peer, pc in zip(self.peers, config.peers, strict=True):
+            peer.keepalive_s = min(config.keepalive_s, pc.persistent_keepalive_s)
+            peer.allowed_macs = pc.allowed_macs
+            if pc.max_macs is not None:
+                self.switch.set_port_cap(peer.port, pc.max_macs)
+        self.pinned_macs = config.pinned_macs or None
+        self.secure: SecureLinks | None = None
+        self.link_peer: dict[PeerLink, Peer] = {}
+        self._received: Any = ()  # the Received class in secure mode
+        if not config.insecure:
+            from l2bridge.secure import PeerLink, Received, SecureLinks, Timers
+
+            if identity is None:
+                raise ValueError("a secure site needs its identity (private key)")
+            psks = psks or {}
+            for peer, pc in zip(self.peers, config.peers, strict=True):
+                link = PeerLink(
+                    keys=noise.PeerKeys(identity, pc.public_key, psks.get(pc.name)),
+                    name=pc.name,
+                    has_endpoint=pc.endpoint is not None,
+                )
+                peer.link = link
+                self.link_peer[link] = peer
+            self.secure = SecureLinks(identity, self.link_peer, timers=timers or Timers())
+            self._received = Received
+        self.now = 0.0
         self.hello_payloads = (
             wire.encode_hello(config.name, want_reply=False),
             wire.encode_hello(config.name, want_reply=True),
@@ -159,7 +208,7 @@ class Bridge:
             frames = tap.read_batch(BATCH_FRAMES)
             if not frames:
                 continue
-            now = trio.current_time()
+            self.now = now = trio.current_time()
             self.tap_frames_in += len(frames)
             self.tap_bytes_in += sum(map(len, frames))
             for frame in frames:
@@ -195,6 +244,18 @@ class Bridge:
         if addr is None:
             peer.drop("no_endpoint")
             return True
+        secure = self.secure
+        if secure is not None:
+            link = peer.link
+            sealed = []
+            for datagram in datagrams:
+                packet = secure.seal(link, datagram, self.now)
+                if packet is None:
+                    peer.drop("no_session")
+                    self._kick(peer)
+                    return True
+                sealed.append(packet)
+            datagrams = sealed
         send = self.transport.send
         try:
             for datagram in datagrams:
@@ -222,17 +283,41 @@ class Bridge:
         ingress = self.switch.ingress
         mss = self.config.mss_clamp
         write = self.tap.write
+        secure = self.secure
+        receive = secure.receive if secure is not None else None
+        link_peer = self.link_peer
+        received = self._received
+        pinned = self.pinned_macs
         while True:
             await transport.wait_readable()
             batch = transport.recv_batch(BATCH_DATAGRAMS)
             if not batch:
                 continue
-            now = trio.current_time()
+            self.now = now = trio.current_time()
             for data, addr in batch:
-                peer = by_addr.get(addr)
-                if peer is None:
-                    self._from_stranger(data, addr, now)
-                    continue
+                # 1. Who sent it: keys (secure) or source address (cleartext).
+                if receive is None:
+                    peer = by_addr.get(addr)
+                    if peer is None:
+                        self._from_stranger(data, addr, now)
+                        continue
+                else:
+                    result = receive(data, addr, now)
+                    if type(result) is not received:
+                        if result is not None:
+                            self._handshake_done(result, addr, now)  # type: ignore[arg-type]
+                        continue
+                    peer = link_peer[result.link]  # type: ignore[union-attr]
+                    data = result.plaintext  # type: ignore[union-attr]
+                    if peer.addr != addr:
+                        self._roam(peer, addr)
+                    if not data:  # a keepalive
+                        peer.keepalives_in += 1
+                        peer.last_seen = now
+                        if not peer.up and self.peers.seen(peer, now):
+                            self._came_up(peer)
+                        continue
+                # 2. The inner message: a frame, a fragment, or (cleartext) a HELLO.
                 peer.datagrams_in += 1
                 kind = data[0] if data else 0
                 if kind == _FRAME and len(data) > _HDR:
@@ -241,7 +326,7 @@ class Bridge:
                     frame = self._reassemble(peer, data, now)
                     if frame is None:
                         continue
-                elif kind == _HELLO:
+                elif kind == _HELLO and receive is None:
                     self._hello(peer, data, now)
                     continue
                 else:
@@ -250,6 +335,12 @@ class Bridge:
                 peer.last_seen = now
                 if not peer.up and self.peers.seen(peer, now):
                     self._came_up(peer)
+                # 3. Layer-2 protections, then the switch.
+                if peer.allowed_macs is not None or pinned is not None:
+                    reason = self._mac_refused(peer, frame)
+                    if reason is not None:
+                        peer.drop(reason)
+                        continue
                 peer.frames_in += 1
                 peer.bytes_in += len(frame)
                 if mss is not None:
@@ -265,6 +356,64 @@ class Bridge:
                     self.tap_bytes_out += len(frame)
                 else:
                     await self._relay(peer, frame, decision)
+
+    def _mac_refused(self, peer: Peer, frame: bytes) -> str | None:
+        """Source MAC checks of authenticated peers: allow-list and locally pinned MACs."""
+        src = frame[6:12]
+        if peer.allowed_macs is not None and src not in peer.allowed_macs:
+            return "mac_not_allowed"
+        if self.pinned_macs is not None and src in self.pinned_macs:
+            return "pinned_mac"
+        return None
+
+    def _roam(self, peer: Peer, addr: object) -> None:
+        """The peer's endpoint follows its latest authenticated datagram."""
+        old = peer.addr
+        self.peers.bind(peer, addr)
+        peer.roamed += 1
+        if old is not None:
+            log.info("peer %s roamed from %s to %s", peer.name,
+                     self.transport.format_addr(old), self.transport.format_addr(addr))
+
+    def _handshake_done(self, event: Reply | Established, addr: object, now: float) -> None:
+        """Answer a valid INITIATION, or confirm our new keys with a keepalive."""
+        peer = self.link_peer[event.link]
+        if peer.addr != addr:
+            self._roam(peer, addr)
+        if event.datagram is not None:  # a RESPONSE to the peer's INITIATION
+            self._send_raw(peer, event.datagram)
+        else:
+            self._send_keepalive(peer)
+        peer.last_seen = now
+        if not peer.up and self.peers.seen(peer, now):
+            self._came_up(peer)
+
+    def _send_raw(self, peer: Peer, datagram: bytes) -> None:
+        """One control datagram (handshake, HELLO, keepalive): best effort, never waits."""
+        if peer.addr is None:
+            return
+        try:
+            self.transport.send(datagram, peer.addr)
+        except OSError as exc:
+            peer.drop(f"send_{_errno_name(exc)}")
+
+    def _send_keepalive(self, peer: Peer) -> None:
+        if self.secure is None:
+            self._send_raw(peer, self.hello_payloads[not peer.up])
+            peer.hellos_out += 1
+            return
+        packet = self.secure.seal(peer.link, b"", self.now)
+        if packet is None:
+            self._kick(peer)
+            return
+        self._send_raw(peer, packet)
+        peer.keepalives_out += 1
+
+    def _kick(self, peer: Peer) -> None:
+        """Start a handshake now if none is in flight (data is waiting for keys)."""
+        link = peer.link
+        if link.pending is None and peer.addr is not None and self.secure is not None:
+            self._send_raw(peer, self.secure.initiation(link, self.now))
 
     def _reassemble(self, peer: Peer, data: bytes, now: float) -> bytes | None:
         try:
@@ -342,7 +491,7 @@ class Bridge:
         if self.peers.seen(peer, now):
             self._came_up(peer)
         if hello.want_reply:  # type: ignore[union-attr]
-            self._send_hello(peer)
+            self._send_keepalive(peer)
 
     def _came_up(self, peer: Peer) -> None:
         log.info("peer %s is up at %s", peer.name, self.transport.format_addr(peer.addr))
@@ -350,29 +499,31 @@ class Bridge:
     async def _timers(self) -> None:
         """Liveness and keepalives: HELLOs when due, dead peers down and flushed."""
         peers = self.peers
+        secure = self.secure
+        tick_s = 1.0 if secure is None else min(1.0, secure.timers.rekey_timeout_s / 4)
         while True:
-            now = trio.current_time()
+            self.now = now = trio.current_time()
+            if secure is not None:
+                for link in secure.due_initiations(now):
+                    peer = self.link_peer[link]
+                    if peer.addr is not None:
+                        self._send_raw(peer, secure.initiation(link, now))
+                for link in secure.expire(now):
+                    log.warning("peer %s: no handshake for %.0f s; its keys are dropped",
+                                link.name, secure.timers.drop_keys_after_s)
             for peer in peers.dead(now):
                 flushed = self.switch.flush_port(peer.port)
                 peer.reassembler.expire(math.inf)  # partial frames of a dead peer go too
                 log.warning("peer %s is down (silent for %.1f s); %d MAC entries flushed",
                             peer.name, peers.dead_after_s, flushed)
             for peer in peers.hellos_due(now):
-                self._send_hello(peer)
+                self._send_keepalive(peer)
             for peer in peers:
                 peer.reassembler.expire(now)
                 if peer.configured is not None and peer.addr is None and not peer.up:
                     await self._resolve(peer)
-            await trio.sleep_until(peers.next_event(trio.current_time()))
-
-    def _send_hello(self, peer: Peer) -> None:
-        """One HELLO, asking for a reply while the peer is down (best effort: never waits)."""
-        try:
-            self.transport.send(self.hello_payloads[not peer.up], peer.addr)
-        except OSError as exc:
-            peer.drop(f"send_{_errno_name(exc)}")
-            return
-        peer.hellos_out += 1
+            now = trio.current_time()
+            await trio.sleep_until(min(peers.next_event(now), now + tick_s))
 
     async def _table_gc(self) -> None:
         """Remove expired MAC entries; sleep until the next one expires."""
@@ -397,7 +548,12 @@ class Bridge:
             "bridge": cfg.bridge,
             "tap": self.tap.name,
             "uptime_s": round(now - (self.started_at or now), 3),
-            "security": "cleartext (filtered by peer address only)",
+            "security": (
+                "cleartext (filtered by peer address only)"
+                if self.secure is None
+                else "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions, ChaCha20-Poly1305 data"
+            ),
+            "auth_drops": dict(sorted(self.secure.counters.items())) if self.secure else {},
             "local": {
                 "frames_in": self.tap_frames_in,
                 "bytes_in": self.tap_bytes_in,
@@ -437,9 +593,30 @@ class Bridge:
             "hellos_in": peer.hellos_in,
             "hellos_out": peer.hellos_out,
             "times_down": peer.times_down,
+            "keepalives_in": peer.keepalives_in,
+            "keepalives_out": peer.keepalives_out,
+            "roamed": peer.roamed,
+            **self._link_status(peer, now),
             "mac_entries": self.switch.port_count(peer.port),
             "reassembled": peer.reassembler.counters.get("reassembled", 0),
             "drops": dict(sorted(drops.items())),
+        }
+
+    def _link_status(self, peer: Peer, now: float) -> dict:
+        link = peer.link
+        if link is None:
+            return {}
+        from l2bridge.keys import fingerprint
+
+        current = link.current
+        return {
+            "public_key": fingerprint(link.keys.public),
+            "latest_handshake_s": (
+                None if link.last_handshake is None else round(now - link.last_handshake, 3)
+            ),
+            "session_age_s": None if current is None else round(now - current.created, 3),
+            "handshakes": link.handshakes,
+            "rekeys": link.rekeys,
         }
 
     def fdb(self) -> list[dict]:

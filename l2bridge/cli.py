@@ -24,6 +24,7 @@ Join Ethernet LANs at layer 2 over UDP.
   l2bridge show [--json]          peers, counters and drops of a running site
   l2bridge fdb [--json]           MAC addresses learned behind each peer
   l2bridge check -c site.toml     validate a site configuration
+  l2bridge genkey > site.key      a private key (then: l2bridge pubkey < site.key)
   l2bridge tap add|del NAME       persistent tap devices (like tunctl)
   l2bridge lab run SCENARIO       build a multi-site lab in network namespaces and check it
 """
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--group", help="group allowed to attach without root (name or gid)")
     delete = tap_sub.add_parser("del", help="delete a persistent device")
     delete.add_argument("name")
+
+    genkey = sub.add_parser("genkey", help="a new private key, base64 (written with mode 0600)")
+    genkey.add_argument("file", nargs="?", help="write here (refuses to overwrite); default stdout")
+    genpsk = sub.add_parser("genpsk", help="a new pre-shared key, base64 (mode 0600)")
+    genpsk.add_argument("file", nargs="?", help="write here (refuses to overwrite); default stdout")
+    sub.add_parser("pubkey", help="the public key of the private key on stdin")
 
     sub.add_parser("lab", help="network-namespace labs (l2bridge lab --help)", add_help=False)
     return parser
@@ -120,11 +127,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
     )
-    known = (TapError, NetctlError, TransportError, ControlError)
+    known = (TapError, NetctlError, TransportError, ControlError, daemon.KeyLoadError)
     try:
         trio.run(daemon.run, config)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
         cause = _sole_cause(exc)
+        if isinstance(cause, daemon.KeyLoadError):
+            return _fail(str(cause), EXIT_USAGE)
         if isinstance(cause, known):
             return _fail(f"site {config.name}: {cause}")
         if isinstance(cause, KeyboardInterrupt):
@@ -215,11 +224,62 @@ def cmd_tap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_secret(text: str, path: str | None) -> int:
+    """Write a key with mode 0600: to a new file, or to stdout (tightened when it is a file)."""
+    import os
+    import stat
+
+    if path is None:
+        fd = sys.stdout.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+        elif sys.stdout.isatty():
+            print("l2bridge: warning: printing a secret key to a terminal", file=sys.stderr)
+        print(text)
+        return 0
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _fail(f"{path} exists; refusing to overwrite a key (remove it first)")
+    except OSError as exc:
+        return _fail(f"cannot create {path}: {exc.strerror}")
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text + "\n")
+    return 0
+
+
+def cmd_genkey(args: argparse.Namespace) -> int:
+    from l2bridge import keys
+
+    return _write_secret(keys.encode_key(keys.generate_private_key()), args.file)
+
+
+def cmd_genpsk(args: argparse.Namespace) -> int:
+    from l2bridge import keys
+
+    return _write_secret(keys.encode_key(keys.generate_psk()), args.file)
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    from l2bridge import keys
+
+    try:
+        private = keys.decode_key(sys.stdin.read(), what="private key on stdin")
+    except keys.KeyFormatError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    print(keys.encode_key(keys.public_key(private)))
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up,
     "check": cmd_check,
     "show": cmd_show,
     "fdb": cmd_fdb,
     "tap": cmd_tap,
+    "genkey": cmd_genkey,
+    "genpsk": cmd_genpsk,
+    "pubkey": cmd_pubkey,
 }
 

@@ -29,10 +29,18 @@ File format (every key of [site] but ``name`` is optional)::
     dead_after = 15                  # seconds, > keepalive, <= 86400
     control = "/run/l2bridge/london.sock"
     log_level = "info"
+    private_key_file = "/etc/l2bridge/london.key"   # required unless insecure = true
+    insecure = false                 # true: cleartext, filtered by address only (labs)
+    pinned_macs = []                 # MACs that live here: no peer may claim them
 
     [[peer]]
     name = "berlin"
     endpoint = "203.0.113.7:55555"   # optional; HOST may be a DNS name
+    public_key = "base64..."         # required unless insecure = true
+    preshared_key_file = "/etc/l2bridge/berlin.psk"   # optional
+    allowed_macs = []                # optional: only these source MACs from this peer
+    max_macs = 1024                  # MACs learned behind this peer (default max_entries_per_peer)
+    persistent_keepalive = 25        # seconds: the longest silence towards this peer
 """
 
 from __future__ import annotations
@@ -85,9 +93,14 @@ TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
     "name", "listen", "bridge", "tap", "interfaces", "hub", "mtu", "wan_mtu", "mss_clamp",
     "ageing", "max_entries", "max_entries_per_peer", "keepalive", "dead_after", "control",
-    "log_level",
+    "log_level", "private_key_file", "insecure", "pinned_macs",
 )
-PEER_KEYS = ("name", "endpoint")
+PEER_KEYS = (
+    "name", "endpoint", "public_key", "preshared_key_file", "allowed_macs", "max_macs",
+    "persistent_keepalive",
+)
+DEFAULT_PERSISTENT_KEEPALIVE_S = 25.0
+DEFAULT_INSECURE = True
 
 _NAME_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{NAME_MAX_LEN}}}")
 _DNS_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -135,6 +148,11 @@ class PeerConfig:
 
     name: str
     endpoint: Endpoint | None
+    public_key: bytes | None = None  # raw 32 bytes (None only with insecure = true)
+    preshared_key_file: str | None = None
+    allowed_macs: frozenset[bytes] | None = None  # None: any source MAC
+    max_macs: int | None = None  # None: the site's max_entries_per_peer
+    persistent_keepalive_s: float = DEFAULT_PERSISTENT_KEEPALIVE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +177,9 @@ class SiteConfig:
     log_level: str
     peers: tuple[PeerConfig, ...]
     path: str
+    private_key_file: str | None = None
+    insecure: bool = False
+    pinned_macs: frozenset[bytes] = frozenset()
 
 
 # ---------------------------------------------------------------- endpoints
@@ -459,7 +480,19 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         raise site.error(
             "log_level", f"expected one of {', '.join(LOG_LEVELS)}, found {_quote(log_level)}"
         )
-    peers = _peers(path, data.get("peer", []), name, listen)
+    insecure = site.boolean("insecure", DEFAULT_INSECURE)
+    private_key_file = None
+    if "private_key_file" in site_table:
+        private_key_file = site.string("private_key_file", _MISSING, "a path to a key file")
+    elif not insecure:
+        raise site.error(
+            "private_key_file",
+            "missing; expected the path of this site's private key (make one with"
+            f" 'l2bridge genkey > /etc/l2bridge/{name}.key'), or insecure = true for a"
+            " cleartext lab link",
+        )
+    pinned_macs = frozenset(_macs(site, "pinned_macs"))
+    peers = _peers(path, data.get("peer", []), name, listen, insecure)
     return SiteConfig(
         name=name,
         listen=listen,
@@ -479,7 +512,36 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         log_level=log_level,
         peers=peers,
         path=path,
+        private_key_file=private_key_file,
+        insecure=insecure,
+        pinned_macs=pinned_macs,
     )
+
+
+def _macs(table: _Reader, name: str) -> list[bytes]:
+    """An array of unicast MAC addresses written "02:00:00:00:00:01"."""
+    from l2bridge.ether import is_multicast, parse_mac
+
+    value = table.raw(name, [], 'an array of MAC addresses like ["02:00:00:00:00:01"]')
+    if not isinstance(value, list):
+        raise table.error(
+            name, f'expected an array of MAC addresses, found {describe_value(value)}'
+        )
+    macs = []
+    for index, item in enumerate(value):
+        key = f"{name}[{index}]"
+        if not isinstance(item, str):
+            raise table.error(key, f"expected a MAC address, found {describe_value(item)}")
+        try:
+            mac = parse_mac(item)
+        except ValueError:
+            raise table.error(
+                key, f'expected a MAC address like "02:00:00:00:00:01", found {_quote(item)}'
+            ) from None
+        if is_multicast(mac) or mac == bytes(6):
+            raise table.error(key, f"expected a unicast MAC address, found {_quote(item)}")
+        macs.append(mac)
+    return macs
 
 
 def _interfaces(site: _Reader, bridge: str, tap: str) -> tuple[str, ...]:
@@ -562,7 +624,9 @@ def _control(site: _Reader, name: str) -> str:
     return value
 
 
-def _peers(path: str, value: Any, site_name: str, listen: Endpoint) -> tuple[PeerConfig, ...]:
+def _peers(
+    path: str, value: Any, site_name: str, listen: Endpoint, insecure: bool
+) -> tuple[PeerConfig, ...]:
     """The [[peer]] array: unique names, none equal to the site's, valid endpoints."""
     if isinstance(value, Mapping):
         raise ConfigError(
@@ -575,6 +639,7 @@ def _peers(path: str, value: Any, site_name: str, listen: Endpoint) -> tuple[Pee
         )
     peers: list[PeerConfig] = []
     seen: dict[str, int] = {}
+    keys_seen: dict[bytes, str] = {}
     for index, table in enumerate(value):
         prefix = f"peer[{index}]"
         if not isinstance(table, Mapping):
@@ -608,5 +673,49 @@ def _peers(path: str, value: Any, site_name: str, listen: Endpoint) -> tuple[Pee
                     f"IPv6 endpoint {_quote(str(endpoint))} but site.listen {_quote(str(listen))}"
                     f' is IPv4; listen on "[::]:{listen.port}" to reach IPv6 peers',
                 )
-        peers.append(PeerConfig(name, endpoint))
+        public_key = _public_key(peer, table, insecure, keys_seen)
+        psk_file = None
+        if "preshared_key_file" in table:
+            psk_file = peer.string("preshared_key_file", _MISSING, "a path to a key file")
+        allowed = frozenset(_macs(peer, "allowed_macs")) if "allowed_macs" in table else None
+        max_macs = None
+        if "max_macs" in table:
+            max_macs = peer.integer("max_macs", _MISSING, ENTRIES_MIN, ENTRIES_MAX)
+        keepalive = peer.seconds(
+            "persistent_keepalive", DEFAULT_PERSISTENT_KEEPALIVE_S, KEEPALIVE_MIN_S,
+            KEEPALIVE_MAX_S,
+        )
+        peers.append(
+            PeerConfig(name, endpoint, public_key, psk_file, allowed, max_macs, keepalive)
+        )
     return tuple(peers)
+
+
+def _public_key(
+    peer: _Reader, table: Mapping[str, Any], insecure: bool, seen: dict[bytes, str]
+) -> bytes | None:
+    """The peer's X25519 public key: valid base64, 32 bytes, not low-order, unique."""
+    if "public_key" not in table:
+        if insecure:
+            return None
+        raise peer.error(
+            "public_key",
+            "missing; expected the peer's public key (on the peer: 'l2bridge pubkey"
+            " < its.key'), or insecure = true in [site] for a cleartext lab link",
+        )
+    from l2bridge import keys
+
+    text = peer.string("public_key", _MISSING, "a base64 public key")
+    try:
+        raw = keys.decode_key(text, what="public key")
+    except keys.KeyFormatError as exc:
+        raise peer.error("public_key", str(exc)) from None
+    if keys.is_low_order(raw):
+        raise peer.error(
+            "public_key", "a low-order point (no shared secret possible); expected a real key"
+        )
+    key = peer.key("public_key")
+    if raw in seen:
+        raise peer.error("public_key", f"the same key as {seen[raw]}; each peer has its own")
+    seen[raw] = key
+    return raw

@@ -28,8 +28,9 @@ from l2bridge.transport import UdpTransport
 log = logging.getLogger("l2bridge")
 
 CLEARTEXT_WARNING = (
-    "traffic is CLEARTEXT: frames are filtered only by peer address; anyone on the path "
-    "can read them and anyone who can spoof a peer's address can inject them"
+    "insecure = true: traffic is CLEARTEXT, filtered only by peer address; anyone on the "
+    "path can read it and anyone who can spoof a peer's address can inject frames into "
+    "this LAN. Use it only in labs."
 )
 
 
@@ -53,10 +54,44 @@ class TrioTap:
         self.device.close()
 
 
+class KeyLoadError(Exception):
+    """A key file could not be used; the message names the file and the fix."""
+
+
+def load_secrets(config: SiteConfig) -> tuple[object | None, dict[str, bytes]]:
+    """The site's identity and the peers' pre-shared keys (None, {} in cleartext mode)."""
+    if config.insecure:
+        return None, {}
+    from l2bridge import keys, noise
+
+    try:
+        private = keys.read_private_key_file(config.private_key_file)  # type: ignore[arg-type]
+        psks = {
+            p.name: keys.read_psk_file(p.preshared_key_file)
+            for p in config.peers
+            if p.preshared_key_file is not None
+        }
+    except (keys.KeyFormatError, OSError) as exc:
+        raise KeyLoadError(f"{config.path}: {exc}") from None
+    identity = noise.Identity(private)
+    for peer in config.peers:
+        if peer.public_key == identity.public:
+            raise KeyLoadError(
+                f"{config.path}: peer {peer.name}: public_key is this site's own key;"
+                " expected the peer's key (l2bridge pubkey < the peer's key file)"
+            )
+    log.info("site %s identity %s", config.name, keys.fingerprint(identity.public))
+    for peer in config.peers:
+        log.info("peer %s key %s%s", peer.name, keys.fingerprint(peer.public_key),  # type: ignore[arg-type]
+                 " + pre-shared key" if peer.name in psks else "")
+    return identity, psks
+
+
 async def serve_site(
     config: SiteConfig, *, task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Bring the site up on real devices and run it until cancelled."""
+    identity, psks = load_secrets(config)
     with contextlib.ExitStack() as undo:
         tap = TrioTap(open_tap(config.tap, "tap"))
         undo.callback(tap.close)
@@ -67,7 +102,7 @@ async def serve_site(
         )
         transport = UdpTransport.open(config.listen)
         undo.callback(transport.close)
-        bridge = Bridge(config, tap=tap, transport=transport)
+        bridge = Bridge(config, tap=tap, transport=transport, identity=identity, psks=psks)
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
             await nursery.start(control.serve, config.control, _handler(bridge))
@@ -92,7 +127,8 @@ def _handler(bridge: Bridge):
 
 async def run(config: SiteConfig) -> None:
     """Run a site in the foreground until SIGINT or SIGTERM."""
-    log.warning(CLEARTEXT_WARNING)
+    if config.insecure:
+        log.warning(CLEARTEXT_WARNING)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_site, config)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from l2bridge.wire import Reassembler
 
@@ -50,7 +51,13 @@ class Peer:
     datagrams_out: int = 0
     hellos_in: int = 0
     hellos_out: int = 0
+    keepalives_in: int = 0
+    keepalives_out: int = 0
+    roamed: int = 0
     times_down: int = 0
+    keepalive_s: float = 5.0  # the longest silence towards this peer
+    allowed_macs: frozenset[bytes] | None = None  # source MACs this peer may use
+    link: Any = None  # its secure.PeerLink (secure mode)
     drops: dict[str, int] = field(default_factory=dict)
     reassembler: Reassembler = field(default_factory=Reassembler)
 
@@ -135,7 +142,7 @@ class PeerTable:
         for peer in self.by_port.values():
             if peer.addr is None:
                 continue
-            interval = self.keepalive_s if peer.up else self.retry_s
+            interval = peer.keepalive_s if peer.up else self.retry_s
             if now - peer.last_hello >= interval:
                 peer.last_hello = now
                 due.append(peer)
@@ -146,7 +153,7 @@ class PeerTable:
         when = now + self.retry_s
         for peer in self.by_port.values():
             if peer.addr is not None:
-                interval = self.keepalive_s if peer.up else self.retry_s
+                interval = peer.keepalive_s if peer.up else self.retry_s
                 when = min(when, peer.last_hello + interval)
             if peer.up and peer.last_seen is not None:
                 when = min(when, peer.last_seen + self.dead_after_s)

@@ -39,11 +39,17 @@ def format_show(status: Mapping) -> str:
         f" flushed {fdb.get('flushed', 0)})",
         f"  unknown sources: {status['unknown_source']}  socket errors: {status['socket_errors']}",
     ]
+    if status.get("auth_drops"):
+        lines.append(f"  dropped before authentication: {_drops(status['auth_drops'])}")
     for peer in status["peers"]:
         lines += [
             "",
             f"peer: {peer['name']}",
             f"  endpoint: {peer['endpoint'] or '(none yet)'}",
+            *([f"  public key: {peer['public_key']}",
+               f"  latest handshake: {_ago(peer['latest_handshake_s'])}"
+               f" ({peer['handshakes']} handshakes, {peer['rekeys']} rekeys)"]
+              if "public_key" in peer else []),
             f"  state: {peer['state']}, last seen {_ago(peer['last_seen_s'])}",
             f"  transfer: {_bytes(peer['bytes_in'])} received ({peer['frames_in']} frames),"
             f" {_bytes(peer['bytes_out'])} sent ({peer['frames_out']} frames)",

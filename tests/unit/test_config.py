@@ -64,6 +64,7 @@ def test_minimal_config_has_defaults() -> None:
         log_level="info",
         peers=(),
         path="london.toml",
+        insecure=True,
     )
 
 

@@ -1,0 +1,434 @@
+"""Authenticated sessions with peers: handshakes, keypairs, replay windows, timers.
+
+Sans-I/O: the bridge hands datagrams and the time in, and sends what comes
+out.  Built on ``noise`` (Noise_IKpsk2 as WireGuard builds it) and ``replay``.
+
+Receive flow (``SecureLinks.receive``), cheapest checks first:
+  1. the first byte and the length decide the message type (reserved bytes zero);
+  2. DATA: receiver index → keypair (unknown: dropped) → counter not too old
+     (replay window, no state change) → AEAD open → replay window updated →
+     the peer's endpoint follows the datagram (roaming) → key confirmation;
+  3. INITIATION: mac1 (one keyed hash) → per-source rate limit → DH and
+     decryption → the peer's TAI64N timestamp must be newer than any seen →
+     a RESPONSE goes back; the new keypair waits for its first data packet;
+  4. RESPONSE: mac1 → our pending initiation by index → DH → new current keypair.
+Nothing unauthenticated changes state or gets a reply, except a RESPONSE to a
+valid INITIATION.
+
+Timers (WireGuard's constants, ``tick``): a peer with an endpoint handshakes at
+start and retries every REKEY_TIMEOUT_S plus jitter, backing off to
+RETRY_MAX_S after REKEY_ATTEMPT_TIME_S, forever; the initiator of the current
+keypair rekeys after REKEY_AFTER_TIME_S (or REKEY_AFTER_MESSAGES), the other
+side after REKEY_AFTER_TIME_S + RESPONDER_REKEY_DELAY_S if no new keypair came;
+keypairs are unusable after REJECT_AFTER_TIME_S; all key material of a peer is
+dropped after DROP_KEYS_AFTER_S without a new handshake.  Old keypairs keep
+decrypting until they expire, so a rekey under load loses no frame.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from l2bridge import noise
+from l2bridge.replay import REJECT_AFTER_MESSAGES, ReplayWindow
+
+# Specification constants (WireGuard, whitepaper §6).
+REKEY_AFTER_MESSAGES = 2**60
+REKEY_AFTER_TIME_S = 120.0
+REJECT_AFTER_TIME_S = 180.0
+REKEY_ATTEMPT_TIME_S = 90.0
+REKEY_TIMEOUT_S = 5.0
+KEEPALIVE_TIMEOUT_S = 10.0
+DROP_KEYS_AFTER_S = 3 * REJECT_AFTER_TIME_S
+# Implementation constants.
+RETRY_JITTER_S = 0.333
+RETRY_MAX_S = 30.0  # a configured endpoint is retried forever, at least this often
+RESPONDER_REKEY_DELAY_S = KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S
+HANDSHAKES_PER_SOURCE_PER_S = 20.0
+HANDSHAKE_BURST = 5
+RATE_LIMIT_SOURCES = 4096  # tracked sources; the oldest is forgotten beyond this
+MIN_INITIATION_INTERVAL_S = 0.05  # per peer: a faster initiation flood is ignored
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """The protocol's timing, scalable for tests (``scaled(0.01)``)."""
+
+    rekey_after_time_s: float = REKEY_AFTER_TIME_S
+    reject_after_time_s: float = REJECT_AFTER_TIME_S
+    rekey_attempt_time_s: float = REKEY_ATTEMPT_TIME_S
+    rekey_timeout_s: float = REKEY_TIMEOUT_S
+    retry_max_s: float = RETRY_MAX_S
+    retry_jitter_s: float = RETRY_JITTER_S
+    responder_rekey_delay_s: float = RESPONDER_REKEY_DELAY_S
+    drop_keys_after_s: float = DROP_KEYS_AFTER_S
+    rekey_after_messages: int = REKEY_AFTER_MESSAGES
+    reject_after_messages: int = REJECT_AFTER_MESSAGES
+
+    def scaled(self, factor: float) -> Timers:
+        return Timers(
+            rekey_after_time_s=self.rekey_after_time_s * factor,
+            reject_after_time_s=self.reject_after_time_s * factor,
+            rekey_attempt_time_s=self.rekey_attempt_time_s * factor,
+            rekey_timeout_s=self.rekey_timeout_s * factor,
+            retry_max_s=self.retry_max_s * factor,
+            retry_jitter_s=self.retry_jitter_s * factor,
+            responder_rekey_delay_s=self.responder_rekey_delay_s * factor,
+            drop_keys_after_s=self.drop_keys_after_s * factor,
+            rekey_after_messages=self.rekey_after_messages,
+            reject_after_messages=self.reject_after_messages,
+        )
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    """One keypair in use: its send counter and its replay window."""
+
+    keypair: noise.Keypair
+    created: float
+    link: PeerLink
+    send_counter: int = 0
+    window: ReplayWindow = field(default_factory=ReplayWindow)
+    confirmed: bool = False  # the initiator's keys are confirmed by the response
+
+
+@dataclass(eq=False, slots=True)
+class PeerLink:
+    """The crypto side of one peer: keys, sessions, handshake in flight, timestamps."""
+
+    keys: noise.PeerKeys
+    name: str
+    has_endpoint: bool
+    current: Session | None = None
+    previous: Session | None = None
+    next: Session | None = None  # responder side, until the first data packet confirms it
+    pending: noise.InitiatorState | None = None
+    pending_index: int | None = None
+    pending_since: float | None = None  # start of the current series of attempts
+    last_initiation: float = float("-inf")
+    last_handshake: float | None = None  # a completed handshake, either role
+    greatest_timestamp: bytes = b""
+    last_received_initiation: float = float("-inf")
+    handshakes: int = 0
+    rekeys: int = 0
+
+    def sendable(self, now: float, timers: Timers) -> Session | None:
+        session = self.current
+        if (
+            session is None
+            or now - session.created >= timers.reject_after_time_s
+            or session.send_counter >= timers.reject_after_messages
+        ):
+            return None
+        return session
+
+
+class TokenBuckets:
+    """Per-source token buckets with a bounded number of tracked sources."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_sources: int) -> None:
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.max_sources = max_sources
+        self._buckets: dict[object, list[float]] = {}
+
+    def allow(self, source: object, now: float) -> bool:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= self.max_sources:
+                del self._buckets[next(iter(self._buckets))]
+            bucket = self._buckets[source] = [self.burst, now]
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An authenticated DATA packet: who sent it and its plaintext (b"" = keepalive)."""
+
+    link: PeerLink
+    plaintext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handshake message to send back to the source address."""
+
+    link: PeerLink
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """A handshake completed with ``link``; ``datagram`` (if any) goes back to the source."""
+
+    link: PeerLink
+    datagram: bytes | None
+
+
+class SecureLinks:
+    """All of a site's authenticated links, keyed by index and by public key."""
+
+    def __init__(
+        self,
+        identity: noise.Identity,
+        links: Iterable[PeerLink],
+        *,
+        timers: Timers = Timers(),
+        clock_unix: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.timers = timers
+        self.links = list(links)
+        self.by_public = {link.keys.public: link for link in self.links}
+        self.sessions: dict[int, Session] = {}  # local index → session (current, previous or next)
+        self.pending: dict[int, PeerLink] = {}  # local index of an initiation in flight → link
+        self.rate = TokenBuckets(HANDSHAKES_PER_SOURCE_PER_S, HANDSHAKE_BURST, RATE_LIMIT_SOURCES)
+        self.rng = rng or random.Random()
+        self._clock_unix = clock_unix
+        self.counters: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- helpers
+
+    def count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def _new_index(self) -> int:
+        while True:
+            index = secrets.randbits(32)
+            if index not in self.sessions and index not in self.pending:
+                return index
+
+    def _timestamp(self, now: float) -> bytes:
+        unix = self._clock_unix() if self._clock_unix is not None else time.time()
+        return noise.tai64n(unix)
+
+    def _install(
+        self, link: PeerLink, keypair: noise.Keypair, now: float, *, initiator: bool
+    ) -> None:
+        session = Session(keypair=keypair, created=now, link=link, confirmed=initiator)
+        self.sessions[keypair.local_index] = session
+        if initiator:
+            self._retire(link.previous)
+            link.previous = link.current
+            link.current = session
+        else:
+            self._retire(link.next)
+            link.next = session
+        link.last_handshake = now
+        link.handshakes += 1
+
+    def _retire(self, session: Session | None) -> None:
+        if session is not None:
+            self.sessions.pop(session.keypair.local_index, None)
+
+    def _promote(self, link: PeerLink, session: Session) -> None:
+        """The responder's new keypair is confirmed by its first data packet."""
+        if link.next is session:
+            self._retire(link.previous)
+            link.previous = link.current
+            link.current = session
+            link.next = None
+            session.confirmed = True
+
+    # ------------------------------------------------------------------ send
+
+    def initiation(self, link: PeerLink, now: float) -> bytes:
+        """A new INITIATION to ``link`` (the caller sends it to the peer's endpoint)."""
+        if link.pending_index is not None:
+            self.pending.pop(link.pending_index, None)
+        index = self._new_index()
+        message, state = noise.create_initiation(
+            self.identity, link.keys, index, self._timestamp(now)
+        )
+        link.pending = state
+        link.pending_index = index
+        if link.pending_since is None:
+            link.pending_since = now
+        link.last_initiation = now
+        self.pending[index] = link
+        return message
+
+    def seal(self, link: PeerLink, plaintext: bytes, now: float) -> bytes | None:
+        """A DATA datagram for ``link``, or None when no usable session exists."""
+        session = link.sendable(now, self.timers)
+        if session is None:
+            return None
+        counter = session.send_counter
+        session.send_counter = counter + 1
+        return noise.seal(session.keypair, counter, plaintext)
+
+    # --------------------------------------------------------------- receive
+
+    def receive(
+        self, data: bytes, source: object, now: float
+    ) -> Received | Reply | Established | None:
+        """Authenticate one datagram; None when it is dropped (counted)."""
+        kind = noise.message_type(data)
+        if kind == noise.MSG_DATA:
+            return self._data(data, now)
+        if kind == noise.MSG_INITIATION:
+            return self._initiation(data, source, now)
+        if kind == noise.MSG_RESPONSE:
+            return self._response(data, now)
+        self.count("bad_type")
+        return None
+
+    def _data(self, data: bytes, now: float) -> Received | None:
+        try:
+            index, counter = noise.parse_data_header(data)
+        except noise.HandshakeError:
+            self.count("bad_length")
+            return None
+        session = self.sessions.get(index)
+        if session is None:
+            self.count("unknown_index")
+            return None
+        link = session.link
+        if (
+            now - session.created >= self.timers.reject_after_time_s
+            or not session.window.check(counter)
+        ):
+            self.count("replay_or_expired")
+            return None
+        try:
+            plaintext = noise.open_data(session.keypair, data)
+        except noise.HandshakeError:
+            self.count("bad_tag")
+            return None
+        if not session.window.update(counter):
+            self.count("replay_or_expired")
+            return None
+        if session is link.next:
+            self._promote(link, session)
+        return Received(link, plaintext)
+
+    def _initiation(self, data: bytes, source: object, now: float) -> Reply | None:
+        if len(data) != noise.INITIATION_LEN:
+            self.count("bad_length")
+            return None
+        if not noise.mac1_valid(self.identity, data):
+            self.count("bad_mac1")
+            return None
+        host = source[0] if isinstance(source, tuple) else source
+        if not self.rate.allow(host, now):
+            self.count("rate_limited")
+            return None
+        try:
+            state = noise.consume_initiation(self.identity, data, self._lookup)
+        except noise.HandshakeError as exc:
+            self.count(f"handshake_{exc.reason}")
+            return None
+        link = self.by_public[state.peer.public]
+        if state.timestamp <= link.greatest_timestamp:
+            self.count("handshake_replay")
+            return None
+        if now - link.last_received_initiation < MIN_INITIATION_INTERVAL_S:
+            self.count("handshake_flood")
+            return None
+        link.greatest_timestamp = state.timestamp
+        link.last_received_initiation = now
+        response, keypair = state.create_response(self._new_index())
+        self._install(link, keypair, now, initiator=False)
+        return Reply(link, response)
+
+    def _response(self, data: bytes, now: float) -> Established | None:
+        if len(data) != noise.RESPONSE_LEN:
+            self.count("bad_length")
+            return None
+        if not noise.mac1_valid(self.identity, data):
+            self.count("bad_mac1")
+            return None
+        receiver = int.from_bytes(data[8:12], "little")
+        link = self.pending.get(receiver)
+        if link is None or link.pending is None:
+            self.count("unknown_index")
+            return None
+        try:
+            keypair = link.pending.consume_response(data)
+        except noise.HandshakeError as exc:
+            self.count(f"handshake_{exc.reason}")
+            return None
+        del self.pending[receiver]
+        link.pending = None
+        link.pending_index = None
+        link.pending_since = None
+        if link.current is not None:
+            link.rekeys += 1
+        self._install(link, keypair, now, initiator=True)
+        return Established(link, None)
+
+    def _lookup(self, public: bytes) -> noise.PeerKeys | None:
+        link = self.by_public.get(public)
+        return None if link is None else link.keys
+
+    # ---------------------------------------------------------------- timers
+
+    def due_initiations(self, now: float) -> list[PeerLink]:
+        """Links that need an INITIATION now (start, retry, or rekey)."""
+        timers = self.timers
+        due = []
+        for link in self.links:
+            # A dial-in peer: we still rekey a keypair we initiated, never cold-start it.
+            if not link.has_endpoint and (link.current is None or not link.current.confirmed):
+                continue
+            if link.pending is not None:
+                started = link.pending_since if link.pending_since is not None else now
+                interval = timers.rekey_timeout_s
+                if now - started >= timers.rekey_attempt_time_s:
+                    interval = timers.retry_max_s
+                jitter = self.rng.uniform(0.0, timers.retry_jitter_s)
+                if now - link.last_initiation >= interval + jitter:
+                    due.append(link)
+                continue
+            if self._needs_rekey(link, now):
+                due.append(link)
+        return due
+
+    def _needs_rekey(self, link: PeerLink, now: float) -> bool:
+        timers = self.timers
+        session = link.current
+        if session is None:
+            return link.next is None or now - link.next.created >= timers.rekey_timeout_s
+        age = now - session.created
+        if session.send_counter >= timers.rekey_after_messages:
+            return True
+        if session.confirmed:  # we initiated it
+            return age >= timers.rekey_after_time_s
+        return age >= timers.rekey_after_time_s + timers.responder_rekey_delay_s
+
+    def expire(self, now: float) -> list[PeerLink]:
+        """Drop dead keypairs; return links whose key material is all gone now."""
+        timers = self.timers
+        cleared = []
+        for link in self.links:
+            for attr in ("previous", "next", "current"):
+                session = getattr(link, attr)
+                if session is not None and now - session.created >= timers.reject_after_time_s:
+                    self._retire(session)
+                    setattr(link, attr, None)
+            if (
+                link.last_handshake is not None
+                and now - link.last_handshake >= timers.drop_keys_after_s
+            ):
+                for attr in ("previous", "next", "current"):
+                    self._retire(getattr(link, attr))
+                    setattr(link, attr, None)
+                if link.pending_index is not None:
+                    self.pending.pop(link.pending_index, None)
+                link.pending = None
+                link.pending_index = None
+                link.pending_since = None
+                link.last_handshake = None
+                cleared.append(link)
+        return cleared
