@@ -32,21 +32,19 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
-from l2bridge import wire
+from l2bridge import noise, wire
 from l2bridge.config import SiteConfig
 from l2bridge.ether import format_mac
 from l2bridge.mss import clamp_mss
 from l2bridge.peers import Peer, PeerTable
+from l2bridge.secure import Established, PeerLink, Received, Reply, SecureLinks, Timers
 from l2bridge.switch import FLOOD, TAP, Drop, Switch
 from l2bridge.transport import Transport
-
-if TYPE_CHECKING:
-    from l2bridge import noise
-    from l2bridge.secure import Established, PeerLink, Reply, SecureLinks, Timers
 
 log = logging.getLogger("l2bridge")
 
@@ -89,6 +87,7 @@ class Bridge:
         identity: noise.Identity | None = None,
         psks: dict[str, bytes] | None = None,
         timers: Timers | None = None,
+        clock_unix: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.tap = tap
@@ -103,8 +102,6 @@ class Bridge:
         )
         overhead = IPV6_UDP_OVERHEAD if config.listen.is_ipv6 else IPV4_UDP_OVERHEAD
         if not config.insecure:
-            from l2bridge import noise  # secure mode only: cleartext labs need no crypto
-
             overhead += noise.DATA_HEADER_LEN + noise.TAG_LEN
         self.fragmenter = wire.Fragmenter(config.wan_mtu - overhead)
         self.peers = PeerTable(
@@ -132,10 +129,7 @@ class Bridge:
         self.pinned_macs = config.pinned_macs or None
         self.secure: SecureLinks | None = None
         self.link_peer: dict[PeerLink, Peer] = {}
-        self._received: Any = ()  # the Received class in secure mode
         if not config.insecure:
-            from l2bridge.secure import PeerLink, Received, SecureLinks, Timers
-
             if identity is None:
                 raise ValueError("a secure site needs its identity (private key)")
             psks = psks or {}
@@ -147,8 +141,11 @@ class Bridge:
                 )
                 peer.link = link
                 self.link_peer[link] = peer
-            self.secure = SecureLinks(identity, self.link_peer, timers=timers or Timers())
-            self._received = Received
+            if timers is None:
+                timers = Timers().scaled(config.rekey_after_s / Timers().rekey_after_time_s)
+            self.secure = SecureLinks(
+                identity, self.link_peer, timers=timers, clock_unix=clock_unix
+            )
         self.now = 0.0
         self.hello_payloads = (
             wire.encode_hello(config.name, want_reply=False),
@@ -286,7 +283,6 @@ class Bridge:
         secure = self.secure
         receive = secure.receive if secure is not None else None
         link_peer = self.link_peer
-        received = self._received
         pinned = self.pinned_macs
         while True:
             await transport.wait_readable()
@@ -303,7 +299,7 @@ class Bridge:
                         continue
                 else:
                     result = receive(data, addr, now)
-                    if type(result) is not received:
+                    if type(result) is not Received:
                         if result is not None:
                             self._handshake_done(result, addr, now)  # type: ignore[arg-type]
                         continue

@@ -32,6 +32,7 @@ File format (every key of [site] but ``name`` is optional)::
     private_key_file = "/etc/l2bridge/london.key"   # required unless insecure = true
     insecure = false                 # true: cleartext, filtered by address only (labs)
     pinned_macs = []                 # MACs that live here: no peer may claim them
+    rekey_after = 120                # seconds; all session timers scale with it (tests)
 
     [[peer]]
     name = "berlin"
@@ -93,7 +94,7 @@ TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
     "name", "listen", "bridge", "tap", "interfaces", "hub", "mtu", "wan_mtu", "mss_clamp",
     "ageing", "max_entries", "max_entries_per_peer", "keepalive", "dead_after", "control",
-    "log_level", "private_key_file", "insecure", "pinned_macs",
+    "log_level", "private_key_file", "insecure", "pinned_macs", "rekey_after",
 )
 PEER_KEYS = (
     "name", "endpoint", "public_key", "preshared_key_file", "allowed_macs", "max_macs",
@@ -101,6 +102,8 @@ PEER_KEYS = (
 )
 DEFAULT_PERSISTENT_KEEPALIVE_S = 25.0
 DEFAULT_INSECURE = True
+DEFAULT_REKEY_AFTER_S = 120.0  # WireGuard's REKEY_AFTER_TIME; every session timer scales with it
+REKEY_AFTER_MIN_S = 1.0
 
 _NAME_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{NAME_MAX_LEN}}}")
 _DNS_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -180,6 +183,7 @@ class SiteConfig:
     private_key_file: str | None = None
     insecure: bool = False
     pinned_macs: frozenset[bytes] = frozenset()
+    rekey_after_s: float = DEFAULT_REKEY_AFTER_S
 
 
 # ---------------------------------------------------------------- endpoints
@@ -492,6 +496,9 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
             " cleartext lab link",
         )
     pinned_macs = frozenset(_macs(site, "pinned_macs"))
+    rekey_after_s = site.seconds(
+        "rekey_after", DEFAULT_REKEY_AFTER_S, REKEY_AFTER_MIN_S, DEFAULT_REKEY_AFTER_S
+    )
     peers = _peers(path, data.get("peer", []), name, listen, insecure)
     return SiteConfig(
         name=name,
@@ -515,6 +522,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         private_key_file=private_key_file,
         insecure=insecure,
         pinned_macs=pinned_macs,
+        rekey_after_s=rekey_after_s,
     )
 
 

@@ -48,3 +48,45 @@ def test_unknown_option_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["up", "--bogus"])
     assert exc.value.code == 2
+
+
+def test_genkey_writes_a_0600_file_and_pubkey_derives_from_it(tmp_path, capsys, monkeypatch):
+    import io
+    import os
+    import stat
+
+    from l2bridge import keys
+
+    path = tmp_path / "site.key"
+    assert main(["genkey", str(path)]) == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    private = keys.decode_key(path.read_text())
+    monkeypatch.setattr("sys.stdin", io.StringIO(path.read_text()))
+    assert main(["pubkey"]) == 0
+    assert keys.decode_key(capsys.readouterr().out) == keys.public_key(private)
+    assert main(["genkey", str(path)]) == 1
+    assert "refusing to overwrite" in one_line(capsys.readouterr().err)
+
+
+def test_genkey_to_a_redirected_stdout_tightens_its_mode(tmp_path, capsys):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    out = tmp_path / "redirected.key"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(out, "w") as handle:
+        os.chmod(out, 0o644)
+        subprocess.run([sys.executable, "-m", "l2bridge", "genpsk"], stdout=handle, check=True,
+                       env={**os.environ, "PYTHONPATH": repo}, timeout=30)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert len(out.read_text().strip()) == 44
+
+
+def test_pubkey_rejects_garbage(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("not a key"))
+    assert main(["pubkey"]) == 2
+    assert "private key on stdin" in one_line(capsys.readouterr().err)
