@@ -101,7 +101,7 @@ PEER_KEYS = (
     "persistent_keepalive",
 )
 DEFAULT_PERSISTENT_KEEPALIVE_S = 25.0
-DEFAULT_INSECURE = True
+DEFAULT_INSECURE = False
 DEFAULT_REKEY_AFTER_S = 120.0  # WireGuard's REKEY_AFTER_TIME; every session timer scales with it
 REKEY_AFTER_MIN_S = 1.0
 

@@ -31,6 +31,7 @@ def site_config(name: str, peers: dict[str, str | None], *, hub: bool = False, *
         f'name = "{name}"',
         f'listen = "10.0.0.{ord(name[0])}:55555"',
         f"hub = {'true' if hub else 'false'}",
+        "insecure = true",
         "keepalive = 1",
         "dead_after = 3",
         f'control = "/nonexistent/{name}.sock"',

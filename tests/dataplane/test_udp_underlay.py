@@ -24,6 +24,7 @@ def free_port(family: int, host: str) -> int:
 def config(name: str, listen: str, peer: str, endpoint: str):
     return parse_config(
         f'[site]\nname = "{name}"\nlisten = "{listen}"\nkeepalive = 0.2\ndead_after = 1\n'
+        "insecure = true\n"
         f'control = "/nonexistent/{name}.sock"\n[[peer]]\nname = "{peer}"\n'
         f'endpoint = "{endpoint}"\n'
     )

@@ -8,6 +8,7 @@ import tomllib
 
 import pytest
 
+from l2bridge import keys
 from netns.plan import (
     IFNAME_MAX,
     AddAddress,
@@ -148,10 +149,23 @@ def test_site_config_text() -> None:
     assert doc["site"] == {
         "name": "hq", "listen": "0.0.0.0:55555", "bridge": "br0", "tap": "l2b0",
         "interfaces": ["eth1"], "hub": True, "mtu": 1500, "wan_mtu": 1500,
-        "control": "/run/l2bridge/lab/l2b0c0de/hq.sock", "keepalive": 1.0, "dead_after": 3.0}
-    assert doc["peer"] == [{"name": "leeds", "endpoint": "198.18.2.2:55555"},
-                           {"name": "york", "endpoint": "198.18.3.2:55555"},
-                           {"name": "bath", "endpoint": "198.18.4.2:55555"}]
+        "control": "/run/l2bridge/lab/l2b0c0de/hq.sock", "keepalive": 1.0, "dead_after": 3.0,
+        "private_key_file": "/run/l2bridge/lab/l2b0c0de/hq.key"}
+    public = {s.name: keys.encode_key(keys.public_key(s.private_key)) for s in plan.sites}
+    assert doc["peer"] == [
+        {"name": "leeds", "endpoint": "198.18.2.2:55555", "public_key": public["leeds"]},
+        {"name": "york", "endpoint": "198.18.3.2:55555", "public_key": public["york"]},
+        {"name": "bath", "endpoint": "198.18.4.2:55555", "public_key": public["bath"]},
+    ]
+    assert len(set(public.values())) == 4  # a fresh key per site
+
+
+def test_insecure_scenario_writes_no_keys() -> None:
+    scenario = parse_scenario("[lab]\ninsecure = true\n" + mesh_text(2))
+    plan = make_plan(scenario, prefix="l2b0c0de")
+    doc = tomllib.loads(plan.site("site00").config_text)
+    assert doc["site"]["insecure"] is True and "private_key_file" not in doc["site"]
+    assert "public_key" not in doc["peer"][0]
 
 
 def test_site_config_extra_keys_pass_through() -> None:

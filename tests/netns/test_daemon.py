@@ -122,7 +122,7 @@ def test_site_leaves_an_existing_bridge_and_nics_as_found(scratch_ns, tmp_path):
     sock = str(tmp_path / "a.sock")
     config = tmp_path / "a.toml"
     config.write_text(
-        f'[site]\nname = "a"\nlisten = "127.0.0.1:55555"\nbridge = "br9"\n'
+        f'[site]\nname = "a"\ninsecure = true\nlisten = "127.0.0.1:55555"\nbridge = "br9"\n'
         f'interfaces = ["eth1"]\ncontrol = "{sock}"\n'
     )
     proc = _start_site(scratch_ns, str(config))
@@ -156,7 +156,8 @@ def test_site_attaches_to_a_persistent_tap_and_removes_what_it_created(scratch_n
     sock = str(tmp_path / "b.sock")
     config = tmp_path / "b.toml"
     config.write_text(
-        f'[site]\nname = "b"\nlisten = "127.0.0.1:55556"\ntap = "l2b7"\ncontrol = "{sock}"\n'
+        f'[site]\nname = "b"\ninsecure = true\nlisten = "127.0.0.1:55556"\ntap = "l2b7"\n'
+        f'control = "{sock}"\n'
     )
     proc = _start_site(scratch_ns, str(config))
     try:
@@ -186,7 +187,8 @@ def test_bad_config_and_busy_port_are_one_line_errors(scratch_ns, tmp_path):
     try:
         busy = tmp_path / "busy.toml"
         busy.write_text(
-            f'[site]\nname = "a"\nlisten = "127.0.0.1:55557"\ncontrol = "{tmp_path}/c.sock"\n'
+            f'[site]\nname = "a"\ninsecure = true\nlisten = "127.0.0.1:55557"\n'
+            f'control = "{tmp_path}/c.sock"\n'
         )
         proc = _start_site(scratch_ns, str(busy))
         _, err = proc.communicate(timeout=10)

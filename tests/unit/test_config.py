@@ -25,7 +25,7 @@ from l2bridge.config import (
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "site.example.toml"
-MINIMAL = '[site]\nname = "london"\n'
+MINIMAL = '[site]\nname = "london"\ninsecure = true\n'
 
 
 def error_of(text: str) -> str:
@@ -88,6 +88,7 @@ def test_full_config() -> None:
         dead_after = 0.3
         control = "/tmp/hub.sock"
         log_level = "debug"
+        insecure = true
 
         [[peer]]
         name = "berlin"
@@ -165,7 +166,7 @@ def test_example_file_loads() -> None:
 
 def test_load_config_reads_file(tmp_path: Path) -> None:
     path = tmp_path / "paris.toml"
-    path.write_text('[site]\nname = "paris"\n', encoding="utf-8")
+    path.write_text('[site]\nname = "paris"\ninsecure = true\n', encoding="utf-8")
     config = load_config(str(path))
     assert config.path == str(path)
     assert config.control == "/run/l2bridge/paris.sock"
@@ -711,3 +712,74 @@ def test_parse_endpoint_raises_only_value_error(text: str) -> None:
     else:
         assert 1 <= endpoint.port <= 65535
         assert parse_endpoint(str(endpoint)) == endpoint
+
+
+# ---------------------------------------------------------------- keys and layer-2 protections
+
+PUB_B = "1cT2kOr0qYa06FCs4nquhVRJimvAKFyNSEqf0mL4G0k="
+PUB_C = "CMxSJbwex66U0lQFR6OeizUIgC7WyBwA6wW8ls3BYhc="
+SECURE = '[site]\nname = "london"\nprivate_key_file = "/etc/l2bridge/london.key"\n'
+
+
+def test_secure_is_the_default_and_keys_are_decoded() -> None:
+    config = parse_config(
+        SECURE + 'pinned_macs = ["02:00:00:00:00:01"]\nrekey_after = 2\n'
+        f'[[peer]]\nname = "berlin"\npublic_key = "{PUB_B}"\n'
+        'preshared_key_file = "/etc/l2bridge/b.psk"\nallowed_macs = ["02:00:00:00:00:02"]\n'
+        "max_macs = 7\npersistent_keepalive = 10\n",
+        "site.toml",
+    )
+    assert config.insecure is False
+    assert config.private_key_file == "/etc/l2bridge/london.key"
+    assert config.pinned_macs == frozenset({bytes.fromhex("020000000001")})
+    assert config.rekey_after_s == 2.0
+    peer = config.peers[0]
+    assert len(peer.public_key) == 32
+    assert peer.preshared_key_file == "/etc/l2bridge/b.psk"
+    assert peer.allowed_macs == frozenset({bytes.fromhex("020000000002")})
+    assert (peer.max_macs, peer.persistent_keepalive_s) == (7, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[site]\nname = "london"\n',
+         "site.toml: site.private_key_file: missing; expected the path of this site's private"
+         " key (make one with 'l2bridge genkey > /etc/l2bridge/london.key'), or insecure = true"
+         " for a cleartext lab link"),
+        (SECURE + '[[peer]]\nname = "b"\n',
+         "site.toml: peer[0].public_key: missing; expected the peer's public key (on the peer:"
+         " 'l2bridge pubkey < its.key'), or insecure = true in [site] for a cleartext lab link"),
+        (SECURE + '[[peer]]\nname = "b"\npublic_key = "AAAA"\n', "peer[0].public_key: "),
+        (SECURE + '[[peer]]\nname = "b"\npublic_key = "' + "A" * 43 + '="\n',
+         "site.toml: peer[0].public_key: a low-order point (no shared secret possible);"
+         " expected a real key"),
+        (SECURE + f'[[peer]]\nname = "b"\npublic_key = "{PUB_B}"\n'
+         f'[[peer]]\nname = "c"\npublic_key = "{PUB_B}"\n',
+         "site.toml: peer[1].public_key: the same key as peer[0].public_key;"
+         " each peer has its own"),
+        (SECURE + 'pinned_macs = ["01:00:5e:00:00:01"]\n',
+         'site.toml: site.pinned_macs[0]: expected a unicast MAC address,'
+         ' found "01:00:5e:00:00:01"'),
+        (SECURE + 'pinned_macs = "02:00:00:00:00:01"\n',
+         "site.toml: site.pinned_macs: expected an array of MAC addresses,"
+         ' found a string ("02:00:00:00:00:01")'),
+        (SECURE + f'[[peer]]\nname = "b"\npublic_key = "{PUB_C}"\nallowed_macs = ["nope"]\n',
+         'site.toml: peer[0].allowed_macs[0]: expected a MAC address like'
+         ' "02:00:00:00:00:01", found "nope"'),
+        (SECURE + f'[[peer]]\nname = "b"\npublic_key = "{PUB_C}"\nmax_macs = 0\n',
+         "site.toml: peer[0].max_macs: expected an integer from 1 to 1000000, found 0"),
+        (SECURE + "rekey_after = 500\n",
+         "site.toml: site.rekey_after: expected a number of seconds from 1 to 120, found 500"),
+    ],
+)
+def test_key_and_mac_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "site.toml")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_insecure_ignores_missing_keys() -> None:
+    config = parse_config('[site]\nname = "a"\ninsecure = true\n[[peer]]\nname = "b"\n')
+    assert config.insecure and config.peers[0].public_key is None

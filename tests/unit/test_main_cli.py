@@ -28,7 +28,9 @@ def test_up_with_a_bad_key_exits_2_naming_the_key(tmp_path, capsys):
 
 def test_check_prints_the_site(tmp_path, capsys):
     cfg = tmp_path / "site.toml"
-    cfg.write_text('[site]\nname = "a"\n[[peer]]\nname = "b"\nendpoint = "192.0.2.1:55555"\n')
+    cfg.write_text(
+        '[site]\nname = "a"\ninsecure = true\n[[peer]]\nname = "b"\nendpoint = "192.0.2.1:55555"\n'
+    )
     assert main(["check", "-c", str(cfg)]) == 0
     out = one_line(capsys.readouterr().out)
     assert "site a" in out and "b (192.0.2.1:55555)" in out
