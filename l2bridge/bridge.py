@@ -611,6 +611,8 @@ class Bridge:
                 None if link.last_handshake is None else round(now - link.last_handshake, 3)
             ),
             "session_age_s": None if current is None else round(now - current.created, 3),
+            "rx_counter": None if current is None else current.window.highest,
+            "tx_counter": None if current is None else current.send_counter,
             "handshakes": link.handshakes,
             "rekeys": link.rekeys,
         }

@@ -304,3 +304,21 @@ async def test_layer2_protections_on_authenticated_peers(lab, sites, autojump_cl
     assert [got(lab.taps["a"], b"p%d" % n) for n in (1, 2, 3, 9)] == [0, 1, 0, 0]
     drops = lab.bridges["a"].status()["peers"][0]["drops"]
     assert (drops["pinned_mac"], drops["peer_full"], drops["mac_not_allowed"]) == (1, 1, 1)
+
+
+async def test_handshake_floods_are_rate_limited_per_source(lab, sites, autojump_clock):
+    a, b, _ = sites
+    await lab.start(a, config_for(a, [b], dial_in=("b",)))
+    b_keys = noise.PeerKeys(noise.Identity(b.private), a.public)
+    ta = lab.net.transports[addr_of("a")]
+    source = ("198.51.100.7", 5000)
+    for i in range(200):
+        message, _ = noise.create_initiation(
+            noise.Identity(b.private), b_keys, i, noise.tai64n(1.8e9 + i)
+        )
+        ta.inject(message, source)
+    await trio.sleep(0.01)
+    replies = [d for d, s, t in lab.captured if t == source and d[0] == noise.MSG_RESPONSE]
+    drops = lab.bridges["a"].status()["auth_drops"]
+    assert 1 <= len(replies) <= 5, len(replies)
+    assert drops["rate_limited"] + drops.get("handshake_flood", 0) == 200 - len(replies)
