@@ -89,6 +89,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 FRAME_OVERHEAD = 14 + 2 * 4
 UNDERLAY_IPV4_UDP_LEN = 28
 UNDERLAY_IPV6_UDP_LEN = 48
+SEALED_OVERHEAD = 32  # a DATA packet's header and tag around the inner message (noise.py)
 
 TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
@@ -463,8 +464,10 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
     hub = site.boolean("hub", False)
     mtu = site.integer("mtu", DEFAULT_MTU, MTU_MIN, MTU_MAX)
     wan_mtu = site.integer("wan_mtu", DEFAULT_WAN_MTU, MTU_MIN, MTU_MAX)
-    _check_fragments(site, mtu, wan_mtu, listen)
-    mss_clamp = _mss_clamp(site, wan_mtu, listen)
+    insecure = site.boolean("insecure", DEFAULT_INSECURE)
+    sealing = 0 if insecure else SEALED_OVERHEAD
+    _check_fragments(site, mtu, wan_mtu, listen, sealing)
+    mss_clamp = _mss_clamp(site, wan_mtu, listen, sealing)
     ageing_s = site.seconds("ageing", DEFAULT_AGEING_S, 0.0, AGEING_MAX_S)
     max_entries = site.integer("max_entries", DEFAULT_MAX_ENTRIES, ENTRIES_MIN, ENTRIES_MAX)
     max_entries_per_peer = site.integer(
@@ -484,7 +487,6 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         raise site.error(
             "log_level", f"expected one of {', '.join(LOG_LEVELS)}, found {_quote(log_level)}"
         )
-    insecure = site.boolean("insecure", DEFAULT_INSECURE)
     private_key_file = None
     if "private_key_file" in site_table:
         private_key_file = site.string("private_key_file", _MISSING, "a path to a key file")
@@ -589,9 +591,11 @@ def _underlay_len(listen: Endpoint) -> int:
     return UNDERLAY_IPV6_UDP_LEN if listen.is_ipv6 else UNDERLAY_IPV4_UDP_LEN
 
 
-def _check_fragments(site: _Reader, mtu: int, wan_mtu: int, listen: Endpoint) -> None:
+def _check_fragments(
+    site: _Reader, mtu: int, wan_mtu: int, listen: Endpoint, sealing: int
+) -> None:
     """The largest LAN frame must fit in at most 16 fragments over the WAN."""
-    room = wan_mtu - _underlay_len(listen) - HEADER_LEN
+    room = wan_mtu - _underlay_len(listen) - HEADER_LEN - sealing
     largest = mtu + FRAME_OVERHEAD
     if largest > MAX_FRAGMENTS * room:
         needed = -(-largest // room)
@@ -603,14 +607,14 @@ def _check_fragments(site: _Reader, mtu: int, wan_mtu: int, listen: Endpoint) ->
         )
 
 
-def _mss_clamp(site: _Reader, wan_mtu: int, listen: Endpoint) -> int | None:
+def _mss_clamp(site: _Reader, wan_mtu: int, listen: Endpoint, sealing: int) -> int | None:
     """false -> None; true -> computed from wan_mtu for any inner IP version; int -> itself."""
     rule = f"false, true or an integer from {MSS_MIN} to {MSS_MAX}"
     value = site.raw("mss_clamp", False, rule)
     if value is False:
         return None
     if value is True:
-        return mss_for(wan_mtu, listen.is_ipv6, True)
+        return mss_for(wan_mtu, listen.is_ipv6, True) - sealing
     if not isinstance(value, int):
         raise site.error("mss_clamp", f"expected {rule}, found {describe_value(value)}")
     if not MSS_MIN <= value <= MSS_MAX:

@@ -159,7 +159,7 @@ def test_config_is_frozen() -> None:
 def test_example_file_loads() -> None:
     config = load_config(str(EXAMPLE))
     assert config.name == "london"
-    assert config.mss_clamp == 1374
+    assert config.mss_clamp == 1374 - 32  # sealed: DATA header and tag
     assert [peer.name for peer in config.peers] == ["berlin", "paris", "laptop"]
     assert config.peers[2].endpoint is None
 
@@ -460,10 +460,10 @@ def test_dead_after_must_exceed_keepalive() -> None:
 
 def test_mtu_needing_too_many_fragments() -> None:
     assert site_error('listen = "[::]:1"\nmtu = 9000\nwan_mtu = 576') == (
-        "site.toml: site.mtu: frames of up to 9022 bytes need 18 fragments at wan_mtu 576"
-        " (the limit is 16); expected mtu <= 8362 or a larger wan_mtu"
-    )
-    parse_config(MINIMAL + 'listen = "[::]:1"\nmtu = 8362\nwan_mtu = 576\n')
+        "site.toml: site.mtu: frames of up to 9022 bytes need 19 fragments at wan_mtu 576"
+        " (the limit is 16); expected mtu <= 7850 or a larger wan_mtu"
+    )  # sealed datagrams (the default) carry 32 bytes of header and tag more
+    parse_config(MINIMAL + 'listen = "[::]:1"\nmtu = 8362\nwan_mtu = 576\n')  # cleartext
 
 
 @pytest.mark.parametrize(
@@ -783,3 +783,9 @@ def test_key_and_mac_errors(text: str, message: str) -> None:
 def test_insecure_ignores_missing_keys() -> None:
     config = parse_config('[site]\nname = "a"\ninsecure = true\n[[peer]]\nname = "b"\n')
     assert config.insecure and config.peers[0].public_key is None
+
+
+def test_secure_mss_clamp_leaves_room_for_the_seal() -> None:
+    secure = parse_config(SECURE + "mss_clamp = true\n")
+    clear = parse_config(MINIMAL + "mss_clamp = true\n")
+    assert clear.mss_clamp - secure.mss_clamp == 32
