@@ -72,7 +72,7 @@ class Tap(Protocol):
 
     def read_batch(self, max_frames: int) -> list[bytes]: ...
 
-    def write(self, frame: bytes) -> None: ...
+    def write(self, frame: bytes) -> object: ...
 
 
 class Bridge:
@@ -135,7 +135,7 @@ class Bridge:
             psks = psks or {}
             for peer, pc in zip(self.peers, config.peers, strict=True):
                 link = PeerLink(
-                    keys=noise.PeerKeys(identity, pc.public_key, psks.get(pc.name)),
+                    keys=noise.PeerKeys(identity, pc.public_key or b"", psks.get(pc.name)),
                     name=pc.name,
                     has_endpoint=pc.endpoint is not None,
                 )
@@ -319,9 +319,10 @@ class Bridge:
                 if kind == _FRAME and len(data) > _HDR:
                     frame = data[_HDR:]
                 elif kind == _FRAGMENT:
-                    frame = self._reassemble(peer, data, now)
-                    if frame is None:
+                    whole = self._reassemble(peer, data, now)
+                    if whole is None:
                         continue
+                    frame = whole
                 elif kind == _HELLO and receive is None:
                     self._hello(peer, data, now)
                     continue

@@ -692,7 +692,9 @@ def _peers(
         allowed = frozenset(_macs(peer, "allowed_macs")) if "allowed_macs" in table else None
         max_macs = None
         if "max_macs" in table:
-            max_macs = peer.integer("max_macs", _MISSING, ENTRIES_MIN, ENTRIES_MAX)
+            max_macs = peer.integer(
+                "max_macs", DEFAULT_MAX_ENTRIES_PER_PEER, ENTRIES_MIN, ENTRIES_MAX
+            )
         keepalive = peer.seconds(
             "persistent_keepalive", DEFAULT_PERSISTENT_KEEPALIVE_S, KEEPALIVE_MIN_S,
             KEEPALIVE_MAX_S,

@@ -15,10 +15,11 @@ import functools
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import trio
 
-from l2bridge import control
+from l2bridge import control, noise
 from l2bridge.bridge import Bridge
 from l2bridge.config import SiteConfig
 from l2bridge.netctl import BridgePlumbing
@@ -43,7 +44,7 @@ class TrioTap:
         self.fd = device.fd
         self.read_batch = device.read_batch
         # Per-frame path: a bare os.write (an OSError is counted by the bridge).
-        self.write = functools.partial(os.write, device.fd)
+        self.write: Callable[[bytes], object] = functools.partial(os.write, device.fd)
 
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.fd)
@@ -58,11 +59,11 @@ class KeyLoadError(Exception):
     """A key file could not be used; the message names the file and the fix."""
 
 
-def load_secrets(config: SiteConfig) -> tuple[object | None, dict[str, bytes]]:
+def load_secrets(config: SiteConfig) -> tuple[noise.Identity | None, dict[str, bytes]]:
     """The site's identity and the peers' pre-shared keys (None, {} in cleartext mode)."""
     if config.insecure:
         return None, {}
-    from l2bridge import keys, noise
+    from l2bridge import keys
 
     try:
         private = keys.read_private_key_file(config.private_key_file)  # type: ignore[arg-type]

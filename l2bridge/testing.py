@@ -139,6 +139,8 @@ class FakeTransport:
         return (endpoint.host, endpoint.port)
 
     def format_addr(self, addr: object) -> str:
+        host: str
+        port: int
         host, port = addr  # type: ignore[misc]
         return f"{host}:{port}"
 

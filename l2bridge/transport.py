@@ -104,7 +104,7 @@ class UdpTransport:
 
     def recv_batch(self, max_datagrams: int) -> list[tuple[bytes, object]]:
         recvfrom = self.sock.recvfrom
-        batch = []
+        batch: list[tuple[bytes, object]] = []
         append = batch.append
         for _ in range(max_datagrams):
             try:
@@ -121,7 +121,7 @@ class UdpTransport:
     def send(self, data: bytes, addr: object) -> bool:
         """Send one datagram; False when the socket buffer is full (retry when writable)."""
         try:
-            self.sock.sendto(data, addr)  # type: ignore[arg-type]
+            self.sock.sendto(data, addr)  # type: ignore[call-overload]
         except BlockingIOError:
             return False
         return True
