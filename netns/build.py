@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netns.impair import AddTbf, NftRuleset
 from netns.nsenter import in_netns
 from netns.plan import (
     AddAddress,
@@ -34,9 +35,12 @@ from netns.plan import (
     SetLink,
     Step,
     Sysctl,
+    VlanPort,
 )
 from netns.registry import kill_namespace_processes, remove_namespace
 from netns.undo import UndoStack
+from netns.vlanport import attach_access_port
+from netns.wanctl import WanError, apply_tbf, load_nft
 
 IFA_F_NODAD = 0x02
 
@@ -138,6 +142,15 @@ def apply_step(
                           prefixlen=iface.network.prefixlen, **extra)
         case AddRoute(ns=ns, dst=dst, via=via):
             pool[ns].route("add", dst=dst, gateway=via)
+        case VlanPort(ns=ns, ifname=ifname, vid=vid):
+            attach_access_port(pool[ns], pool.index(ns, ifname), vid, ifname)
+        case AddTbf(ns=ns, ifname=ifname):
+            apply_tbf(pool[ns], pool.index(ns, ifname), step)
+        case NftRuleset():
+            try:
+                load_nft(step)
+            except WanError as e:
+                raise BuildError(str(e)) from None
         case _:
             raise BuildError(f"unknown step {step!r}")
 

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import trio
 
+from netns import timing
 from netns.gateways import GatewayError
 from netns.lab import LabError, PreflightError, open_lab
 from netns.nsenter import netns_path, netns_preexec
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     sub.add_parser("list", help="list labs on this machine")
     sub.add_parser("clean", help="remove labs whose owning process is dead")
+    p = sub.add_parser("timing", help="time build, start and teardown of generated meshes "
+                                      "of 2..N sites (and Mininet with --mininet)")
+    timing.add_arguments(p)
     return parser
 
 
@@ -247,6 +251,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "exec": cmd_exec,
     "list": cmd_list,
     "clean": cmd_clean,
+    "timing": lambda args: timing.cmd_timing(args),
 }
 
 

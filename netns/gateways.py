@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
+from l2bridge import keys
 from netns.build import is_missing, netlink
 from netns.nsenter import netns_preexec
 from netns.plan import VXLAN_PORT, SitePlan
@@ -103,6 +104,10 @@ class L2bridgeGateway:
     async def start(self) -> None:
         with open(self.site.config_path, "w") as f:
             f.write(self.site.config_text)
+        if self.site.private_key:
+            fd = os.open(self.site.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(keys.encode_key(self.site.private_key) + "\n")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p

@@ -3,11 +3,13 @@
 Flow of ``open_lab``: 1. load and plan the scenario (pure; bad input raises
 ``ScenarioError`` before anything exists)  2. preflight: root, programs the checks
 need  3. write the registry's state file  4. build namespaces and links (each undo
-registered as soon as its object exists)  5. start one gateway per site and wait
-until each is ready and sees all its peers up  6. hand the ``Lab`` to the caller
-7. on every exit path (success, failure, exception, cancellation) stop the
-gateways and unwind the undo stack, shielded from cancellation; with ``keep`` and a
-body that completed, the lab is detached instead and lives until ``lab down``.
+registered as soon as its object exists; tbf and nftables impairments are steps
+too)  5. start the delay relay of each link that has one (wanctl.py), then one
+gateway per site, and wait until each is ready and sees all its peers up  6. hand
+the ``Lab`` to the caller  7. on every exit path (success, failure, exception,
+cancellation) stop the gateways and relays and unwind the undo stack, shielded
+from cancellation; with ``keep`` and a body that completed, the lab is detached
+instead and lives until ``lab down``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import trio
 from netns import checks as checks_mod
 from netns.build import BuildError, build
 from netns.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.impair import NftRuleset
 from netns.plan import Node, Plan, make_plan, new_prefix
 from netns.registry import Registry, kill_namespace_processes
 from netns.scenario import (
@@ -37,6 +40,7 @@ from netns.scenario import (
 )
 from netns.traffic import TOOL_PACKAGES
 from netns.undo import UndoStack
+from netns.wanctl import RelayProcess, WanError
 
 READY_TIMEOUT_S = 10.0
 PEERS_UP_TIMEOUT_S = 10.0
@@ -52,7 +56,17 @@ CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
     "unicast_isolation": ("ping",),
     "mtu": ("ping",),
     "restart": ("ping",),
+    "command": (),  # its own program: see command_programs()
+    "vlan_tags": ("tcpdump",),
 }
+
+
+def command_programs(check: Check) -> tuple[str, ...]:
+    """The programs a check runs: the fixed ones of its kind, plus a command's own."""
+    if check.kind != "command":
+        return CHECK_PROGRAMS[check.kind]
+    argv = check.params["argv"]
+    return (argv[0],) if argv else ("/bin/sh",)
 
 Progress = Callable[[str], None]
 
@@ -72,13 +86,16 @@ def preflight(plan: Plan) -> None:
             "the lab needs root (network namespaces, veths, bridges); run it with sudo"
         )
     for check in plan.scenario.checks:
-        for program in CHECK_PROGRAMS[check.kind]:
+        for program in command_programs(check):
             if shutil.which(program) is None:
                 package = TOOL_PACKAGES.get(program, program)
                 raise PreflightError(
                     f"check[{check.index}] ({check.kind}) needs {program}, which is not on PATH;"
                     f" install it (apt-get install {package})"
                 )
+    if any(isinstance(step, NftRuleset) for step in plan.steps) and shutil.which("nft") is None:
+        raise PreflightError("wan: loss, duplication and NAT need nft, which is not on PATH; "
+                             "install it (apt-get install nftables)")
     if plan.gateway == "l2bridge" and importlib.util.find_spec("l2bridge.cli") is None:
         raise PreflightError(
             "gateway l2bridge needs the l2bridge package (l2bridge.cli not importable); "
@@ -96,6 +113,9 @@ class Lab:
         self.progress = progress or (lambda line: None)
         self.gateways: dict[str, Gateway] = {
             s.name: make_gateway(s, detached=detached) for s in plan.sites
+        }
+        self.relays: dict[str, RelayProcess] = {
+            s.name: RelayProcess(s.relay) for s in plan.sites if s.relay is not None
         }
         self.timings: dict[str, float] = {}
 
@@ -161,6 +181,18 @@ class Lab:
                     f"(peers up: {', '.join(lagging)}); see the logs in {self.plan.rundir}"
                 )
             await trio.sleep(PEERS_POLL_S)
+
+    async def start_relays(self, undo: UndoStack) -> None:
+        """Start the delay relay of every link that has one; each kill is an undo at once."""
+        async with trio.open_nursery() as nursery:
+            for relay in self.relays.values():
+                undo.push(f"kill relay {relay.plan.site}", relay.kill_now)
+                nursery.start_soon(relay.start)
+
+    async def stop_relays(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for relay in self.relays.values():
+                nursery.start_soon(relay.stop)
 
     async def stop_gateways(self) -> None:
         with trio.move_on_after(STOP_TIMEOUT_S * 2):
@@ -259,6 +291,12 @@ async def open_lab(
         lab.timings["build_s"] = time.monotonic() - started
         say(f"lab {plan.prefix}: built in {lab.timings['build_s']:.2f} s")
         started = time.monotonic()
+        if lab.relays:
+            say(f"lab {plan.prefix}: starting {len(lab.relays)} delay relays …")
+            try:
+                await lab.start_relays(undo)
+            except WanError as e:
+                raise LabError(f"lab {plan.prefix}: {e}") from None
         say(f"lab {plan.prefix}: starting {len(plan.sites)} {plan.gateway} gateways …")
         try:
             await lab.start_gateways()
@@ -275,6 +313,7 @@ async def open_lab(
             started = time.monotonic()
             with trio.CancelScope(shield=True):
                 await lab.stop_gateways()
+                await lab.stop_relays()
                 await trio.to_thread.run_sync(
                     kill_namespace_processes, list(registry.state.namespaces)
                 )

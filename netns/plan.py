@@ -6,9 +6,14 @@ Naming scheme (P = the run prefix, ``l2b`` + 5 hex digits, e.g. ``l2b3f9a1``):
 namespace              contents
 =====================  ==========================================================
 ``P-wan``              the WAN router (ip forwarding on); one veth per site,
-                       named after the site, address 198.18.<i>.1/24
-``P-<site>-gw``        the gateway: ``wan0`` (198.18.<i>.2/24, default route via
-                       .1) and ``eth1``, the veth standing in for the physical NIC;
+                       named after the site, address 198.18.<i>.1/24 (100.64.<i>.1
+                       for a site behind NAT); with a delay relay on the link also
+                       the relay's legs ``<site>_g`` and ``<site>_r`` (impair.py);
+                       the nftables table ``P`` when a link has loss, duplication
+                       or NAT
+``P-<site>-gw``        the gateway: ``wan0`` (198.18.<i>.2/24 or 100.64.<i>.2/24,
+                       default route via .1) and ``eth1``, the veth standing in for
+                       the physical NIC;
                        the gateway (l2bridge or kernel VXLAN) adds ``br0`` and its
                        tunnel device
 ``P-<site>-sw``        the LAN switch: bridge ``br0`` (STP off, forward delay 0)
@@ -34,14 +39,24 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from netns.scenario import Scenario, ScenarioError, Site
+from l2bridge import keys
+from netns.impair import (
+    AddTbf,
+    NftRuleset,
+    RelayPlan,
+    link_addresses,
+    nft_ruleset,
+    relay_plan,
+    tbf_step,
+    wan_mtu_for,
+)
+from netns.scenario import Link, Scenario, ScenarioError, Site
 
 LAB_RUN_DIR = "/run/l2bridge/lab"
 PREFIX_HEAD = "l2b"
-UNDERLAY_NET = "198.18.0.0/15"
 L2BRIDGE_PORT = 55555
 VXLAN_PORT = 4789
 VXLAN_MESH_VNI = 42
@@ -140,7 +155,23 @@ class AddRoute:
         return f"route {self.ns} {self.dst} via {self.via}"
 
 
-Step = AddNetns | Sysctl | AddVeth | AddBridge | SetLink | AddAddress | AddRoute
+@dataclass(frozen=True, slots=True)
+class VlanPort:
+    """A LAN switch port as an access port of VLAN ``vid`` (0: native, untagged only)."""
+
+    ns: str
+    ifname: str
+    vid: int
+
+    def __str__(self) -> str:
+        if self.vid:
+            return (f"vlan {self.ns}:{self.ifname} access vid {self.vid} "
+                    "(tc bpf: push tag in, pass only vid and pop tag out)")
+        return f"vlan {self.ns}:{self.ifname} native (tc bpf: pass only untagged out)"
+
+
+Step = (AddNetns | Sysctl | AddVeth | AddBridge | SetLink | AddAddress | AddRoute | VlanPort
+        | AddTbf | NftRuleset)
 
 
 # ---------------------------------------------------------------- plan model
@@ -158,6 +189,7 @@ class Node:
     ipv4: str | None = None  # CIDR
     ipv6: str | None = None  # CIDR
     mac: str | None = None
+    vlan: int | None = None  # 802.1Q VLAN of the host's switch port (None: untagged)
 
     @property
     def ip(self) -> str:
@@ -185,7 +217,7 @@ class VxlanDev:
 @dataclass(frozen=True, slots=True)
 class PeerPlan:
     name: str
-    address: str  # the peer gateway's underlay address
+    address: str | None  # the peer gateway's underlay address; None: it dials in (NAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +235,15 @@ class SitePlan:
     log_path: str
     control_path: str
     config_text: str  # the daemon's TOML (l2bridge mode)
+    private_key: bytes  # the site's key (l2bridge mode, unless the scenario is insecure)
+    key_path: str
     vxlan: tuple[VxlanDev, ...]  # the kernel devices (vxlan mode)
     lan_ifname: str = "eth1"
     bridge: str = "br0"
+    link: Link = Link()  # the WAN link as built (impairments, MTU, NAT)
+    wan_if: str = ""  # the router's interface toward this site (named after the site)
+    relay: RelayPlan | None = None  # the delay relay on this link, if any
+    wan_mtu: int = 1500  # the daemon's wan_mtu: the smallest MTU on its paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +275,9 @@ class Plan:
             f"run dir {self.rundir}"
         ]
         lines += [str(step) for step in self.steps]
+        lines += [str(s.relay) for s in self.sites if s.relay is not None]
         for s in self.sites:
-            peers = ", ".join(f"{p.name} {p.address}" for p in s.peers)
+            peers = ", ".join(f"{p.name} {p.address or '(dials in)'}" for p in s.peers)
             role = " (hub)" if s.hub else ""
             if s.gateway == "l2bridge":
                 lines.append(
@@ -267,8 +306,13 @@ def make_plan(
     gateway: str | None = None,
     wan_mtu: int | None = None,
     rundir: str | None = None,
+    site_keys: Mapping[str, bytes] | None = None,
 ) -> Plan:
-    """Compute every name, address and step; ``gateway``/``wan_mtu`` override the file."""
+    """Compute every name, address and step; ``gateway``/``wan_mtu`` override the file.
+
+    Each l2bridge gateway gets a fresh private key (or the one in ``site_keys``),
+    and every site's config lists its peers' public keys.
+    """
     if wan_mtu is not None:
         scenario = dataclasses.replace(
             scenario, wan=dataclasses.replace(scenario.wan, mtu=wan_mtu)
@@ -283,11 +327,12 @@ def make_plan(
             f"(VXLAN adds {VXLAN_OVERHEAD_V4} bytes and never fragments), found "
             f"{scenario.wan.mtu}; raise it (--wan-mtu {need}) or use the l2bridge gateway",
         )
+    if mode == "vxlan":
+        _check_vxlan_links(scenario)
     rundir = rundir or f"{LAB_RUN_DIR}/{prefix}"
     wan_ns = f"{prefix}-wan"
     nodes: dict[str, Node] = {"wan": Node(ref="wan", ns=wan_ns, site=None, role="wan")}
     namespaces = [wan_ns]
-    underlay = ipaddress.ip_network(UNDERLAY_NET)
     hosts = _host_addressing(scenario)
 
     site_plans: list[SitePlan] = []
@@ -302,7 +347,9 @@ def make_plan(
             ns = f"{prefix}-{site.name}-{host.name}"
             namespaces.append(ns)
             v4, v6, mac = hosts[ref]
-            nodes[ref] = Node(ref, ns, site.name, "host", "eth0", v4, v6, mac)
+            nodes[ref] = Node(ref, ns, site.name, "host", "eth0", v4, v6, mac, host.vlan)
+        link = scenario.link(site.name)
+        router, gateway_addr = link_addresses(i, link)
         site_plans.append(
             SitePlan(
                 name=site.name,
@@ -311,24 +358,43 @@ def make_plan(
                 gateway=mode,
                 gw_ns=gw_ns,
                 sw_ns=sw_ns,
-                underlay=str(underlay[i * 256 + 2]),
-                router=str(underlay[i * 256 + 1]),
+                underlay=gateway_addr,
+                router=router,
                 peers=(),
                 config_path=f"{rundir}/{site.name}.toml",
                 log_path=f"{rundir}/{site.name}.log",
                 control_path=f"{rundir}/{site.name}.sock",
                 config_text="",
+                private_key=b"",
+                key_path=f"{rundir}/{site.name}.key",
                 vxlan=(),
+                link=link,
+                wan_if=site.name,
+                relay=relay_plan(site.name, i, link, ns=wan_ns, seed=scenario.wan.seed,
+                                 rundir=rundir),
             )
         )
     by_name = {s.name: s for s in site_plans}
+    if not scenario.insecure:
+        chosen = site_keys or {}
+        site_plans = [
+            dataclasses.replace(s, private_key=chosen.get(s.name) or keys.generate_private_key())
+            for s in site_plans
+        ]
+        by_name = {s.name: s for s in site_plans}
     finished = []
     for s in site_plans:
-        peers = tuple(PeerPlan(p, by_name[p].underlay) for p in peers_of[s.name])
-        s = dataclasses.replace(s, peers=peers)
+        peers = tuple(
+            PeerPlan(p, None if by_name[p].link.nat else by_name[p].underlay)
+            for p in peers_of[s.name]
+        )
+        s = dataclasses.replace(
+            s, peers=peers,
+            wan_mtu=wan_mtu_for(s.link, [by_name[p].link for p in peers_of[s.name]]),
+        )
         s = dataclasses.replace(
             s,
-            config_text=render_site_config(scenario, scenario.site(s.name), s),
+            config_text=render_site_config(scenario, scenario.site(s.name), s, by_name),
             vxlan=_vxlan_devices(scenario, s, by_name),
         )
         finished.append(s)
@@ -345,6 +411,27 @@ def make_plan(
         steps=(),
     )
     return dataclasses.replace(plan, steps=tuple(_steps(plan)))
+
+
+def _check_vxlan_links(scenario: Scenario) -> None:
+    """Kernel VXLAN has no dial-in peers and never fragments: no NAT, room on every link."""
+    need = scenario.lan.mtu + VXLAN_OVERHEAD_V4
+    for i, site in enumerate(scenario.sites):
+        link = scenario.link(site.name)
+        if link.nat:
+            raise ScenarioError(
+                scenario.path, f"site[{i}].wan.nat",
+                f"site {site.name} is behind NAT, which vxlan gateways cannot cross (kernel "
+                "VXLAN needs every remote's address); use the l2bridge gateway or remove nat",
+            )
+        if link.mtu < need:
+            raise ScenarioError(
+                scenario.path, f"site[{i}].wan.mtu",
+                f"vxlan gateways need an MTU >= {need} on every link for a "
+                f"{scenario.lan.mtu}-byte LAN (VXLAN adds {VXLAN_OVERHEAD_V4} bytes and never "
+                f"fragments), found {link.mtu} on site {site.name}'s link; raise it or use the "
+                "l2bridge gateway",
+            )
 
 
 def _peers(scenario: Scenario) -> dict[str, list[str]]:
@@ -369,11 +456,11 @@ def _vxlan_devices(
     hub = scenario.hub
     if hub is None:
         return (VxlanDev("vxlan0", VXLAN_MESH_VNI, s.underlay,
-                         tuple(p.address for p in s.peers), mtu),)
+                         tuple(by_name[p.name].underlay for p in s.peers), mtu),)
     if s.hub:
         return tuple(
             VxlanDev(f"vx{by_name[p.name].index}", VXLAN_HUB_VNI_BASE + by_name[p.name].index,
-                     s.underlay, (p.address,), mtu)
+                     s.underlay, (by_name[p.name].underlay,), mtu)
             for p in s.peers
         )
     return (VxlanDev("vxlan0", VXLAN_HUB_VNI_BASE + s.index, s.underlay,
@@ -442,17 +529,15 @@ def _derive_mac(i: int, j: int, used: set[str]) -> str:
 
 def _steps(plan: Plan) -> Iterator[Step]:
     sc = plan.scenario
+    # With any tagged host, every host port gets a VLAN program (untagged hosts a
+    # native one), so tagged frames never reach a host of another VLAN at any site.
+    vlans = any(h.vlan is not None for s in sc.sites for h in s.hosts)
     for ns in plan.namespaces:
         yield AddNetns(ns)
         yield SetLink(ns, "lo")
     yield Sysctl(plan.wan_ns, "net.ipv4.ip_forward", "1")
     for s in plan.sites:
-        yield AddVeth(s.gw_ns, "wan0", plan.wan_ns, s.name, sc.wan.mtu)
-        yield AddAddress(plan.wan_ns, s.name, f"{s.router}/24")
-        yield SetLink(plan.wan_ns, s.name)
-        yield AddAddress(s.gw_ns, "wan0", f"{s.underlay}/24")
-        yield SetLink(s.gw_ns, "wan0")
-        yield AddRoute(s.gw_ns, "0.0.0.0/0", s.router)
+        yield from _wan_link_steps(plan, s)
         yield AddBridge(s.sw_ns, "br0")
         yield AddVeth(s.gw_ns, s.lan_ifname, s.sw_ns, "gw", sc.lan.mtu)
         yield SetLink(s.sw_ns, "gw", master="br0")
@@ -461,17 +546,47 @@ def _steps(plan: Plan) -> Iterator[Step]:
             node = plan.nodes[f"{s.name}.{host.name}"]
             yield AddVeth(node.ns, "eth0", s.sw_ns, host.name, sc.lan.mtu)
             yield SetLink(s.sw_ns, host.name, master="br0")
+            if vlans:
+                yield VlanPort(s.sw_ns, host.name, host.vlan or 0)
             yield SetLink(node.ns, "eth0", mac=node.mac)
             assert node.ipv4 is not None
             yield AddAddress(node.ns, "eth0", node.ipv4)
             if node.ipv6:
                 yield AddAddress(node.ns, "eth0", node.ipv6)
+    legs = [leg for s in plan.sites if s.relay for leg in (s.relay.gw_leg, s.relay.router_leg)]
+    ruleset = nft_ruleset(plan.prefix, [(s.wan_if, s.link) for s in plan.sites], legs)
+    if ruleset is not None:
+        yield NftRuleset(plan.wan_ns, plan.prefix, ruleset)
+
+
+def _wan_link_steps(plan: Plan, s: SitePlan) -> Iterator[Step]:
+    """One site's WAN link: a veth, or two with the relay's legs between them; tbf."""
+    mtu = s.link.mtu
+    if s.relay is None:
+        yield AddVeth(s.gw_ns, "wan0", plan.wan_ns, s.wan_if, mtu)
+    else:
+        yield AddVeth(s.gw_ns, "wan0", plan.wan_ns, s.relay.gw_leg, mtu)
+        yield AddVeth(plan.wan_ns, s.relay.router_leg, plan.wan_ns, s.wan_if, mtu)
+        for leg in (s.relay.gw_leg, s.relay.router_leg):
+            yield Sysctl(plan.wan_ns, f"net.ipv6.conf.{leg}.disable_ipv6", "1")
+            yield SetLink(plan.wan_ns, leg)
+    yield AddAddress(plan.wan_ns, s.wan_if, f"{s.router}/24")
+    yield SetLink(plan.wan_ns, s.wan_if)
+    yield AddAddress(s.gw_ns, "wan0", f"{s.underlay}/24")
+    yield SetLink(s.gw_ns, "wan0")
+    yield AddRoute(s.gw_ns, "0.0.0.0/0", s.router)
+    for ns, ifname in ((plan.wan_ns, s.wan_if), (s.gw_ns, "wan0")):
+        tbf = tbf_step(ns, ifname, s.link)
+        if tbf is not None:
+            yield tbf
 
 
 # ---------------------------------------------------------------- daemon config
 
 
-def render_site_config(scenario: Scenario, site: Site, s: SitePlan) -> str:
+def render_site_config(
+    scenario: Scenario, site: Site, s: SitePlan, sites: Mapping[str, SitePlan]
+) -> str:
     """The ``l2bridge up`` configuration of one site (TOML text)."""
     table: list[tuple[str, object]] = [
         ("name", s.name),
@@ -481,17 +596,25 @@ def render_site_config(scenario: Scenario, site: Site, s: SitePlan) -> str:
         ("interfaces", [s.lan_ifname]),
         ("hub", s.hub),
         ("mtu", scenario.lan.mtu),
-        ("wan_mtu", scenario.wan.mtu),
+        ("wan_mtu", s.wan_mtu),
         ("control", s.control_path),
         ("keepalive", scenario.keepalive_s),
         ("dead_after", scenario.dead_after_s),
     ]
+    if scenario.insecure:
+        table.append(("insecure", True))
+    else:
+        table.append(("private_key_file", s.key_path))
     merged: dict[str, object] = dict(table)
     merged.update(site.l2bridge)  # keys the lab owns were rejected by validation
     lines = ["[site]"] + [f"{k} = {_toml_value(v)}" for k, v in merged.items()]
     for p in s.peers:
-        lines += ["", "[[peer]]", f"name = {_toml_value(p.name)}",
-                  f"endpoint = {_toml_value(f'{p.address}:{L2BRIDGE_PORT}')}"]
+        lines += ["", "[[peer]]", f"name = {_toml_value(p.name)}"]
+        if p.address is not None:  # else a dial-in peer: bound to its HELLO's source
+            lines.append(f"endpoint = {_toml_value(f'{p.address}:{L2BRIDGE_PORT}')}")
+        if not scenario.insecure:
+            public = keys.public_key(sites[p.name].private_key)
+            lines.append(f"public_key = {_toml_value(keys.encode_key(public))}")
     return "\n".join(lines) + "\n"
 
 

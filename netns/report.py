@@ -1,4 +1,10 @@
-"""The result of a lab run: a table readable at a glance, or JSON for machines (pure)."""
+"""The result of a lab run: a table readable at a glance, or JSON for machines (pure).
+
+The table has one row per check (its summary cut at ``SUMMARY_MAX`` characters, so
+a 12-site run stays one screen), then the full text of every failed check whose
+summary was cut, then the verdict with the phase times.  The JSON document carries
+the same facts: every check's full summary and its ``numbers``.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +74,10 @@ def format_table(report: RunReport) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 7)
+    cut = [r for r in report.results if not r.ok and len(r.summary) > SUMMARY_MAX]
+    if cut:
+        lines += ["", "failed checks in full:"]
+        lines += [f"  {r.index} {r.name}: {r.summary}" for r in cut]
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in report.timings.items())
     verdict = "PASS" if report.ok else "FAIL"
     lines += ["", f"{verdict}: {report.passed}/{len(report.results)} checks passed"

@@ -16,11 +16,13 @@ Invariants guaranteed to the planner:
 - host addresses (given or derived later) never clash, lie inside the LAN prefix
   and are neither its network nor its broadcast address;
 - at most one hub site;
-- every check kind is known, its parameters typed, its host references exist.
+- every check kind is known, its parameters typed, its host references exist;
+- every site link (``Scenario.link``): jitter <= delay, reordering only with a
+  delay, and no two sites behind NAT that would have to peer with each other.
 
-Keys reserved for later versions (WAN impairments, NAT, IPv6 underlay, VLAN hosts)
-are part of the schema so they validate by type, but a non-default value is
-rejected with a message saying it is not implemented yet.
+Keys reserved for later versions (IPv6 underlay) are part of the schema so they
+validate by type, but a non-default value is rejected with a message saying it is
+not implemented yet.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ DEFAULT_MTU = 1500
 DEFAULT_KEEPALIVE_S = 1.0
 DEFAULT_DEAD_AFTER_S = 3.0
 MIN_MTU = 576
+DEFAULT_WAN_SEED = 1
 MAX_MTU = 9000
 
 
@@ -71,6 +74,7 @@ class Host:
     ipv4: str | None = None  # "10.77.1.10/16"; None = derived by the planner
     ipv6: str | None = None
     mac: str | None = None  # None = derived (locally administered, deterministic)
+    vlan: int | None = None  # 802.1Q VLAN ID of the host's switch port; None = untagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +85,52 @@ class Site:
     hosts: tuple[Host, ...]
     hub: bool = False
     l2bridge: Mapping[str, Any] = field(default_factory=dict)  # extra daemon [site] keys
+    wan: Mapping[str, Any] = field(default_factory=dict)  # link keys overriding [wan]
 
 
 @dataclass(frozen=True, slots=True)
 class Wan:
-    """The WAN between the gateways: one router namespace, one link per site."""
+    """The WAN between the gateways: one router namespace, one link per site.
+
+    The link keys here are the defaults of every site link; a site's own
+    ``wan = { ... }`` overrides them for its link (``Scenario.link``).
+    """
 
     mtu: int = DEFAULT_MTU
-    # Reserved for impairments and NAT (validated, not implemented yet).
+    rate_mbit: float | None = None  # tbf, each direction
+    loss_percent: float = 0.0  # nftables numgen, each direction
+    duplicate_percent: float = 0.0  # nftables dup, each direction
+    delay_ms: float = 0.0  # the userspace relay, each direction
+    jitter_ms: float = 0.0
+    reorder_percent: float = 0.0
+    relay: bool = False  # insert the relay even with delay, jitter and reorder at 0
+    nat: bool = False  # per site only (validation rejects it here)
+    seed: int = DEFAULT_WAN_SEED  # the relay's random decisions
+    ipv6: bool = False  # reserved
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One site's WAN link as built: the ``[wan]`` defaults with the site's overrides."""
+
+    mtu: int = DEFAULT_MTU
     rate_mbit: float | None = None
     loss_percent: float = 0.0
     duplicate_percent: float = 0.0
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     reorder_percent: float = 0.0
+    relay: bool = False
     nat: bool = False
-    ipv6: bool = False
+
+    @property
+    def needs_relay(self) -> bool:
+        """Delay, jitter and reordering live in the relay; it is inserted only for them."""
+        return self.relay or bool(self.delay_ms or self.jitter_ms or self.reorder_percent)
+
+    @property
+    def needs_nft(self) -> bool:
+        return bool(self.loss_percent or self.duplicate_percent or self.nat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +165,7 @@ class Scenario:
     wan: Wan
     sites: tuple[Site, ...]
     checks: tuple[Check, ...]
+    insecure: bool = False  # l2bridge gateways without keys (cleartext)
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -141,6 +176,12 @@ class Scenario:
     @property
     def hub(self) -> Site | None:
         return next((s for s in self.sites if s.hub), None)
+
+    def link(self, name: str) -> Link:
+        """Site ``name``'s WAN link: the ``[wan]`` defaults, then the site's own keys."""
+        values = {k: getattr(self.wan, k) for k in LINK_KEYS if k != "nat"}
+        values.update(self.site(name).wan)
+        return Link(**values)
 
     def host_refs(self) -> list[str]:
         """Every host as ``"site.host"``, in file order."""
@@ -190,6 +231,13 @@ def _not_yet(what: str, default: Any) -> Callable[[Any], str | None]:
 
 
 _MTU = _range(MIN_MTU, MAX_MTU)
+FAMILIES = ("ipv4", "ipv6")
+
+
+def _families(value: Any) -> str | None:
+    if not value or len(set(value)) != len(value) or not set(value) <= set(FAMILIES):
+        return f'expected a non-empty list of distinct "ipv4", "ipv6", found {value!r}'
+    return None
 
 LAB_SCHEMA: dict[str, Param] = {
     "name": Param("str", None),
@@ -197,27 +245,45 @@ LAB_SCHEMA: dict[str, Param] = {
     "gateway": Param("str", "l2bridge", _choice(*GATEWAY_MODES)),
     "keepalive": Param("float", DEFAULT_KEEPALIVE_S, _range(0.1, 60)),
     "dead_after": Param("float", DEFAULT_DEAD_AFTER_S, _range(0.2, 600)),
+    "insecure": Param("bool", False),  # true: cleartext gateways (the demonstration only)
 }
 LAN_SCHEMA: dict[str, Param] = {
     "ipv4": Param("str", DEFAULT_LAN_IPV4),
     "ipv6": Param("str", DEFAULT_LAN_IPV6),
     "mtu": Param("int", DEFAULT_MTU, _MTU),
 }
-WAN_SCHEMA: dict[str, Param] = {
+def _per_site_nat(value: Any) -> str | None:
+    if value:
+        return ("NAT is per site: set it in the site's own table, "
+                "[[site]] wan = { nat = true } (remove it from [wan])")
+    return None
+
+
+_PERCENT = _range(0, 100)
+# The keys of one site link: [wan] holds their defaults, [[site]] wan = {...} overrides.
+SITE_WAN_SCHEMA: dict[str, Param] = {
     "mtu": Param("int", DEFAULT_MTU, _MTU),
-    "rate_mbit": Param("float", None, _not_yet("WAN rate limiting", None)),
-    "loss_percent": Param("float", 0.0, _not_yet("WAN loss", 0.0)),
-    "duplicate_percent": Param("float", 0.0, _not_yet("WAN duplication", 0.0)),
-    "delay_ms": Param("float", 0.0, _not_yet("WAN delay", 0.0)),
-    "jitter_ms": Param("float", 0.0, _not_yet("WAN jitter", 0.0)),
-    "reorder_percent": Param("float", 0.0, _not_yet("WAN reordering", 0.0)),
-    "nat": Param("bool", False, _not_yet("NAT", False)),
+    "rate_mbit": Param("float", None, _range(0.01, 10_000)),
+    "loss_percent": Param("float", 0.0, _PERCENT),
+    "duplicate_percent": Param("float", 0.0, _PERCENT),
+    "delay_ms": Param("float", 0.0, _range(0, 10_000)),
+    "jitter_ms": Param("float", 0.0, _range(0, 10_000)),
+    "reorder_percent": Param("float", 0.0, _PERCENT),
+    "relay": Param("bool", False),
+    "nat": Param("bool", False),
+}
+LINK_KEYS = tuple(SITE_WAN_SCHEMA)
+WAN_SCHEMA: dict[str, Param] = {
+    **SITE_WAN_SCHEMA,
+    "nat": Param("bool", False, _per_site_nat),
+    "seed": Param("int", DEFAULT_WAN_SEED, _range(0, 2**32 - 1)),
     "ipv6": Param("bool", False, _not_yet("an IPv6 underlay", False)),
 }
 SITE_SCHEMA: dict[str, Param] = {
     "name": Param("str"),
     "hub": Param("bool", False),
     "l2bridge": Param("table", None),
+    "wan": Param("table", None),
     "host": Param("table_list", None),
 }
 HOST_SCHEMA: dict[str, Param] = {
@@ -225,7 +291,7 @@ HOST_SCHEMA: dict[str, Param] = {
     "ipv4": Param("str", None),
     "ipv6": Param("str", None),
     "mac": Param("str", None),
-    "vlan": Param("int", None, _not_yet("VLAN-tagged hosts", None)),
+    "vlan": Param("int", None, _range(1, 4094)),
 }
 TOP_SCHEMA = ("lab", "lan", "wan", "site", "check")
 # Keys of the daemon's own [site] table the lab writes itself.
@@ -246,10 +312,14 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "size": Param("int", 56, _range(0, 65000)),
         "dont_fragment": Param("bool", False),
         "ipv6": Param("bool", False),
+        "expect": Param("str", "pass", _choice("pass", "fail")),
+        # a lossy path: pass when at least this share of the echoes sent was answered
+        "min_received_percent": Param("float", None, _range(0, 100)),
     },
     "reachability": {
         "count": Param("int", 1, _range(1, 100)),
-        "ipv6": Param("bool", False),
+        "families": Param("str_list", list(FAMILIES), _families),
+        "sample": Param("int", None, _range(1, 1_000_000)),
     },
     "iperf3": {
         "from": Param("host"),
@@ -259,6 +329,7 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "bitrate": Param("str", None),
         "parallel": Param("int", 1, _range(1, 32)),
         "min_mbit_s": Param("float", None, _range(0, 1_000_000)),
+        "max_lost_percent": Param("float", None, _range(0, 100)),
     },
     "dhcp": {
         "server": Param("host"),
@@ -279,12 +350,26 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "from": Param("host"),
         "to": Param("host"),
         "size": Param("int", 1472, _range(0, 65000)),
+        "mode": Param("str", "fixed", _choice("fixed", "search")),
     },
     "restart": {
         "site": Param("str"),
         "from": Param("host"),
         "to": Param("host"),
         "within_s": Param("float", 5.0, _range(0.1, 600)),
+    },
+    "command": {
+        "host": Param("host"),
+        "argv": Param("str_list", None),
+        "shell": Param("str", None),
+        "expect_status": Param("int", 0, _range(0, 255)),
+        "expect_output": Param("str", None),
+        "regex": Param("bool", False),
+    },
+    "vlan_tags": {
+        "from": Param("host"),
+        "to": Param("host"),
+        "count": Param("int", 5, _range(1, 10_000)),
     },
 }
 CHECK_TIMEOUT_S: dict[str, float] = {
@@ -294,8 +379,10 @@ CHECK_TIMEOUT_S: dict[str, float] = {
     "dhcp": 20.0,
     "broadcast_once": 15.0,
     "unicast_isolation": 20.0,
-    "mtu": 15.0,
+    "mtu": 20.0,
     "restart": 30.0,
+    "command": 30.0,
+    "vlan_tags": 15.0,
 }
 
 
@@ -347,8 +434,9 @@ _TYPE_NAMES = {
 
 
 class _Parser:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, vlans: Mapping[str, int | None] | None = None) -> None:
         self.path = path
+        self.vlans: dict[str, int | None] = dict(vlans or {})  # host ref -> VLAN
 
     def fail(self, key: str, message: str) -> ScenarioError:
         return ScenarioError(self.path, key, message)
@@ -429,7 +517,9 @@ class _Parser:
         lan = self.lan(doc.get("lan", {}))
         wan = Wan(**self.table(doc.get("wan", {}), "wan", WAN_SCHEMA))
         sites = self.sites(doc.get("site"), lan)
+        self.links(wan, sites)
         refs = {f"{s.name}.{h.name}" for s in sites for h in s.hosts}
+        self.vlans = {f"{s.name}.{h.name}": h.vlan for s in sites for h in s.hosts}
         checks = self.checks(doc.get("check", []), refs, {s.name for s in sites})
         name = lab["name"]
         if name is None:
@@ -445,6 +535,7 @@ class _Parser:
             wan=wan,
             sites=sites,
             checks=checks,
+            insecure=lab["insecure"],
         )
 
     def lan(self, value: Any) -> Lan:
@@ -498,11 +589,63 @@ class _Parser:
                     raise self.fail(
                         f"{key}.l2bridge.{k}", f'"{k}" is set by the lab itself (remove it)'
                     )
+            link: dict[str, Any] = {}
+            if t["wan"] is not None:
+                given = self.table(t["wan"], f"{key}.wan", SITE_WAN_SCHEMA)
+                link = {k: given[k] for k in t["wan"]}
             hosts = self.hosts(t["host"] or [], key, v4, v6, addresses, macs)
             sites.append(
-                Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra)
+                Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra, wan=link)
             )
         return tuple(sites)
+
+    def links(self, wan: Wan, sites: tuple[Site, ...]) -> None:
+        """Cross-key rules of every effective site link; errors name where the value came from.
+
+        - jitter never exceeds the delay (a frame is never due before it arrived);
+        - reordering needs a delay: a frame overtakes only frames still held back;
+        - two sites that peer with each other are never both behind NAT (neither
+          could open the path), so a mesh has at most one NAT site, and with a hub
+          either the hub or any spokes may be behind NAT.
+        """
+        hub = next((s for s in sites if s.hub), None)
+        natted: list[tuple[int, Site]] = []
+        for i, site in enumerate(sites):
+            values = {k: getattr(wan, k) for k in LINK_KEYS if k != "nat"}
+            values.update(site.wan)
+            link = Link(**values)
+
+            def where(k: str, i: int = i, site: Site = site) -> str:
+                return f"site[{i}].wan.{k}" if k in site.wan else f"wan.{k}"
+
+            if link.jitter_ms > link.delay_ms:
+                raise self.fail(
+                    where("jitter_ms"),
+                    f"jitter {link.jitter_ms:g} ms exceeds the delay {link.delay_ms:g} ms of "
+                    f"site {site.name}'s link (expected jitter_ms <= delay_ms)",
+                )
+            if link.reorder_percent and not link.delay_ms:
+                raise self.fail(
+                    where("reorder_percent"),
+                    f"reordering on site {site.name}'s link needs a delay to overtake "
+                    "(set delay_ms > 0)",
+                )
+            if link.nat:
+                natted.append((i, site))
+        if len(natted) < 2 or (hub is not None and not hub.wan.get("nat")):
+            return
+        # A mesh: the second NAT site clashes with the first; with a NAT hub: the
+        # first NAT spoke clashes with the hub.
+        (_, a), (j, b) = natted[0], natted[1]
+        if hub is not None:
+            a = hub
+            j, b = next((j, s) for j, s in natted if s is not hub)
+        raise self.fail(
+            f"site[{j}].wan.nat",
+            f'sites "{a.name}" and "{b.name}" would both be behind NAT and peer with each '
+            "other, so neither could reach the other (at most one side of each peering may "
+            "be behind NAT)",
+        )
 
     def hosts(
         self,
@@ -560,7 +703,8 @@ class _Parser:
                     raise self.fail(f"{key}.mac", f"MAC {mac} clashes with {macs[mac]}")
                 macs[mac] = key
                 t["mac"] = mac
-            hosts.append(Host(name=name, ipv4=t["ipv4"], ipv6=t["ipv6"], mac=t["mac"]))
+            hosts.append(Host(name=name, ipv4=t["ipv4"], ipv6=t["ipv6"], mac=t["mac"],
+                              vlan=t["vlan"]))
         return tuple(hosts)
 
     def checks(self, value: Any, refs: set[str], sites: set[str]) -> tuple[Check, ...]:
@@ -593,6 +737,8 @@ class _Parser:
                 raise self.fail(f"{key}.to", f'"to" must differ from "from" ({t["from"]})')
             if kind == "dhcp" and t["server"] == t["client"]:
                 raise self.fail(f"{key}.client", "client must differ from server")
+            if kind in ("command", "vlan_tags", "iperf3"):
+                self.check_extra(kind, t, key)
             if kind == "restart" and t["site"] not in sites:
                 raise self.fail(
                     f"{key}.site", f'no site "{t["site"]}" (one of: {", ".join(sorted(sites))})'
@@ -603,12 +749,46 @@ class _Parser:
             checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i))
         return tuple(checks)
 
+    def check_extra(self, kind: str, t: dict[str, Any], key: str) -> None:
+        """Cross-field rules of the ``command``, ``vlan_tags`` and ``iperf3`` checks."""
+        if kind == "iperf3":
+            if t["max_lost_percent"] is not None and not t["udp"]:
+                raise self.fail(f"{key}.max_lost_percent",
+                                "only for UDP tests (set udp = true or remove the key)")
+            return
+        if kind == "command":
+            if (t["argv"] is None) == (t["shell"] is None):
+                raise self.fail(key, 'give exactly one of "argv" (a list) or "shell" (a string)')
+            if t["argv"] is not None and not t["argv"]:
+                raise self.fail(f"{key}.argv", "expected a non-empty array of strings")
+            if t["regex"] and t["expect_output"] is None:
+                raise self.fail(f"{key}.regex", 'needs "expect_output" (the pattern)')
+            if t["regex"]:
+                try:
+                    re.compile(t["expect_output"])
+                except re.error as e:
+                    raise self.fail(f"{key}.expect_output", f"not a valid regex: {e}") from None
+            return
+        a, b = self.vlans.get(t["from"]), self.vlans.get(t["to"])
+        if a is None or a != b:
+            raise self.fail(
+                f"{key}.to", f'expected two hosts in the same VLAN, found {t["from"]} '
+                f'{_describe_vlan(a)} and {t["to"]} {_describe_vlan(b)} (set [[site.host]] vlan)'
+            )
+        if t["from"].split(".")[0] == t["to"].split(".")[0]:
+            raise self.fail(f"{key}.to", f'expected a host at another site than {t["from"]}')
+
+
+def _describe_vlan(vlan: int | None) -> str:
+    return "untagged" if vlan is None else f"VLAN {vlan}"
+
 
 def parse_check(raw: Mapping[str, Any], scenario: Scenario, path: str = "<check>") -> Check:
     """Validate one check table against ``scenario``'s hosts and sites."""
     refs = set(scenario.host_refs())
     sites = {s.name for s in scenario.sites}
-    return _Parser(path).checks([dict(raw)], refs, sites)[0]
+    vlans = {f"{s.name}.{h.name}": h.vlan for s in scenario.sites for h in s.hosts}
+    return _Parser(path, vlans).checks([dict(raw)], refs, sites)[0]
 
 
 def check_host_address(text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
@@ -637,7 +817,17 @@ def _is_unicast_mac(mac: str) -> bool:
 
 def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:
     if kind == "reachability":
-        return "reachability" + (" ipv6" if params.get("ipv6") else "")
+        families = params["families"]
+        return "reachability" + ("" if len(families) == 2 else " " + families[0])
+    if kind == "command":
+        words = params["argv"] or [params["shell"]]
+        text = " ".join(words)
+        return f"command {params['host']}: " + (text if len(text) <= 30 else text[:29] + "…")
+    if kind == "mtu" and params["mode"] == "search":
+        return f"mtu search {params['from']} → {params['to']}"
+    if kind == "ping" and params["expect"] == "fail":
+        suffix = " ipv6" if params["ipv6"] else ""
+        return f"ping{suffix} {params['from']} ↛ {params['to']} (must fail)"
     if kind == "dhcp":
         return f"dhcp {params['server']} → {params['client']}"
     if kind == "broadcast_once":

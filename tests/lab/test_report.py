@@ -45,3 +45,17 @@ def test_json() -> None:
                                                                "failed": []}}
     assert (doc["lab"], doc["scenario"], doc["gateway"], doc["sites"], doc["hosts"]) == (
         "l2b0c0de", "two-offices", "vxlan", 2, 4)
+
+
+def test_failed_check_cut_in_the_table_is_given_in_full_below() -> None:
+    long = "276 host pairs × ipv4+ipv6: 550/552 pings answer; no answer: " + ", ".join(
+        f"s{i:02d}.h1→s{i + 1:02d}.h1 ipv6" for i in range(2))
+    results = [CheckResult(0, "reachability", "reachability", False, long, 2.7, {}),
+               CheckResult(1, "broadcast", "broadcast_once", True, "x" * 120, 0.6, {})]
+    text = format_table(make_report("l2b0c0de", SCENARIO, "l2bridge", 24, results, {}))
+    lines = text.splitlines()
+    assert lines[4].endswith("…") and len(lines[4].split("  ")[-1]) == 90
+    assert lines[-5:] == ["", "failed checks in full:", f"  0 reachability: {long}", "",
+                          "FAIL: 1/2 checks passed"]
+    assert not any(line.startswith("  1 broadcast") for line in lines)  # passed: cut only
+    assert lines[-1] == "FAIL: 1/2 checks passed"

@@ -77,7 +77,8 @@ to = "berlin.h1"
 """)
     (check,) = scenario.checks
     assert check.params == {"from": "london.h1", "to": "berlin.h1", "count": 3, "size": 56,
-                            "dont_fragment": False, "ipv6": False}
+                            "dont_fragment": False, "ipv6": False, "expect": "pass",
+                            "min_received_percent": None}
     assert check.name == "ping london.h1 → berlin.h1"
     assert check.timeout_s == 15.0
 
@@ -93,8 +94,10 @@ to = "berlin.h1"
          "lab.toml: wan.mtu: expected an integer, found a boolean (true)"),
         ("[wan]\nmtu = 100\n" + TWO_SITES,
          "lab.toml: wan.mtu: expected a number in 576..9000, found 100"),
-        ("[wan]\nloss_percent = 1.5\n" + TWO_SITES,
-         "lab.toml: wan.loss_percent: WAN loss: not implemented in this version of the lab "
+        ("[wan]\nloss_percent = 101\n" + TWO_SITES,
+         "lab.toml: wan.loss_percent: expected a number in 0..100, found 101.0"),
+        ("[wan]\nipv6 = true\n" + TWO_SITES,
+         "lab.toml: wan.ipv6: an IPv6 underlay: not implemented in this version of the lab "
          "(remove the key)"),
         ("[lab]\ngateway = 'gre'\n" + TWO_SITES,
          'lab.toml: lab.gateway: expected "l2bridge" or "vxlan", found a string (\"gre\")'),
@@ -129,9 +132,8 @@ to = "berlin.h1"
         (TWO_SITES + 'mac = "01:00:5e:00:00:01"\n',
          'lab.toml: site[1].host[0].mac: expected a unicast MAC like "02:00:00:00:00:01", '
          'found "01:00:5e:00:00:01"'),
-        (TWO_SITES + "vlan = 10\n",
-         "lab.toml: site[1].host[0].vlan: VLAN-tagged hosts: not implemented in this version "
-         "of the lab (remove the key)"),
+        (TWO_SITES + "vlan = 4095\n",
+         "lab.toml: site[1].host[0].vlan: expected a number in 1..4094, found 4095"),
         (TWO_SITES.replace('name = "london"', 'name = "london"\nhub = true').replace(
             'name = "berlin"', 'name = "berlin"\nhub = true'),
          "lab.toml: site[1].hub: only one hub site is supported (site[0] is the hub)"),
