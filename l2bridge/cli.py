@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from l2bridge import __version__
+from l2bridge.errors import sole_cause
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -131,7 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         trio.run(daemon.run, config)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
-        cause = _sole_cause(exc)
+        cause = sole_cause(exc)
         if isinstance(cause, daemon.KeyLoadError):
             return _fail(str(cause), EXIT_USAGE)
         if isinstance(cause, known):
@@ -140,13 +141,6 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 130
         raise
     return 0
-
-
-def _sole_cause(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def cmd_check(args: argparse.Namespace) -> int:

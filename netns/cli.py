@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import trio
 
+from l2bridge.errors import sole_cause
 from netns import timing
 from netns.gateways import GatewayError
 from netns.lab import LabError, PreflightError, open_lab
@@ -79,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as group:  # a failure inside a nursery: name the cause
+            cause = sole_cause(group)
+            if cause is group:
+                raise
+            raise cause from None
     except ScenarioError as e:
         _err(str(e))
         return EXIT_USAGE

@@ -42,7 +42,7 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from l2bridge import keys
+from l2bridge import config, keys
 from netns.impair import (
     AddTbf,
     NftRuleset,
@@ -397,6 +397,7 @@ def make_plan(
             config_text=render_site_config(scenario, scenario.site(s.name), s, by_name),
             vxlan=_vxlan_devices(scenario, s, by_name),
         )
+        _check_daemon_config(scenario, s)
         finished.append(s)
 
     plan = Plan(
@@ -582,6 +583,18 @@ def _wan_link_steps(plan: Plan, s: SitePlan) -> Iterator[Step]:
 
 
 # ---------------------------------------------------------------- daemon config
+
+
+def _check_daemon_config(scenario: Scenario, s: SitePlan) -> None:
+    """The daemon must accept what the lab writes: a bad ``l2bridge = {...}`` fails now."""
+    try:
+        config.parse_config(s.config_text, s.config_path)
+    except config.ConfigError as exc:
+        index = [site.name for site in scenario.sites].index(s.name)
+        raise ScenarioError(
+            scenario.path, f"site[{index}].l2bridge",
+            f"the daemon would refuse it: {exc.key}: {exc.message}",
+        ) from None
 
 
 def render_site_config(

@@ -199,3 +199,14 @@ def test_derived_addresses_skip_explicit_ones() -> None:
     plan = make_plan(parse_scenario(text), prefix="l2b0c0de")
     assert plan.nodes["site00.host0"].ipv4 == "10.77.1.2/16"
     assert plan.nodes["site00.host1"].ipv4 == "10.77.1.3/16"
+
+
+def test_daemon_keys_the_daemon_would_refuse_fail_at_plan_time() -> None:
+    scenario = parse_scenario(mesh_text(2).replace(
+        'name = "site01"', 'name = "site01"\nl2bridge = { rekey_after = 500 }'), "lab.toml")
+    with pytest.raises(ScenarioError) as info:
+        make_plan(scenario, prefix="l2b0c0de")
+    assert str(info.value) == (
+        "lab.toml: site[1].l2bridge: the daemon would refuse it: site.rekey_after:"
+        " expected a number of seconds from 1 to 120, found 500"
+    )

@@ -1,0 +1,14 @@
+"""Helpers for turning failures into one clear line at the command line."""
+
+from __future__ import annotations
+
+
+def sole_cause(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups, else ``exc``.
+
+    trio wraps an error raised inside a nursery in an ExceptionGroup; a command
+    line wants the error itself, to print its one-line message.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
