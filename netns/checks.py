@@ -347,11 +347,7 @@ async def check_broadcast_once(lab: Lab, p: Mapping[str, Any], timeout_s: float)
     src = lab.node(p["from"])
     count = p["count"]
     marker = new_marker(lab)
-    frames_out = [
-        frames.make_frame(frames.BROADCAST_MAC, _mac(src.mac), frames.ETHERTYPE_EXPERIMENTAL,
-                          frames.marker_payload(marker, seq))
-        for seq in range(count)
-    ]
+    frames_out = marker_frames(frames.BROADCAST_MAC, _mac(src.mac), marker, count)
     counts = await _count_at_hosts(lab, marker, lambda: traffic.send_frames(
         src.ns, "eth0", frames_out, interval_s=MARKER_INTERVAL_S))
     return broadcast_verdict(src, lab.plan.hosts(), counts, count)
@@ -383,11 +379,7 @@ async def check_unicast_isolation(lab: Lab, p: Mapping[str, Any], timeout_s: flo
     if not learn.ok:
         return False, f"learning ping {src.ref} → {dst.ref} failed: {_ping_summary(learn)}", {}
     marker = new_marker(lab)
-    frames_out = [
-        frames.make_frame(_mac(dst.mac), _mac(src.mac), frames.ETHERTYPE_EXPERIMENTAL,
-                          frames.marker_payload(marker, seq))
-        for seq in range(count)
-    ]
+    frames_out = marker_frames(_mac(dst.mac), _mac(src.mac), marker, count)
     counts = await _count_at_hosts(lab, marker, lambda: traffic.send_frames(
         src.ns, "eth0", frames_out, interval_s=MARKER_INTERVAL_S))
     third = {n.ref for n in lab.plan.hosts() if n.site not in (src.site, dst.site)}
@@ -462,11 +454,7 @@ async def check_vlan_tags(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> O
     assert src.vlan is not None
     count = p["count"]
     marker = new_marker(lab)
-    frames_out = [
-        frames.make_frame(frames.BROADCAST_MAC, _mac(src.mac), frames.ETHERTYPE_EXPERIMENTAL,
-                          frames.marker_payload(marker, seq))
-        for seq in range(count)
-    ]
+    frames_out = marker_frames(frames.BROADCAST_MAC, _mac(src.mac), marker, count)
     gws = [lab.plan.site(src.site), lab.plan.site(dst.site)]  # type: ignore[arg-type]
     duration = count * MARKER_INTERVAL_S + CAPTURE_SLACK_S
     captured: dict[str, list[bytes]] = {}
@@ -544,6 +532,15 @@ RUNNERS: dict[str, Runner] = {
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def marker_frames(dst: bytes, src: bytes, marker: bytes, count: int) -> list[bytes]:
+    """``count`` experimental-ethertype frames carrying ``marker`` and a sequence number."""
+    return [
+        frames.make_frame(dst, src, frames.ETHERTYPE_EXPERIMENTAL,
+                          frames.marker_payload(marker, seq))
+        for seq in range(count)
+    ]
 
 
 def new_marker(lab: Lab) -> bytes:
