@@ -409,8 +409,14 @@ class Bridge:
     def _kick(self, peer: Peer) -> None:
         """Start a handshake now if none is in flight (data is waiting for keys)."""
         link = peer.link
-        if link.pending is None and peer.addr is not None and self.secure is not None:
-            self._send_raw(peer, self.secure.initiation(link, self.now))
+        if self.secure is None or peer.addr is None or link.pending is not None:
+            return
+        waiting = link.next is not None and (
+            self.now - link.next.created < self.secure.timers.rekey_timeout_s
+        )
+        if waiting:
+            return  # we answered the peer's handshake: its first packet confirms the keys
+        self._send_raw(peer, self.secure.initiation(link, self.now))
 
     def _reassemble(self, peer: Peer, data: bytes, now: float) -> bytes | None:
         try:
