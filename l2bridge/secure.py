@@ -22,7 +22,11 @@ keypair rekeys after REKEY_AFTER_TIME_S (or REKEY_AFTER_MESSAGES), the other
 side after REKEY_AFTER_TIME_S + RESPONDER_REKEY_DELAY_S if no new keypair came;
 keypairs are unusable after REJECT_AFTER_TIME_S; all key material of a peer is
 dropped after DROP_KEYS_AFTER_S without a new handshake.  Old keypairs keep
-decrypting until they expire, so a rekey under load loses no frame.
+decrypting until they expire, so a rekey under load loses no frame.  When
+both sides initiated at once (handshakes crossed), each may send with the
+keypair the other initiated; a completed handshake then retires whichever of
+current/previous the peer is NOT sending with (the one that opened a DATA
+packet least recently), never the one its packets are still in flight with.
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ class Session:
     send_counter: int = 0
     window: ReplayWindow = field(default_factory=ReplayWindow)
     confirmed: bool = False  # the initiator's keys are confirmed by the response
+    initiator: bool = False  # we sent its INITIATION (only then do we rekey it on time)
+    last_received: float = float("-inf")  # when a DATA packet last opened with it
 
 
 @dataclass(eq=False, slots=True)
@@ -216,11 +222,19 @@ class SecureLinks:
     def _install(
         self, link: PeerLink, keypair: noise.Keypair, now: float, *, initiator: bool
     ) -> None:
-        session = Session(keypair=keypair, created=now, link=link, confirmed=initiator)
+        session = Session(keypair=keypair, created=now, link=link, confirmed=initiator,
+                          initiator=initiator)
         self.sessions[keypair.local_index] = session
         if initiator:
-            self._retire(link.previous)
-            link.previous = link.current
+            current, previous = link.current, link.previous
+            if (current is not None and previous is not None
+                    and previous.last_received > current.last_received):
+                # Handshakes crossed: the peer still sends with the older keypair,
+                # so that one stays and the one we were sending with goes.
+                self._retire(current)
+            else:
+                self._retire(previous)
+                link.previous = current
             link.current = session
         else:
             self._retire(link.next)
@@ -309,6 +323,7 @@ class SecureLinks:
         if not session.window.update(counter):
             self.count("replay_or_expired")
             return None
+        session.last_received = now
         if session is link.next:
             self._promote(link, session)
         return Received(link, plaintext)
@@ -380,7 +395,7 @@ class SecureLinks:
         due = []
         for link in self.links:
             # A dial-in peer: we still rekey a keypair we initiated, never cold-start it.
-            if not link.has_endpoint and (link.current is None or not link.current.confirmed):
+            if not link.has_endpoint and (link.current is None or not link.current.initiator):
                 continue
             if link.pending is not None:
                 started = link.pending_since if link.pending_since is not None else now
@@ -403,7 +418,7 @@ class SecureLinks:
         age = now - session.created
         if session.send_counter >= timers.rekey_after_messages:
             return True
-        if session.confirmed:  # we initiated it
+        if session.initiator:  # we initiated it (a promoted one is confirmed, not ours)
             return age >= timers.rekey_after_time_s
         return age >= timers.rekey_after_time_s + timers.responder_rekey_delay_s
 

@@ -30,7 +30,7 @@ async def test_site_behind_nat_only_dials_out_and_the_lab_passes(lab_scenario) -
     assert inbound.sent >= 3 and inbound.received == 0, inbound.output
     assert await udp_probe(lab, "london", "home", count=50, settle_s=0.2) == []
 
-    # london learned home's translated address from its greeting: the router's
+    # london learned home's translated address from its authenticated handshake: the router's
     # address on london's own link (masquerade), never home's private one
     peers = {p["name"]: p for p in (await lab.show("london"))["peers"]}
     assert peers["home"]["state"] == "up"
