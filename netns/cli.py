@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import trio
 
 from l2bridge.errors import sole_cause
-from netns import timing
+from netns import bench, timing
 from netns.gateways import GatewayError
 from netns.lab import LabError, PreflightError, open_lab
 from netns.nsenter import netns_path, netns_preexec
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("timing", help="time build, start and teardown of generated meshes "
                                       "of 2..N sites (and Mininet with --mininet)")
     timing.add_arguments(p)
+    p = sub.add_parser("bench", help="benchmark l2bridge (encrypted and insecure) against "
+                                     "kernel VXLAN and a direct veth, interleaved")
+    bench.add_arguments(p)
     return parser
 
 
@@ -259,7 +262,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list,
     "clean": cmd_clean,
     "timing": lambda args: timing.cmd_timing(args),
+    "bench": lambda args: cmd_bench(args),
 }
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _need_root()
+    return bench.cmd_bench(args, _run_guarded)
 
 
 # ---------------------------------------------------------------- helpers
