@@ -272,7 +272,8 @@ async def check_reachability(lab: Lab, p: Mapping[str, Any], timeout_s: float) -
 async def check_iperf3(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
     src, dst = lab.node(p["from"]), lab.node(p["to"])
     r = await traffic.iperf3(dst.ns, dst.ip, src.ns, seconds=p["seconds"], udp=p["udp"],
-                             bitrate=p["bitrate"], parallel=p["parallel"])
+                             bitrate=p["bitrate"], parallel=p["parallel"],
+                             timeout_s=max(p["seconds"] + 1.0, timeout_s - 1.0))
     return iperf3_verdict(r, p["min_mbit_s"], p["max_lost_percent"])
 
 
