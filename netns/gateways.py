@@ -33,6 +33,7 @@ from l2bridge import keys
 from netns.build import is_missing, netlink
 from netns.nsenter import netns_preexec
 from netns.plan import VXLAN_PORT, SitePlan
+from netns.proclog import log_tail
 
 READY_POLL_S = 0.05
 CONTROL_TIMEOUT_S = 2.0
@@ -145,12 +146,7 @@ class L2bridgeGateway:
             await trio.sleep(READY_POLL_S)
 
     def log_tail(self) -> str:
-        try:
-            with open(self.site.log_path, errors="replace") as f:
-                lines = f.read().splitlines()[-LOG_TAIL_LINES:]
-        except OSError:
-            return " (no log)"
-        return "".join(f"\n  | {line}" for line in lines) if lines else " (empty)"
+        return log_tail(self.site.log_path, LOG_TAIL_LINES)
 
     async def kill(self) -> None:
         await self._signal_and_wait(signal.SIGKILL, grace_s=STOP_GRACE_S)

@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 
 from netns.impair import AddTbf, NftRuleset, RelayPlan
 from netns.nsenter import netns_preexec
+from netns.proclog import log_tail
 from netns.relay import READY_LINE
 
 NFT_TIMEOUT_S = 10.0
@@ -109,9 +110,4 @@ class RelayProcess:
             await proc.wait()
 
     def log_tail(self) -> str:
-        try:
-            with open(self.plan.log_path, errors="replace") as f:
-                lines = f.read().splitlines()[-LOG_TAIL_LINES:]
-        except OSError:
-            return " (no log)"
-        return "".join(f"\n  | {line}" for line in lines) if lines else " (empty)"
+        return log_tail(self.plan.log_path, LOG_TAIL_LINES)
