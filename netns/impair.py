@@ -184,6 +184,20 @@ def tbf_step(ns: str, ifname: str, link: Link) -> AddTbf | None:
 # ---------------------------------------------------------------- nftables
 
 
+def numgen_match(percent: float, pattern: str = "random") -> str:
+    """The nftables expression that matches ``percent`` of the packets.
+
+    random: ``numgen random mod 10000 < N`` (the kernel's generator, not seedable);
+    periodic: ``numgen inc mod M 0``, every M-th packet of the rule with
+    M = round(100 / percent) — the same packets in every run (exact for 1, 2, 5,
+    10, 20, 25, 50 %; otherwise the nearest 1/M).
+    """
+    if pattern == "periodic":
+        period = max(1, round(100 / percent))
+        return f"numgen inc mod {period} 0"
+    return f"numgen random mod {NUMGEN_RANGE} < {numgen_threshold(percent)}"
+
+
 def numgen_threshold(percent: float) -> int:
     """``numgen random mod 10000 < N`` hits with probability ``percent`` / 100."""
     return min(NUMGEN_RANGE, round(percent * NUMGEN_RANGE / 100))
@@ -215,13 +229,11 @@ def nft_ruleset(table: str, links: Sequence[tuple[str, Link]],
     for direction in ("iifname", "oifname"):
         for ifname, link in links:
             if link.loss_percent:
-                n = numgen_threshold(link.loss_percent)
-                forward.append(f"{direction} {_q(ifname)} numgen random mod {NUMGEN_RANGE} "
-                               f"< {n} drop")
+                hit = numgen_match(link.loss_percent, link.loss_pattern)
+                forward.append(f"{direction} {_q(ifname)} {hit} drop")
             if link.duplicate_percent:
-                n = numgen_threshold(link.duplicate_percent)
-                dup.append(f"{direction} {_q(ifname)} numgen random mod {NUMGEN_RANGE} < {n} "
-                           "dup to ip daddr device oif")
+                hit = numgen_match(link.duplicate_percent, link.loss_pattern)
+                dup.append(f"{direction} {_q(ifname)} {hit} dup to ip daddr device oif")
     if not (forward or nat or dup or relay_legs):
         return None
     lines = []

@@ -103,6 +103,7 @@ class Wan:
     delay_ms: float = 0.0  # the userspace relay, each direction
     jitter_ms: float = 0.0
     reorder_percent: float = 0.0
+    loss_pattern: str = "random"  # "periodic": every Nth packet (the same in every run)
     relay: bool = False  # insert the relay even with delay, jitter and reorder at 0
     nat: bool = False  # per site only (validation rejects it here)
     seed: int = DEFAULT_WAN_SEED  # the relay's random decisions
@@ -120,6 +121,7 @@ class Link:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     reorder_percent: float = 0.0
+    loss_pattern: str = "random"  # or "periodic": loss and duplication hit every Nth packet
     relay: bool = False
     nat: bool = False
 
@@ -260,6 +262,7 @@ def _per_site_nat(value: Any) -> str | None:
 
 
 _PERCENT = _range(0, 100)
+LOSS_PATTERNS = ("random", "periodic")  # periodic: every Nth packet, the same in every run
 # The keys of one site link: [wan] holds their defaults, [[site]] wan = {...} overrides.
 SITE_WAN_SCHEMA: dict[str, Param] = {
     "mtu": Param("int", DEFAULT_MTU, _MTU),
@@ -269,6 +272,7 @@ SITE_WAN_SCHEMA: dict[str, Param] = {
     "delay_ms": Param("float", 0.0, _range(0, 10_000)),
     "jitter_ms": Param("float", 0.0, _range(0, 10_000)),
     "reorder_percent": Param("float", 0.0, _PERCENT),
+    "loss_pattern": Param("str", "random", _choice(*LOSS_PATTERNS)),
     "relay": Param("bool", False),
     "nat": Param("bool", False),
 }

@@ -84,7 +84,7 @@ def test_site_link_is_wan_defaults_with_the_sites_own_keys() -> None:
          '"loss_percent"?)'),
         (sites("wan = { seed = 3 }", ""),
          'lab.toml: site[0].wan.seed: unknown key "seed" (known keys: delay_ms, '
-         "duplicate_percent, jitter_ms, loss_percent, mtu, nat, rate_mbit, relay, "
+         "duplicate_percent, jitter_ms, loss_pattern, loss_percent, mtu, nat, rate_mbit, relay, "
          "reorder_percent)"),
         (sites("wan = { rate_mbit = 0 }", ""),
          "lab.toml: site[0].wan.rate_mbit: expected a number in 0.01..10000, found 0.0"),
@@ -300,3 +300,16 @@ def test_each_direction_has_its_own_generator() -> None:
     ab2, _ = make_lines(10, 5, 0, seed=9, queue_frames=100)
     ab3, _ = make_lines(10, 5, 0, seed=9, queue_frames=100)
     assert ab2.rng.random() == ab3.rng.random()
+
+
+def test_periodic_loss_and_duplication_hit_every_nth_packet() -> None:
+    from netns.impair import nft_ruleset, numgen_match
+    from netns.scenario import Link
+
+    assert numgen_match(2.0, "periodic") == "numgen inc mod 50 0"
+    assert numgen_match(2.0) == "numgen random mod 10000 < 200"
+    text = nft_ruleset("l2bt", [("a", Link(loss_percent=10, duplicate_percent=25,
+                                           loss_pattern="periodic"))])
+    assert text is not None
+    assert 'iifname "a" numgen inc mod 10 0 drop' in text
+    assert 'oifname "a" numgen inc mod 4 0 dup to ip daddr device oif' in text

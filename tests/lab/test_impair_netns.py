@@ -179,3 +179,15 @@ async def test_shipped_wan_scenarios_pass(name: str, lab_scenario) -> None:  # t
     failed = [f"{r.name}: {r.summary}" for r in results if not r.ok]
     assert not failed
     assert len(results) == len(lab.scenario.checks)
+
+
+async def test_periodic_loss_drops_every_nth_packet(lab_scenario) -> None:  # type: ignore[no-untyped-def]
+    lab = await lab_scenario(scenario("", 'loss_percent = 10, loss_pattern = "periodic"'))
+    n = 2000
+    got = set(await udp_probe(lab, "a", "b", count=n))
+    lost = sorted(set(range(n)) - got)
+    # Every 10th packet through the rule goes; the gateways' own keepalives share the
+    # counter, so a few gaps shift by one — but never more than a handful.
+    assert n // 10 - 5 <= len(lost) <= n // 10 + 5, len(lost)
+    gaps = [b - a for a, b in zip(lost, lost[1:], strict=False)]
+    assert sum(gap != 10 for gap in gaps) <= 10, gaps
