@@ -13,10 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from l2bridge import __version__
-from l2bridge.errors import sole_cause
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from l2bridge.errors import EXIT_FAILED, EXIT_USAGE, sole_cause
 
 MAIN_HELP = """\
 Join Ethernet LANs at layer 2 over UDP.
@@ -97,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _fail(message: str, status: int = EXIT_FAILURE) -> int:
+def _fail(message: str, status: int = EXIT_FAILED) -> int:
     print(f"l2bridge: {message}", file=sys.stderr)
     return status
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Exit status of every l2bridge command (the site and the lab alike).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a runtime failure: a device, a socket, a peer, a check
+EXIT_USAGE = 2  # bad usage, bad configuration or scenario, missing program; nothing created
+
 
 def sole_cause(exc: BaseException) -> BaseException:
     """The one exception inside (nested) single-member exception groups, else ``exc``.

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from netns import benchstats as bs
 from netns.build import netlink
 from netns.lab import Lab, LabError, open_lab
@@ -58,9 +59,6 @@ UDP_BITRATE = "0"  # unlimited: the sender offers all it can, the figure is what
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PLOT_PIP = "pip install matplotlib"
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 Progress = Callable[[str], None]
 

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import trio
 
-from l2bridge.errors import sole_cause
+from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, sole_cause
 from netns import bench, timing
 from netns.gateways import GatewayError
 from netns.lab import LabError, PreflightError, open_lab
@@ -30,10 +30,6 @@ from netns.plan import VXLAN_OVERHEAD_V4, make_plan, new_prefix
 from netns.registry import clean, destroy, list_labs, owner_alive, read_state
 from netns.report import CheckResult, format_table, make_report, to_json
 from netns.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

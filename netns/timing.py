@@ -36,6 +36,7 @@ from typing import Any
 import trio
 from pyroute2 import netns as pr_netns
 
+from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from netns.lab import open_lab
 from netns.nsenter import netns_preexec
 from netns.plan import LAB_RUN_DIR, VXLAN_OVERHEAD_V4, new_prefix
@@ -58,9 +59,6 @@ MININET_TIMEOUT_S = 120.0
 MININET_IMPORT_TIMEOUT_S = 20.0
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 @dataclass(frozen=True, slots=True)
