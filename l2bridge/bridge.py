@@ -37,7 +37,7 @@ from typing import Protocol
 
 import trio
 
-from l2bridge import noise, wire
+from l2bridge import noise, offload, wire
 from l2bridge.config import SiteConfig
 from l2bridge.ether import format_mac
 from l2bridge.mss import clamp_mss
@@ -60,13 +60,23 @@ SEND_RETRIES = 100  # wake-ups waiting for socket buffer room before a frame is 
 _FRAME = wire.TYPE_FRAME
 _FRAGMENT = wire.TYPE_FRAGMENT
 _HELLO = wire.TYPE_HELLO
+_SEGMENT = offload.TYPE_SEGMENT
 _HDR = wire.HEADER_LEN
+_VNET = offload.VNET_HDR_LEN
+_PLAIN_VNET = offload.PLAIN_VNET_HDR
+_NEEDS_CSUM = offload.F_NEEDS_CSUM
+_VNET_HDR = offload.VNET_HDR
 
 
 class Tap(Protocol):
-    """What the bridge needs from a tap device (real or fake)."""
+    """What the bridge needs from a tap device (real or fake).
+
+    With ``vnet_hdr`` every read starts with a virtio_net_hdr and every write
+    must start with one.
+    """
 
     name: str
+    vnet_hdr: bool
 
     async def wait_readable(self) -> None: ...
 
@@ -103,7 +113,12 @@ class Bridge:
         overhead = IPV6_UDP_OVERHEAD if config.listen.is_ipv6 else IPV4_UDP_OVERHEAD
         if not config.insecure:
             overhead += noise.DATA_HEADER_LEN + noise.TAG_LEN
-        self.fragmenter = wire.Fragmenter(config.wan_mtu - overhead)
+        self.max_plaintext = config.wan_mtu - overhead
+        self.fragmenter = wire.Fragmenter(self.max_plaintext)
+        # Offload: super-frames from a vnet tap, bursts to peers that accept them.
+        self.vnet = bool(getattr(tap, "vnet_hdr", False))
+        self.offload = config.offload and self.vnet
+        self.burst_id = 0
         self.peers = PeerTable(
             (
                 Peer(
@@ -115,6 +130,7 @@ class Bridge:
                         timeout_s=REASSEMBLY_TIMEOUT_S,
                         max_frame=max_frame,
                     ),
+                    bursts=offload.BurstAssembler(),
                 )
                 for i, p in enumerate(config.peers)
             ),
@@ -148,8 +164,8 @@ class Bridge:
             )
         self.now = 0.0
         self.hello_payloads = (
-            wire.encode_hello(config.name, want_reply=False),
-            wire.encode_hello(config.name, want_reply=True),
+            wire.encode_hello(config.name, want_reply=False, offload=self.offload),
+            wire.encode_hello(config.name, want_reply=True, offload=self.offload),
         )
         # Site-wide counters: frames from the tap, drops that belong to no peer.
         self.tap_frames_in = 0
@@ -157,6 +173,8 @@ class Bridge:
         self.tap_frames_out = 0
         self.tap_bytes_out = 0
         self.tap_drops: dict[str, int] = {}
+        self.super_frames_in = 0
+        self.super_frames_out = 0
         self.unknown_source = 0
         self.tap_write_errors = 0
         self.started_at: float | None = None
@@ -200,6 +218,7 @@ class Bridge:
         by_port = peers.by_port
         mss = self.config.mss_clamp
         drops = self.tap_drops
+        vnet = self.vnet
         while True:
             await tap.wait_readable()
             frames = tap.read_batch(BATCH_FRAMES)
@@ -209,6 +228,14 @@ class Bridge:
             self.tap_frames_in += len(frames)
             self.tap_bytes_in += sum(map(len, frames))
             for frame in frames:
+                if vnet:
+                    if frame[1]:  # gso_type: a super-frame
+                        await self._super_out(frame, now)
+                        continue
+                    plain = self._plain_from_vnet(frame)
+                    if plain is None:
+                        continue
+                    frame = plain
                 if mss is not None:
                     frame = clamp_mss(frame, mss)
                 decision = egress(frame, now)
@@ -229,6 +256,101 @@ class Bridge:
                 else:
                     reason = decision.value  # type: ignore[union-attr]
                     drops[reason] = drops.get(reason, 0) + 1
+
+    def _plain_from_vnet(self, raw: bytes) -> bytes | None:
+        """A non-GSO read of a vnet tap as a plain frame, its checksum made final."""
+        if not raw[0] & _NEEDS_CSUM:
+            return raw[_VNET:]
+        _, _, _, _, start, offset = _VNET_HDR.unpack_from(raw)
+        try:
+            return offload.complete_checksum(raw[_VNET:], start, offset)
+        except offload.OffloadError as exc:
+            self.tap_drops[exc.reason] = self.tap_drops.get(exc.reason, 0) + 1
+            return None
+
+    async def _super_out(self, raw: bytes, now: float) -> None:
+        """A super-frame from the tap: to one peer or flooded, as a burst or as frames."""
+        try:
+            meta = offload.parse_vnet(raw)
+        except offload.OffloadError as exc:
+            self.tap_drops[exc.reason] = self.tap_drops.get(exc.reason, 0) + 1
+            return
+        frame = raw[_VNET:]
+        self.super_frames_in += 1
+        decision = self.switch.egress(frame[:meta.hdr_len], now)
+        if type(decision) is int and decision > 0:
+            peer = self.peers.by_port[decision]
+            peer.unicast_out += 1
+            await self._super_to_peers(meta, frame, (peer,))
+        elif decision is FLOOD:
+            live = self.peers.live
+            for peer in live:
+                peer.flooded_out += 1
+            await self._super_to_peers(meta, frame, live)
+        else:
+            reason = decision.value  # type: ignore[union-attr]
+            self.tap_drops[reason] = self.tap_drops.get(reason, 0) + 1
+
+    async def _super_to_peers(
+        self, meta: offload.Meta, frame: bytes, targets: tuple[Peer, ...] | list[Peer]
+    ) -> None:
+        """Send a super-frame to ``targets``: one burst each, or ordinary frames.
+
+        A peer gets the burst when it said it accepts SEGMENTs (HELLO's OFFLOAD
+        flag) and the burst fits MAX_CHUNKS chunks; otherwise the super-frame is
+        segmented here (final checksums) and sent frame by frame.
+        """
+        chunks: list[bytes] | None = None
+        frames: list[list[bytes]] | None = None
+        for peer in targets:
+            if peer.offload and chunks is None:
+                try:
+                    size = offload.chunk_size_for(self.max_plaintext, meta.hdr_len)
+                    chunks = offload.burst_chunks(meta, frame, self.burst_id, size)
+                    self.burst_id = (self.burst_id + 1) & 0xFFFF
+                except offload.OffloadError:
+                    chunks = []
+            if peer.offload and chunks:
+                peer.bursts_out += 1
+                await self._send_burst(peer, chunks, len(frame))
+                continue
+            if frames is None:
+                split = self.fragmenter.split
+                frames = [split(f) for f in offload.segment(meta, frame)]
+            for datagrams in frames:
+                size = sum(map(len, datagrams)) - _HDR * len(datagrams)  # the frame's bytes
+                if not self._send_frame(peer, datagrams, size):
+                    await self._send_blocked(peer, datagrams, size)
+
+    async def _send_burst(self, peer: Peer, chunks: list[bytes], size: int) -> None:
+        """Seal a burst once and send it in GSO batches, waiting for buffer room if needed."""
+        addr = peer.addr
+        if addr is None:
+            peer.drop("no_endpoint")
+            return
+        secure = self.secure
+        if secure is not None:
+            sealed = secure.seal_many(peer.link, chunks, self.now)
+            if sealed is None:
+                peer.drop("no_session")
+                self._kick(peer)
+                return
+            chunks = sealed
+        send_batch = self.transport.send_batch
+        sent = 0
+        for _ in range(SEND_RETRIES):
+            try:
+                sent += send_batch(chunks[sent:] if sent else chunks, addr)
+            except OSError as exc:
+                peer.drop(f"send_{_errno_name(exc)}")
+                return
+            if sent == len(chunks):
+                peer.datagrams_out += sent
+                peer.frames_out += 1
+                peer.bytes_out += size
+                return
+            await self.transport.wait_writable()
+        peer.drop("send_buffer_full")
 
     def _send_frame(self, peer: Peer, datagrams: list[bytes], size: int) -> bool:
         """Send a frame's datagrams without waiting; False if the socket buffer is full.
@@ -279,17 +401,30 @@ class Bridge:
         by_addr = self.peers.by_addr
         ingress = self.switch.ingress
         mss = self.config.mss_clamp
-        write = self.tap.write
+        write = self._write_frame
         secure = self.secure
         receive = secure.receive if secure is not None else None
         link_peer = self.link_peer
         pinned = self.pinned_macs
+        waiting: set[Peer] = set()  # peers holding incomplete bursts
         while True:
-            await transport.wait_readable()
-            batch = transport.recv_batch(BATCH_DATAGRAMS)
-            if not batch:
-                continue
-            self.now = now = trio.current_time()
+            if waiting:
+                waiting = {p for p in waiting if p.bursts.pending}
+            if waiting:
+                deadline = min(p.bursts.next_deadline() for p in waiting)
+                with trio.move_on_at(deadline):
+                    await transport.wait_readable()
+                batch = transport.recv_batch(BATCH_DATAGRAMS)
+                self.now = now = trio.current_time()
+                for held in list(waiting):
+                    for raw in held.bursts.expire(now):
+                        await self._super_in(held, raw, now)
+                    if not held.bursts.pending:
+                        waiting.discard(held)
+            else:
+                await transport.wait_readable()
+                batch = transport.recv_batch(BATCH_DATAGRAMS)
+                self.now = now = trio.current_time()
             for data, addr in batch:
                 # 1. Who sent it: keys (secure) or source address (cleartext).
                 if receive is None:
@@ -313,17 +448,29 @@ class Bridge:
                         if not peer.up and self.peers.seen(peer, now):
                             self._came_up(peer)
                         continue
-                # 2. The inner message: a frame, a fragment, or (cleartext) a HELLO.
+                # 2. The inner message: a frame, a fragment, a burst's chunk, or a HELLO.
                 peer.datagrams_in += 1
                 kind = data[0] if data else 0
                 if kind == _FRAME and len(data) > _HDR:
                     frame = data[_HDR:]
+                elif kind == _SEGMENT:
+                    try:
+                        ready = peer.bursts.feed(data, now)
+                    except offload.OffloadError as exc:
+                        peer.drop(exc.reason)
+                        continue
+                    peer.last_seen = now
+                    if peer.bursts.pending:
+                        waiting.add(peer)
+                    for raw in ready:
+                        await self._super_in(peer, raw, now)
+                    continue
                 elif kind == _FRAGMENT:
                     whole = self._reassemble(peer, data, now)
                     if whole is None:
                         continue
                     frame = whole
-                elif kind == _HELLO and receive is None:
+                elif kind == _HELLO:
                     self._hello(peer, data, now)
                     continue
                 else:
@@ -353,6 +500,55 @@ class Bridge:
                     self.tap_bytes_out += len(frame)
                 else:
                     await self._relay(peer, frame, decision)
+
+    async def _super_in(self, peer: Peer, raw: bytes, now: float) -> None:
+        """A super-frame rebuilt from a peer's burst (``raw`` = virtio_net_hdr + frame)."""
+        frame = raw[_VNET:]
+        hdr_len = raw[2] | raw[3] << 8
+        if peer.allowed_macs is not None or self.pinned_macs is not None:
+            reason = self._mac_refused(peer, frame)
+            if reason is not None:
+                peer.drop(reason)
+                return
+        if not peer.up and self.peers.seen(peer, now):
+            self._came_up(peer)
+        peer.bursts_in += 1
+        peer.frames_in += 1
+        peer.bytes_in += len(frame)
+        decision = self.switch.ingress(frame[:hdr_len] if hdr_len else frame, peer.port, now)
+        if decision is TAP or decision is FLOOD:
+            self._super_to_tap(raw)
+        if decision is TAP:
+            return
+        meta = offload.parse_vnet(raw)
+        if decision is FLOOD:  # a hub: every other live peer too
+            await self._super_to_peers(meta, frame, [p for p in self.peers.live if p is not peer])
+        elif type(decision) is int:
+            other = self.peers.by_port[decision]
+            other.unicast_out += 1
+            await self._super_to_peers(meta, frame, (other,))
+        else:
+            peer.drop(decision.value)  # type: ignore[union-attr]
+
+    def _super_to_tap(self, raw: bytes) -> None:
+        """Write a super-frame whole (vnet tap) or segmented (a tap without offloads)."""
+        if self.vnet:
+            writes = [raw]
+        else:
+            try:
+                writes = offload.segment(offload.parse_vnet(raw), raw[_VNET:])
+            except offload.OffloadError as exc:
+                self.tap_drops[exc.reason] = self.tap_drops.get(exc.reason, 0) + 1
+                return
+        for data in writes:
+            try:
+                self.tap.write(data)
+            except OSError:
+                self.tap_write_errors += 1
+                continue
+            self.tap_frames_out += 1
+            self.tap_bytes_out += len(data)
+        self.super_frames_out += 1
 
     def _mac_refused(self, peer: Peer, frame: bytes) -> str | None:
         """Source MAC checks of authenticated peers: allow-list and locally pinned MACs."""
@@ -395,11 +591,13 @@ class Bridge:
             peer.drop(f"send_{_errno_name(exc)}")
 
     def _send_keepalive(self, peer: Peer) -> None:
+        """A HELLO (sealed in secure mode): liveness, and whether we accept bursts."""
+        hello = self.hello_payloads[not peer.up or peer.offload is None]
         if self.secure is None:
-            self._send_raw(peer, self.hello_payloads[not peer.up])
+            self._send_raw(peer, hello)
             peer.hellos_out += 1
             return
-        packet = self.secure.seal(peer.link, b"", self.now)
+        packet = self.secure.seal(peer.link, hello, self.now)
         if packet is None:
             self._kick(peer)
             return
@@ -447,9 +645,15 @@ class Bridge:
         else:
             peer.drop(decision.value)  # type: ignore[union-attr]
 
+    def _write_frame(self, frame: bytes) -> object:
+        """Write one plain frame (behind an all-zero virtio_net_hdr on a vnet tap)."""
+        if self.vnet:
+            return self.tap.write(_PLAIN_VNET + frame)
+        return self.tap.write(frame)
+
     def _to_tap(self, frame: bytes) -> None:
         try:
-            self.tap.write(frame)
+            self._write_frame(frame)
         except OSError:
             self.tap_write_errors += 1
             return
@@ -487,10 +691,15 @@ class Bridge:
         except wire.WireError as exc:
             peer.drop(exc.reason)
             return
-        if hello.name != peer.name:  # type: ignore[union-attr]
-            peer.drop("wrong_name")
-            return
-        peer.hellos_in += 1
+        if self.secure is None:
+            if hello.name != peer.name:  # type: ignore[union-attr]
+                peer.drop("wrong_name")
+                return
+            peer.hellos_in += 1
+        else:  # the keys named the peer; its name is the remote site's own label
+            peer.keepalives_in += 1
+        peer.offload = hello.offload  # type: ignore[union-attr]
+        peer.last_seen = now
         if self.peers.seen(peer, now):
             self._came_up(peer)
         if hello.want_reply:  # type: ignore[union-attr]
@@ -517,6 +726,8 @@ class Bridge:
             for peer in peers.dead(now):
                 flushed = self.switch.flush_port(peer.port)
                 peer.reassembler.expire(math.inf)  # partial frames of a dead peer go too
+                peer.bursts.pending.clear()
+                peer.offload = None  # it may come back as another version
                 log.warning("peer %s is down (silent for %.1f s); %d MAC entries flushed",
                             peer.name, peers.dead_after_s, flushed)
             for peer in peers.hellos_due(now):
@@ -564,6 +775,14 @@ class Bridge:
                 "bytes_out": self.tap_bytes_out,
                 "drops": dict(sorted(self.tap_drops.items())),
                 "tap_write_errors": self.tap_write_errors,
+                "super_frames_in": self.super_frames_in,
+                "super_frames_out": self.super_frames_out,
+            },
+            "offload": {
+                "tap": self.vnet,
+                "bursts": self.offload,
+                "udp_gso": bool(getattr(self.transport, "gso", False)),
+                "udp_gro": bool(getattr(self.transport, "gro", False)),
             },
             "unknown_source": self.unknown_source,
             "socket_errors": self.transport.errors,
@@ -602,6 +821,10 @@ class Bridge:
             **self._link_status(peer, now),
             "mac_entries": self.switch.port_count(peer.port),
             "reassembled": peer.reassembler.counters.get("reassembled", 0),
+            "offload": peer.offload,
+            "bursts_in": peer.bursts_in,
+            "bursts_out": peer.bursts_out,
+            "burst_counters": dict(sorted(peer.bursts.counters.items())),
             "drops": dict(sorted(drops.items())),
         }
 

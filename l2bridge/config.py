@@ -22,6 +22,7 @@ File format (every key of [site] but ``name`` is optional)::
     mtu = 1500                       # LAN MTU, 576..9000
     wan_mtu = 1500                   # underlay path MTU, 576..9000
     mss_clamp = false                # false | true | 536..9000
+    offload = true                   # super-frames from the tap, UDP GSO/GRO; false: per frame
     ageing = 300                     # seconds, 0..86400 (0 = never learn)
     max_entries = 8192
     max_entries_per_peer = 1024
@@ -94,8 +95,8 @@ SEALED_OVERHEAD = 32  # a DATA packet's header and tag around the inner message 
 TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
     "name", "listen", "bridge", "tap", "interfaces", "hub", "mtu", "wan_mtu", "mss_clamp",
-    "ageing", "max_entries", "max_entries_per_peer", "keepalive", "dead_after", "control",
-    "log_level", "private_key_file", "insecure", "pinned_macs", "rekey_after",
+    "offload", "ageing", "max_entries", "max_entries_per_peer", "keepalive", "dead_after",
+    "control", "log_level", "private_key_file", "insecure", "pinned_macs", "rekey_after",
 )
 PEER_KEYS = (
     "name", "endpoint", "public_key", "preshared_key_file", "allowed_macs", "max_macs",
@@ -172,6 +173,7 @@ class SiteConfig:
     mtu: int
     wan_mtu: int
     mss_clamp: int | None  # None = off
+    offload: bool
     ageing_s: float
     max_entries: int
     max_entries_per_peer: int
@@ -462,6 +464,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         )
     interfaces = _interfaces(site, bridge, tap)
     hub = site.boolean("hub", False)
+    offload = site.boolean("offload", True)
     mtu = site.integer("mtu", DEFAULT_MTU, MTU_MIN, MTU_MAX)
     wan_mtu = site.integer("wan_mtu", DEFAULT_WAN_MTU, MTU_MIN, MTU_MAX)
     insecure = site.boolean("insecure", DEFAULT_INSECURE)
@@ -512,6 +515,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         mtu=mtu,
         wan_mtu=wan_mtu,
         mss_clamp=mss_clamp,
+        offload=offload,
         ageing_s=ageing_s,
         max_entries=max_entries,
         max_entries_per_peer=max_entries_per_peer,

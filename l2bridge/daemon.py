@@ -42,6 +42,7 @@ class TrioTap:
         self.device = device
         self.name = device.name
         self.fd = device.fd
+        self.vnet_hdr: bool = getattr(device, "vnet_hdr", False)
         self.read_batch = device.read_batch
         # Per-frame path: a bare os.write (an OSError is counted by the bridge).
         self.write: Callable[[bytes], object] = functools.partial(os.write, device.fd)
@@ -94,25 +95,37 @@ async def serve_site(
     """Bring the site up on real devices and run it until cancelled."""
     identity, psks = load_secrets(config)
     with contextlib.ExitStack() as undo:
-        tap = TrioTap(open_tap(config.tap, "tap"))
+        device = open_tap(config.tap, "tap", vnet_hdr=config.offload)
+        if config.offload and not device.enable_offloads():
+            log.warning("tap %s: the kernel refused every offload (TUNSETOFFLOAD); "
+                        "frames go one by one", config.tap)
+        tap = TrioTap(device)
         undo.callback(tap.close)
         undo.enter_context(
             BridgePlumbing(
                 bridge=config.bridge, tap=config.tap, interfaces=config.interfaces, mtu=config.mtu
             )
         )
-        transport = UdpTransport.open(config.listen)
+        transport = UdpTransport.open(config.listen, offload=config.offload)
         undo.callback(transport.close)
         bridge = Bridge(config, tap=tap, transport=transport, identity=identity, psks=psks)
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
             await nursery.start(control.serve, config.control, _handler(bridge))
             log.info(
-                "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s",
+                "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s; offload %s",
                 config.name, config.listen, config.bridge, config.tap, len(config.peers),
-                ", hub" if config.hub else "",
+                ", hub" if config.hub else "", _offload_summary(device, transport),
             )
             task_status.started(bridge)
+
+
+def _offload_summary(device: TapDevice, transport: UdpTransport) -> str:
+    if not device.vnet_hdr:
+        return "off"
+    parts = [f"tap 0x{device.offloads:x}", f"UDP GSO {'on' if transport.gso else 'off'}",
+             f"GRO {'on' if transport.gro else 'off'}"]
+    return ", ".join(parts)
 
 
 def _handler(bridge: Bridge):

@@ -58,6 +58,10 @@ class Peer:
     keepalive_s: float = 5.0  # the longest silence towards this peer
     allowed_macs: frozenset[bytes] | None = None  # source MACs this peer may use
     link: Any = None  # its secure.PeerLink (secure mode)
+    offload: bool | None = None  # it accepts SEGMENT bursts (from its HELLO); None: not heard
+    bursts: Any = None  # its offload.BurstAssembler (SEGMENTs it sent us)
+    bursts_out: int = 0
+    bursts_in: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     reassembler: Reassembler = field(default_factory=Reassembler)
 

@@ -282,6 +282,19 @@ class SecureLinks:
         session.send_counter = counter + 1
         return noise.seal(session.keypair, counter, plaintext)
 
+    def seal_many(self, link: PeerLink, plaintexts: list[bytes], now: float) -> list[bytes] | None:
+        """DATA datagrams for a burst, one session lookup for all (None: no usable session)."""
+        session = link.sendable(now, self.timers)
+        if session is None:
+            return None
+        counter = session.send_counter
+        if counter + len(plaintexts) > self.timers.reject_after_messages:
+            return None
+        session.send_counter = counter + len(plaintexts)
+        keypair = session.keypair
+        seal = noise.seal
+        return [seal(keypair, counter + i, p) for i, p in enumerate(plaintexts)]
+
     # --------------------------------------------------------------- receive
 
     def receive(

@@ -44,6 +44,22 @@ TUNSETPERSIST = 0x400454CB  # _IOW('T', 203, int)
 TUNSETOWNER = 0x400454CC  # _IOW('T', 204, int)
 TUNSETGROUP = 0x400454CE  # _IOW('T', 206, int)
 TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
+
+# TUNSETOFFLOAD flags: what the kernel may hand us (and accept from us) unfinished.
+TUN_F_CSUM = 0x01  # checksum left partial (virtio_net_hdr csum_start/csum_offset)
+TUN_F_TSO4 = 0x02  # TCP/IPv4 super-frames
+TUN_F_TSO6 = 0x04  # TCP/IPv6 super-frames
+TUN_F_TSO_ECN = 0x08  # TSO super-frames with the CWR flag set
+TUN_F_USO4 = 0x20  # UDP/IPv4 super-frames (Linux 6.2+)
+TUN_F_USO6 = 0x40  # UDP/IPv6 super-frames (Linux 6.2+)
+ALL_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6
+
+# struct virtio_net_hdr (little endian on every host l2bridge runs on):
+# flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
+VNET_HDR_LEN = 10
+VNET_HDR_FORMAT = "<BBHHHH"
 
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
@@ -61,9 +77,13 @@ _TUN_TYPE_TO_MODE = {IFF_TUN: "tun", IFF_TAP: "tap"}
 # --- implementation constants -----------------------------------------------------
 DEFAULT_DEV_PATH = "/dev/net/tun"
 DEFAULT_READ_BUFSIZE = 65536
+# With a vnet header a read holds one super-frame: up to 64 KiB of IP packet, its
+# Ethernet header and the 10-byte virtio_net_hdr.
+VNET_READ_BUFSIZE = 65536 + 256
 MODES = ("tap", "tun")
 
 assert struct.calcsize(IFREQ_FORMAT) == IFREQ_SIZE
+assert struct.calcsize(VNET_HDR_FORMAT) == VNET_HDR_LEN
 
 
 class TapError(Exception):
@@ -176,14 +196,22 @@ class TapDevice:
 
     Frames are whole Ethernet frames in "tap" mode and bare IP packets in "tun"
     mode (no packet-information header: IFF_NO_PI is always set).
+
+    With ``vnet_hdr`` every read and every write starts with the 10-byte
+    ``struct virtio_net_hdr`` (``VNET_HDR_FORMAT``).  Until ``enable_offloads``
+    succeeds the kernel only sends plain frames (header flags and gso_type 0);
+    afterwards a read may be a TSO/USO super-frame of up to 64 KiB with its
+    checksum left partial, and a write may be one too (the kernel segments it).
     """
 
-    __slots__ = ("name", "mode", "fd")
+    __slots__ = ("name", "mode", "fd", "vnet_hdr", "offloads")
 
-    def __init__(self, name: str, mode: str, fd: int) -> None:
+    def __init__(self, name: str, mode: str, fd: int, vnet_hdr: bool = False) -> None:
         self.name = name
         self.mode = mode
         self.fd = fd
+        self.vnet_hdr = vnet_hdr
+        self.offloads = 0  # TUN_F_* flags the kernel accepted
 
     def fileno(self) -> int:
         return self.fd
@@ -192,14 +220,55 @@ class TapDevice:
     def closed(self) -> bool:
         return self.fd < 0
 
+    def enable_offloads(self, wanted: int = ALL_OFFLOADS) -> int:
+        """Ask the kernel for ``wanted`` offloads; return the TUN_F_* flags it accepted.
+
+        Flow: TUNSETOFFLOAD ``wanted`` → on EINVAL (a kernel without some flag)
+        the same without USO4|USO6 → on EINVAL checksum offload only → on EINVAL
+        give up and return 0: offloads stay off and the device works as before.
+        Any other errno raises TapError.  Precondition: opened with ``vnet_hdr``
+        (without the header the kernel could not describe a super-frame).
+        """
+        if not self.vnet_hdr:
+            raise ValueError(
+                f'{self.mode} "{self.name}" was opened without vnet_hdr: offloads need '
+                "open_tap(..., vnet_hdr=True)"
+            )
+        if self.fd < 0:
+            raise TapError(f'{self.mode} "{self.name}" is closed: reopen it', errno.EBADF)
+        attempts: list[int] = []
+        for flags in (wanted, wanted & ~(TUN_F_USO4 | TUN_F_USO6), wanted & TUN_F_CSUM):
+            if flags not in attempts:
+                attempts.append(flags)
+        for flags in attempts:
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+            except OSError as exc:
+                err = exc.errno or 0
+                if err == errno.EINVAL:
+                    continue
+                raise TapError(
+                    f'setting offloads of {self.mode} "{self.name}": {os.strerror(err)} '
+                    f"({_ename(err)}): reopen the device, or run without offloads",
+                    err,
+                ) from None
+            self.offloads = flags
+            return flags
+        self.offloads = 0
+        return 0
+
     def read_batch(self, max_frames: int, bufsize: int = DEFAULT_READ_BUFSIZE) -> list[bytes]:
         """Read up to ``max_frames`` frames, stopping early at EAGAIN; never blocks.
 
-        Returns [] when nothing is queued.  Each read returns exactly one frame.
+        Returns [] when nothing is queued.  Each read returns exactly one frame;
+        with ``vnet_hdr`` each item is the raw read, virtio_net_hdr + frame, and
+        the buffer is at least ``VNET_READ_BUFSIZE`` so a super-frame fits whole.
         """
         frames: list[bytes] = []
         read = os.read
         fd = self.fd
+        if self.vnet_hdr and bufsize < VNET_READ_BUFSIZE:
+            bufsize = VNET_READ_BUFSIZE
         try:
             while len(frames) < max_frames:
                 frames.append(read(fd, bufsize))
@@ -212,7 +281,10 @@ class TapDevice:
         return frames
 
     def write(self, frame: bytes) -> None:
-        """Inject one frame (tap) or IP packet (tun) into the kernel."""
+        """Inject one frame (tap) or IP packet (tun) into the kernel.
+
+        With ``vnet_hdr`` the caller passes virtio_net_hdr + frame.
+        """
         try:
             os.write(self.fd, frame)
         except OSError as exc:
@@ -252,7 +324,10 @@ class TapDevice:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TapDevice(name={self.name!r}, mode={self.mode!r}, fd={self.fd})"
+        return (
+            f"TapDevice(name={self.name!r}, mode={self.mode!r}, fd={self.fd}, "
+            f"vnet_hdr={self.vnet_hdr})"
+        )
 
 
 def _open_dev(dev_path: str, name: str, mode: str) -> int:
@@ -323,10 +398,18 @@ def _setiff_error(name: str, mode: str, multi_queue: bool, exc: OSError) -> TapE
     )
 
 
-def _attach(name: str, mode: str, multi_queue: bool, dev_path: str) -> tuple[int, str]:
-    """Open the control device and TUNSETIFF; return (fd, name the kernel chose)."""
+def _attach(
+    name: str, mode: str, multi_queue: bool, dev_path: str, vnet_hdr: bool = False
+) -> tuple[int, str]:
+    """Open the control device and TUNSETIFF; return (fd, name the kernel chose).
+
+    With ``vnet_hdr`` the header size is then set explicitly (TUNSETVNETHDRSZ 10),
+    so a device another process configured differently cannot shift our frames.
+    """
     raw = validate_name(name)
     flags = _mode_flags(mode) | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    if vnet_hdr:
+        flags |= IFF_VNET_HDR
     fd = _open_dev(dev_path, name, mode)
     try:
         ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack(IFREQ_FORMAT, raw, flags))
@@ -337,6 +420,20 @@ def _attach(name: str, mode: str, multi_queue: bool, dev_path: str) -> tuple[int
         os.close(fd)
         raise
     actual = struct.unpack(IFREQ_FORMAT, ifr)[0].rstrip(b"\0").decode("utf-8", "surrogateescape")
+    if vnet_hdr:
+        try:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+        except OSError as exc:
+            os.close(fd)
+            err = exc.errno or 0
+            raise TapError(
+                f'setting the vnet header size of {mode} "{actual}": {os.strerror(err)} '
+                f"({_ename(err)}): run without vnet_hdr (offloads off)",
+                err,
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
     return fd, actual
 
 
@@ -345,16 +442,19 @@ def open_tap(
     mode: str = "tap",
     *,
     multi_queue: bool = False,
+    vnet_hdr: bool = False,
     dev_path: str = DEFAULT_DEV_PATH,
 ) -> TapDevice:
     """Attach to tun/tap ``name`` (creating a transient one if missing) and return it.
 
     Always IFF_NO_PI.  With ``multi_queue`` each call opens one more queue of the
-    same device (IFF_MULTI_QUEUE).  The device lives in the calling thread's
-    network namespace.  Raises TapError; never leaks the fd on failure.
+    same device (IFF_MULTI_QUEUE).  With ``vnet_hdr`` (IFF_VNET_HDR, header size
+    10) every read and write carries a virtio_net_hdr; call ``enable_offloads``
+    to receive super-frames.  The device lives in the calling thread's network
+    namespace.  Raises TapError; never leaks the fd on failure.
     """
-    fd, actual = _attach(name, mode, multi_queue, dev_path)
-    return TapDevice(actual, mode, fd)
+    fd, actual = _attach(name, mode, multi_queue, dev_path, vnet_hdr)
+    return TapDevice(actual, mode, fd, vnet_hdr)
 
 
 def _resolve_id(value: str | int, kind: str) -> int:

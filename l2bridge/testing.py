@@ -48,6 +48,7 @@ class FakeTap:
         self.delivered: list[bytes] = []
         self.overflow = 0
         self.closed = False
+        self.vnet_hdr = False  # plain frames: no virtio_net_hdr, no super-frames
 
     # The kernel side.
     def inject(self, frame: bytes) -> None:
@@ -112,6 +113,8 @@ class FakeTransport:
         self.errors = 0
         self.overflow = 0
         self.closed = False
+        self.gso = False  # no kernel offloads in memory: send_batch is a loop over send
+        self.gro = False
 
     def _receive(self, data: bytes, src: tuple[str, int]) -> None:
         if len(self._inbox) >= FAKE_QUEUE_DATAGRAMS:
@@ -130,6 +133,11 @@ class FakeTransport:
     def send(self, data: bytes, addr: object) -> bool:
         self.network.deliver(data, self.addr, addr)  # type: ignore[arg-type]
         return True
+
+    def send_batch(self, datagrams: list[bytes], addr: object) -> int:
+        for data in datagrams:
+            self.send(data, addr)
+        return len(datagrams)
 
     async def wait_writable(self) -> None:
         await trio.lowlevel.checkpoint()

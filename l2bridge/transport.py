@@ -3,12 +3,35 @@
 The bridge drives it in batches: ``wait_readable`` once, then ``recv_batch``
 drains until EAGAIN.  ``send`` never blocks: it returns False when the socket
 buffer is full so the caller can ``wait_writable`` and retry.
+
+Kernel offloads (``open(..., offload=True)``), each probed and optional:
+
+Outbound flow of ``send_batch``:
+  1. cut the batch into runs: consecutive datagrams of one size, optionally
+     closed by one shorter, non-empty datagram, at most ``GSO_MAX_SEGMENTS`` datagrams and
+     ``GSO_MAX_PAYLOAD_BYTES`` bytes;
+  2. with UDP GSO, send each run with one ``sendmsg`` carrying a ``UDP_SEGMENT``
+     control message (the kernel cuts it back into the same datagrams); a run of
+     one is a plain ``sendto``;
+  3. if the kernel refuses GSO (EIO, EINVAL, EOPNOTSUPP: a route or device
+     without checksum offload), turn GSO off for good, count it in
+     ``gso_fallbacks`` and send the rest one datagram per ``sendto``;
+  4. stop at EAGAIN and return how many datagrams were sent: the caller retries the rest.
+
+Inbound flow of ``recv_batch`` with UDP GRO:
+  1. ``recvmsg`` one buffer; the kernel may have merged a train of same-sized
+     datagrams from one sender, and then says so with a ``UDP_GRO`` control
+     message carrying the segment size;
+  2. split the buffer at that size (the last piece may be shorter): the caller
+     sees exactly the datagrams the peer sent, in order, with the same address.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import struct
+import sys
 from typing import Protocol
 
 import trio
@@ -20,6 +43,17 @@ MAX_DATAGRAM_BYTES = 65535
 RESOLVE_TIMEOUT_S = 5.0
 SO_SNDBUFFORCE = 32  # not exported by the socket module; root may exceed rmem_max/wmem_max
 SO_RCVBUFFORCE = 33
+
+# linux/udp.h; CPython 3.11 exports neither option
+SOL_UDP = 17
+UDP_SEGMENT = 103  # sendmsg cmsg / sockopt: u16 segment size (UDP GSO)
+UDP_GRO = 104  # sockopt on; recvmsg cmsg: int segment size of a merged buffer
+
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)
+GSO_MAX_PAYLOAD_BYTES = 65000  # one sendmsg stays below the 64 KiB IP/UDP length limit
+GRO_CMSG_BYTES = socket.CMSG_SPACE(4)
+# sendmsg errors meaning "this path cannot do GSO": fall back to one sendto per datagram
+GSO_REFUSED_ERRNOS = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 # recvfrom errors that say something about an earlier datagram (ICMP), not about
 # the socket: counted, then the drain goes on.
@@ -52,6 +86,8 @@ class Transport(Protocol):
 
     def send(self, data: bytes, addr: object) -> bool: ...
 
+    def send_batch(self, datagrams: list[bytes], addr: object) -> int: ...
+
     async def wait_writable(self) -> None: ...
 
     async def resolve(self, endpoint: Endpoint) -> object: ...
@@ -62,7 +98,12 @@ class Transport(Protocol):
 
 
 class UdpTransport:
-    """A bound UDP socket; addresses are the tuples ``recvfrom`` returns."""
+    """A bound UDP socket; addresses are the tuples ``recvfrom`` returns.
+
+    ``gso``/``gro`` say whether UDP GSO / GRO are in use (both False unless
+    ``open`` probed them); ``gso`` turns False by itself when the kernel refuses
+    a GSO send, counted in ``gso_fallbacks``.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -70,9 +111,16 @@ class UdpTransport:
         self.family = sock.family
         self.errors = 0  # transient receive errors, counted and survived
         self.last_error: str | None = None
+        self.gso = False
+        self.gro = False
+        self.gso_fallbacks = 0
 
     @classmethod
-    def open(cls, listen: Endpoint) -> UdpTransport:
+    def open(cls, listen: Endpoint, *, offload: bool = True) -> UdpTransport:
+        """Bind a socket on ``listen``; with ``offload`` probe UDP GSO and enable GRO.
+
+        A kernel without either offload is not an error: the flag stays False.
+        """
         family = socket.AF_INET6 if listen.is_ipv6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -90,7 +138,11 @@ class UdpTransport:
         except OSError as exc:
             sock.close()
             raise TransportError(_bind_message(listen, exc)) from None
-        return cls(sock)
+        transport = cls(sock)
+        if offload:
+            transport.gso = _try_setsockopt(sock, UDP_SEGMENT, 0)
+            transport.gro = _try_setsockopt(sock, UDP_GRO, 1)
+        return transport
 
     @property
     def local_port(self) -> int:
@@ -103,6 +155,15 @@ class UdpTransport:
         await trio.lowlevel.wait_writable(self.sock)
 
     def recv_batch(self, max_datagrams: int) -> list[tuple[bytes, object]]:
+        """Drain up to ``max_datagrams`` receive calls, stopping early at EAGAIN.
+
+        Returns one ``(datagram, addr)`` per UDP datagram as its sender sent it;
+        with GRO one call may yield several, so the list may be longer than
+        ``max_datagrams``.  Transient errors (ICMP reports) are counted in
+        ``errors`` and the drain goes on.
+        """
+        if self.gro:
+            return self._recv_batch_gro(max_datagrams)
         recvfrom = self.sock.recvfrom
         batch: list[tuple[bytes, object]] = []
         append = batch.append
@@ -118,6 +179,32 @@ class UdpTransport:
                 self.last_error = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         return batch
 
+    def _recv_batch_gro(self, max_datagrams: int) -> list[tuple[bytes, object]]:
+        recvmsg = self.sock.recvmsg
+        batch: list[tuple[bytes, object]] = []
+        append = batch.append
+        for _ in range(max_datagrams):
+            try:
+                data, ancdata, _flags, addr = recvmsg(MAX_DATAGRAM_BYTES, GRO_CMSG_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in TRANSIENT_ERRNOS:
+                    raise
+                self.errors += 1
+                self.last_error = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                continue
+            size = 0
+            for level, kind, value in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    size = int.from_bytes(value[:4], sys.byteorder)
+            if 0 < size < len(data):
+                for offset in range(0, len(data), size):
+                    append((data[offset : offset + size], addr))
+            else:
+                append((data, addr))
+        return batch
+
     def send(self, data: bytes, addr: object) -> bool:
         """Send one datagram; False when the socket buffer is full (retry when writable)."""
         try:
@@ -125,6 +212,61 @@ class UdpTransport:
         except BlockingIOError:
             return False
         return True
+
+    def send_batch(self, datagrams: list[bytes], addr: object) -> int:
+        """Send ``datagrams`` to ``addr`` in order; return how many went before EAGAIN.
+
+        Every datagram arrives as its own UDP datagram whether GSO is used or
+        not.  Errors other than EAGAIN (and the GSO refusals above) propagate
+        as they do from ``send``.
+        """
+        if not self.gso:
+            return self._send_each(datagrams, 0, addr)
+        sendmsg = self.sock.sendmsg
+        sendto = self.sock.sendto
+        count = len(datagrams)
+        start = 0
+        while start < count:
+            size = len(datagrams[start])
+            end = start + 1
+            if size:
+                limit = min(count, start + GSO_MAX_SEGMENTS)
+                total = size
+                while end < limit:
+                    length = len(datagrams[end])
+                    if length > size or not length or total + length > GSO_MAX_PAYLOAD_BYTES:
+                        break  # (an empty datagram cannot be a segment: it would vanish)
+                    total += length
+                    end += 1
+                    if length < size:
+                        break  # a shorter datagram closes the run
+            try:
+                if end - start == 1:
+                    sendto(datagrams[start], addr)  # type: ignore[call-overload]
+                else:
+                    cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+                    sendmsg(datagrams[start:end], cmsg, 0, addr)  # type: ignore[arg-type]
+            except BlockingIOError:
+                return start
+            except OSError as exc:
+                if end - start == 1 or exc.errno not in GSO_REFUSED_ERRNOS:
+                    raise
+                self.gso = False
+                self.gso_fallbacks += 1
+                return self._send_each(datagrams, start, addr)
+            start = end
+        return count
+
+    def _send_each(self, datagrams: list[bytes], start: int, addr: object) -> int:
+        """One sendto per datagram from index ``start``; the index reached at EAGAIN."""
+        sendto = self.sock.sendto
+        index = start
+        try:
+            for index in range(start, len(datagrams)):
+                sendto(datagrams[index], addr)  # type: ignore[call-overload]
+        except BlockingIOError:
+            return index
+        return len(datagrams)
 
     async def resolve(self, endpoint: Endpoint) -> object:
         """The socket address for ``endpoint`` in this socket's family."""
@@ -147,6 +289,15 @@ class UdpTransport:
         if self.sock.fileno() >= 0:
             trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+
+def _try_setsockopt(sock: socket.socket, option: int, value: int) -> bool:
+    """Set a SOL_UDP option; False when this kernel does not know it."""
+    try:
+        sock.setsockopt(SOL_UDP, option, value)
+    except OSError:
+        return False
+    return True
 
 
 def _bind_message(listen: Endpoint, exc: OSError) -> str:

@@ -6,7 +6,12 @@ Every datagram is a 4-byte header followed by a payload of at least one byte::
 
     0x11 FRAME     b1 = 0 (ignored)            b2b3 = 0 (ignored)  one whole Ethernet frame
     0x12 FRAGMENT  b1 = index<<4 | (count-1)   b2b3 = fragment id  one slice of a frame
-    0x13 HELLO     b1 = flags (bit0 WANT_REPLY) b2b3 = 0           site name, UTF-8, 1..64 bytes
+    0x13 HELLO     b1 = flags (bit0 WANT_REPLY,    b2b3 = 0           site name, UTF-8, 1..64 bytes
+                           bit1 OFFLOAD)
+    0x14 SEGMENT   one chunk of an offloaded super-frame (l2bridge.offload)
+
+HELLO's OFFLOAD flag says the sender accepts SEGMENT bursts; a peer that never
+said so gets ordinary frames.
 
 Outbound flow (per frame):
   1. ``Fragmenter.split``: a frame that fits ``max_datagram`` becomes one FRAME
@@ -35,6 +40,7 @@ TYPE_HELLO = 0x13
 HEADER_LEN = 4
 MAX_FRAGMENTS = 16
 HELLO_WANT_REPLY = 0x01
+HELLO_OFFLOAD = 0x02
 MAX_HELLO_NAME_BYTES = 64
 FRAG_ID_MODULO = 1 << 16
 
@@ -78,6 +84,7 @@ class Hello:
 
     name: str
     want_reply: bool
+    offload: bool = False
 
 
 Message = Frame | Fragment | Hello
@@ -99,12 +106,13 @@ def encode_fragment(frag_id: int, index: int, count: int, data: bytes) -> bytes:
     return _HEADER.pack(TYPE_FRAGMENT, (index << 4) | (count - 1), frag_id) + data
 
 
-def encode_hello(name: str, want_reply: bool) -> bytes:
+def encode_hello(name: str, want_reply: bool, offload: bool = False) -> bytes:
     """Return a HELLO datagram; raises ``ValueError`` unless the name is 1..64 UTF-8 bytes."""
     raw = name.encode("utf-8")
     if not 1 <= len(raw) <= MAX_HELLO_NAME_BYTES:
         raise ValueError(f"hello name of {len(raw)} bytes: expected 1..64 bytes of UTF-8")
-    return _HEADER.pack(TYPE_HELLO, HELLO_WANT_REPLY if want_reply else 0, 0) + raw
+    flags = (HELLO_WANT_REPLY if want_reply else 0) | (HELLO_OFFLOAD if offload else 0)
+    return _HEADER.pack(TYPE_HELLO, flags, 0) + raw
 
 
 def decode(datagram: bytes) -> Message:
@@ -127,7 +135,7 @@ def decode(datagram: bytes) -> Message:
         return Fragment((datagram[2] << 8) | datagram[3], index, count, datagram[HEADER_LEN:])
     if kind == TYPE_HELLO:
         flags = datagram[1]
-        if flags & ~HELLO_WANT_REPLY or datagram[2] or datagram[3]:
+        if flags & ~(HELLO_WANT_REPLY | HELLO_OFFLOAD) or datagram[2] or datagram[3]:
             raise WireError("bad_hello")
         raw = bytes(datagram[HEADER_LEN:])
         if len(raw) > MAX_HELLO_NAME_BYTES:
@@ -136,7 +144,7 @@ def decode(datagram: bytes) -> Message:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise WireError("bad_hello") from None
-        return Hello(name, bool(flags & HELLO_WANT_REPLY))
+        return Hello(name, bool(flags & HELLO_WANT_REPLY), bool(flags & HELLO_OFFLOAD))
     raise WireError("bad_type")
 
 

@@ -55,6 +55,7 @@ def test_minimal_config_has_defaults() -> None:
         mtu=1500,
         wan_mtu=1500,
         mss_clamp=None,
+        offload=True,
         ageing_s=300.0,
         max_entries=8192,
         max_entries_per_peer=1024,

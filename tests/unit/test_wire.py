@@ -49,6 +49,8 @@ def test_encode_hello_bytes() -> None:
     assert encode_hello("london", True) == b"\x13\x01\x00\x00london"
     assert encode_hello("london", False) == b"\x13\x00\x00\x00london"
     assert decode(b"\x13\x01\x00\x00london") == Hello("london", True)
+    assert encode_hello("london", False, offload=True) == b"\x13\x02\x00\x00london"
+    assert decode(b"\x13\x03\x00\x00london") == Hello("london", True, offload=True)
 
 
 def test_encode_fragment_bytes() -> None:
@@ -85,7 +87,7 @@ def test_encode_hello_rejects_bad_names(name: str) -> None:
         (b"\x12\x00\x00\x01x", "bad_fragment"),  # count 1
         (b"\x12\x21\x00\x01x", "bad_fragment"),  # index 2 of 2
         (b"\x12\x10\x00\x01x", "bad_fragment"),  # index 1, count 1
-        (b"\x13\x02\x00\x00name", "bad_hello"),  # unknown flag
+        (b"\x13\x04\x00\x00name", "bad_hello"),  # unknown flag
         (b"\x13\x00\x00\x01name", "bad_hello"),  # b2b3 not zero
         (b"\x13\x00\x00\x00\xff\xfe", "bad_hello"),  # not UTF-8
         (b"\x13\x00\x00\x00" + b"n" * 65, "bad_hello"),  # name too long
