@@ -3,26 +3,32 @@ veth, measured in the same run, interleaved.
 
 Topology: a generated two-site scenario (sites ``west`` and ``east``, one host
 ``h1`` each, WAN MTU 1600 so VXLAN carries full 1500-byte frames unfragmented),
-brought up three times with ``open_lab``: l2bridge gateways (encrypted, the
-default), l2bridge gateways with ``insecure = true``, kernel VXLAN gateways.  The
+brought up five times with ``open_lab``: l2bridge gateways (encrypted, the
+default), l2bridge gateways with ``insecure = true``, kernel VXLAN gateways, and
+a lossy twin of the encrypted and of the VXLAN lab whose west WAN link has
+``loss_percent = 1``.  The lab applies a link's loss to both directions of that
+link, and a frame between the two sites crosses the west link exactly once, so
+the path loses 1% each way (loss on both links would make it about 2%).  The
 "direct" reference is one more veth (``bench0``, 10.78.0.1/24 ↔ 10.78.0.2/24)
 between the two host namespaces of the VXLAN lab: the same hosts, no tunnel.
 
-Flow: 1. open the three labs (all kept up for the whole run; idle daemons only
+Flow: 1. open the five labs (all kept up for the whole run; idle daemons only
 send a keepalive a second) and add the direct veth  2. warm up: a few pings per
-variant (ARP, learning, sessions) — a variant that does not answer fails the run
-3. for each round, for each measurement (ping, TCP 1 stream, TCP 4 streams, UDP
-64-byte payloads), run it on every variant in turn, the order rotating by one
-each round, so neighbouring numbers of different variants are seconds apart and
-no variant always goes first  4. after each round read the daemons' peak RSS
-5. tear the labs down (``open_lab``'s own teardown, on every exit path)  6.
-summarise and render (``netns/benchstats.py``).
+lab (ARP, learning, sessions) — a lab that does not answer fails the run
+3. for each round, for each measurement (ping, TCP 1 stream, TCP 1 stream through
+the lossy twin, TCP 4 streams, UDP 64-byte payloads), run it on every variant
+that has it in turn, the order rotating by one each round, so neighbouring
+numbers of different variants are seconds apart and no variant always goes first
+4. after each round read the daemons' peak RSS  5. tear the labs down
+(``open_lab``'s own teardown, on every exit path)  6. summarise and render
+(``netns/benchstats.py``).
 
 CPU accounting: utime+stime of every process in both gateway namespaces (the
 daemons; a future multi-process daemon included) and the machine's busy time
 from ``/proc/stat``, each read before and after every TCP run, divided by the
-bytes iperf3 received.  A measurement that fails is recorded as an error and left
-out of the summaries; the run goes on.
+bytes iperf3 received (the lossless runs only: the lossy twin's daemons are other
+processes, and its figure is goodput alone).  A measurement that fails is recorded
+as an error and left out of the summaries; the run goes on.
 """
 
 from __future__ import annotations
@@ -77,17 +83,24 @@ class Variant:
     server_ns: str
     server_addr: str
     gateway_namespaces: list[str] = field(default_factory=list)  # where daemons run
+    lossy: Variant | None = None  # the same gateways over a WAN losing WAN_LOSS_PERCENT
 
 
-def bench_scenario(*, insecure: bool = False) -> Scenario:
-    """Two sites, one host each, WAN MTU 1600, no checks."""
+def bench_scenario(*, insecure: bool = False, loss_percent: float = 0.0) -> Scenario:
+    """Two sites, one host each, WAN MTU 1600, no checks.
+
+    ``loss_percent`` goes on the west site's link only: the lab drops it in both
+    directions of that link, so the path between the sites loses that much each way.
+    """
+    name = "bench" + ("-insecure" if insecure else "") + ("-lossy" if loss_percent else "")
+    west_wan = f"wan = {{ loss_percent = {loss_percent:g} }}\n" if loss_percent else ""
     text = "\n".join([
         "[lab]",
-        f'name = "bench{"-insecure" if insecure else ""}"',
+        f'name = "{name}"',
         f"insecure = {'true' if insecure else 'false'}",
         "[wan]",
         f"mtu = {WAN_MTU}",
-        '[[site]]\nname = "west"\n[[site.host]]\nname = "h1"',
+        f'[[site]]\nname = "west"\n{west_wan}[[site.host]]\nname = "h1"',
         '[[site]]\nname = "east"\n[[site.host]]\nname = "h1"',
     ]) + "\n"
     return parse_scenario(text, "bench.toml")
@@ -164,25 +177,41 @@ def lab_variant(name: str, lab: Lab) -> Variant:
 
 async def open_variants(stack: contextlib.AsyncExitStack, settings: bs.Settings,
                         progress: Progress) -> list[Variant]:
-    """Bring up the three labs (torn down by ``stack``) and the direct link; in VARIANTS order."""
+    """Bring up the five labs (torn down by ``stack``) and the direct link; in VARIANTS order,
+    each of ``bs.LOSSY_VARIANTS`` with its lossy twin attached."""
     plain, insecure = bench_scenario(), bench_scenario(insecure=True)
-    enc = await stack.enter_async_context(
-        open_lab(plain, gateway="l2bridge", wan_mtu=settings.wan_mtu, progress=progress))
-    ins = await stack.enter_async_context(
-        open_lab(insecure, gateway="l2bridge", wan_mtu=settings.wan_mtu, progress=progress))
-    vx = await stack.enter_async_context(
-        open_lab(plain, gateway="vxlan", wan_mtu=settings.wan_mtu, progress=progress))
+    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT)
+
+    async def up(scenario: Scenario, gateway: str) -> Lab:
+        return await stack.enter_async_context(
+            open_lab(scenario, gateway=gateway, wan_mtu=settings.wan_mtu, progress=progress))
+
+    enc = await up(plain, "l2bridge")
+    ins = await up(insecure, "l2bridge")
+    vx = await up(plain, "vxlan")
     direct_addr = add_direct_link(vx)
     direct = Variant(name="direct", lab=vx, client_ns=vx.ns("west.h1"),
                      server_ns=vx.ns("east.h1"), server_addr=direct_addr)
     found = {"l2bridge": lab_variant("l2bridge", enc), "insecure": lab_variant("insecure", ins),
              "vxlan": lab_variant("vxlan", vx), "direct": direct}
+    for name in bs.LOSSY_VARIANTS:
+        gateway = "vxlan" if name == "vxlan" else "l2bridge"
+        found[name].lossy = lab_variant(f"{name} {bs.WAN_LOSS_PERCENT:g}% loss",
+                                        await up(lossy, gateway))
     return [found[name] for name in bs.VARIANTS]
 
 
+def all_paths(variants: list[Variant]) -> list[Variant]:
+    """The variants, each followed by its lossy twin when it has one."""
+    return [p for v in variants for p in (v, v.lossy) if p is not None]
+
+
 async def warm_up(variants: list[Variant]) -> None:
-    """Every variant answers pings (ARP resolved, MACs learned, sessions up) or BenchError."""
-    for v in variants:
+    """Every path answers pings (ARP resolved, MACs learned, sessions up) or BenchError.
+
+    A lossy twin is given the same few pings: losing all of them at 1% loss each way
+    is a one-in-a-million event, not a property of the path."""
+    for v in all_paths(variants):
         result = await ping(v.client_ns, v.server_addr, count=WARMUP_PINGS,
                             interval_s=bs.PING_INTERVAL_S, deadline_s=WARMUP_DEADLINE_S)
         if result.received == 0:
@@ -221,6 +250,16 @@ async def measure_tcp(v: Variant, settings: bs.Settings, raw: dict[str, Any],
         raw["daemon_cpu_s"] = raw.get("daemon_cpu_s", 0.0) + daemon_cpu
 
 
+async def measure_tcp_lossy(v: Variant, settings: bs.Settings, raw: dict[str, Any]) -> None:
+    """TCP 1 stream through ``v``'s lossy twin: goodput only (no CPU, no bytes)."""
+    assert v.lossy is not None  # measurements() offers this step to lossy variants only
+    lossy = v.lossy
+    result = await iperf3(lossy.server_ns, lossy.server_addr, lossy.client_ns,
+                          seconds=settings.seconds, parallel=1, port=IPERF_PORT)
+    raw["tcp1_loss1_mbit_s"] = result.mbit_s
+    raw["tcp1_loss1_retransmits"] = result.retransmits
+
+
 async def measure_udp(v: Variant, settings: bs.Settings, raw: dict[str, Any]) -> None:
     result = await iperf3(v.server_ns, v.server_addr, v.client_ns, seconds=settings.seconds,
                           udp=True, bitrate=UDP_BITRATE, length=bs.UDP_PAYLOAD_BYTES,
@@ -236,14 +275,25 @@ async def measure_udp(v: Variant, settings: bs.Settings, raw: dict[str, Any]) ->
 Measurement = Callable[[Variant, bs.Settings, dict[str, Any]], Awaitable[None]]
 
 
-def measurements() -> list[tuple[str, Measurement]]:
+def _every(v: Variant) -> bool:
+    return True
+
+
+def _has_lossy(v: Variant) -> bool:
+    return v.lossy is not None
+
+
+def measurements() -> list[tuple[str, Measurement, Callable[[Variant], bool]]]:
+    """(name, measure, which variants have it), in the order of a round."""
     async def tcp1(v: Variant, s: bs.Settings, raw: dict[str, Any]) -> None:
         await measure_tcp(v, s, raw, 1)
 
     async def tcp4(v: Variant, s: bs.Settings, raw: dict[str, Any]) -> None:
         await measure_tcp(v, s, raw, 4)
 
-    return [("ping", measure_ping), ("tcp1", tcp1), ("tcp4", tcp4), ("udp64", measure_udp)]
+    return [("ping", measure_ping, _every), ("tcp1", tcp1, _every),
+            ("tcp1_loss1", measure_tcp_lossy, _has_lossy), ("tcp4", tcp4, _every),
+            ("udp64", measure_udp, _every)]
 
 
 def round_order(rnd: int, names: tuple[str, ...] = bs.VARIANTS) -> list[str]:
@@ -253,21 +303,24 @@ def round_order(rnd: int, names: tuple[str, ...] = bs.VARIANTS) -> list[str]:
 
 
 async def run_bench(settings: bs.Settings, progress: Progress | None = None) -> bs.BenchResult:
-    """Bring the variants up, measure ``settings.rounds`` interleaved rounds, tear down."""
+    """Bring the variants (and their lossy twins) up, measure ``settings.rounds``
+    interleaved rounds, tear down."""
     say = progress or (lambda line: None)
     started = time.monotonic()
     result = bs.BenchResult(settings=settings, samples=[], machine=machine_info())
     async with contextlib.AsyncExitStack() as stack:
         variants = await open_variants(stack, settings, say)
         by_name = {v.name: v for v in variants}
-        result.labs = list(dict.fromkeys(v.lab.prefix for v in variants))
+        result.labs = list(dict.fromkeys(v.lab.prefix for v in all_paths(variants)))
         await warm_up(variants)
         for rnd in range(settings.rounds):
             samples = {name: bs.Sample(round=rnd, variant=name) for name in bs.VARIANTS}
             order = round_order(rnd)
-            for what, measure in measurements():
+            for what, measure, applies in measurements():
                 for name in order:
                     v = by_name[name]
+                    if not applies(v):
+                        continue
                     try:
                         await measure(v, settings, samples[name].raw)
                     except TrafficError as e:
@@ -291,6 +344,10 @@ def _brief(what: str, raw: dict[str, Any]) -> str:
         return f"avg {sum(times) / len(times):.3f} ms over {len(times)} echoes"
     if what == "udp64":
         return f"{raw['udp64_fps']:.0f} frames/s, loss {raw['udp64_loss_percent']:.1f} %"
+    if what == "tcp1_loss1":
+        kept = bs.retained(raw["tcp1_loss1_mbit_s"], raw.get("tcp1_mbit_s"))
+        share = f", {kept:.0%} of lossless" if kept is not None else ""
+        return f"{raw['tcp1_loss1_mbit_s']:.0f} Mbit/s at {bs.WAN_LOSS_PERCENT:g}% loss{share}"
     return f"{raw[what + '_mbit_s']:.0f} Mbit/s"
 
 
@@ -303,7 +360,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_plot(result: bs.BenchResult, path: str) -> None:
-    """A bar chart: throughput ratios to kernel VXLAN (log scale) and the RTTs.
+    """A bar chart: throughput ratios to kernel VXLAN (log scale; the lossy-WAN bar is
+    the share kept under loss over VXLAN's) and the RTTs.
 
     matplotlib is optional: without it, ``BenchError`` says how to install it."""
     try:
@@ -329,8 +387,10 @@ def write_plot(result: bs.BenchResult, path: str) -> None:
             hi.append(s.max - s.median)
         left.bar(xs, ys, width, yerr=[lo, hi], label=bs.VARIANT_TITLES[v], capsize=2)
     left.set_yscale("log")
-    left.set_xticks(range(len(bs.RATIO_KEYS)),
-                    ["TCP 1 stream", "TCP 4 streams", f"UDP {bs.UDP_PAYLOAD_BYTES} B frames/s"])
+    labels = {"tcp1_mbit_s": "TCP 1 stream", "tcp4_mbit_s": "TCP 4 streams",
+              "udp64_fps": f"UDP {bs.UDP_PAYLOAD_BYTES} B frames/s",
+              "tcp1_loss1_retained": f"TCP 1 stream kept\nat {bs.WAN_LOSS_PERCENT:g}% loss"}
+    left.set_xticks(range(len(bs.RATIO_KEYS)), [labels[key] for key in bs.RATIO_KEYS])
     left.set_ylabel("ratio to kernel VXLAN (same run)")
     left.axhline(1.0, color="grey", linewidth=0.8)
     left.legend(fontsize="small")
@@ -378,7 +438,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"--quick: {bs.QUICK_SECONDS:g})")
     p.add_argument("--quick", action="store_true",
                    help=f"one round of short runs ({bs.QUICK_SECONDS:g} s, {bs.QUICK_PINGS} "
-                        "pings): about 30 s")
+                        f"pings, the {bs.WAN_LOSS_PERCENT:g}%% loss runs included): about 35 s")
 
 
 def cmd_bench(args: argparse.Namespace,

@@ -7,11 +7,14 @@ variant: raw figures (Mbit/s, received frames, per-echo RTTs, CPU seconds, bytes
 min and max over the rounds  4. ``ratios`` pairs every variant with the reference
 (kernel VXLAN) *of the same round* and summarises the per-round ratios;
 ``added_latency`` does the same against the direct veth as differences  5.
-``format_table`` and ``result_doc`` render it.
+``targets`` holds encrypted l2bridge's medians against the fast path's targets
+6. ``format_table`` and ``result_doc`` render it.
 
-Invariants: a metric a variant cannot have (the daemon CPU of kernel VXLAN) or a
-measurement that failed is ``None``, never 0, and is left out of its summary;
-ratios are only formed within one round; nothing here does I/O.
+Invariants: a metric a variant cannot have (the daemon CPU of kernel VXLAN, the
+lossy-WAN figure of the insecure variant) or a measurement that failed is
+``None``, never 0, and is left out of its summary; ratios are only formed within
+one round (``tcp1_loss1_retained`` within one sample: the lossy and the lossless
+run of the same variant in the same round); nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ QUICK_SECONDS = 2.0
 QUICK_PINGS = 50
 PING_INTERVAL_S = 0.01
 UDP_PAYLOAD_BYTES = 64
+# The lossy WAN: random loss on the path between the sites, in each direction.
+WAN_LOSS_PERCENT = 1.0
+LOSSY_VARIANTS = ("l2bridge", "vxlan")  # measured again through a lossy twin of their lab
 MIN_SECONDS = 1.0
 MAX_SECONDS = 60.0
 MAX_ROUNDS = 20
@@ -59,12 +65,17 @@ class Metric:
     key: str
     title: str
     ratio: bool = False  # headline: ratio to the reference in the same round
+    relative: bool = False  # already a same-run ratio: shown in the relative table only
 
 
 METRICS = (
     Metric("tcp1_mbit_s", "TCP 1 stream (Mbit/s)", ratio=True),
     Metric("tcp4_mbit_s", "TCP 4 streams (Mbit/s)", ratio=True),
     Metric("udp64_fps", f"UDP {UDP_PAYLOAD_BYTES} B received (frames/s)", ratio=True),
+    Metric("tcp1_loss1_mbit_s", f"TCP 1 stream, {WAN_LOSS_PERCENT:g}% WAN loss (Mbit/s)"),
+    Metric("tcp1_loss1_retained",
+           f"TCP 1 stream kept at {WAN_LOSS_PERCENT:g}% loss (lossy / lossless)",
+           ratio=True, relative=True),
     Metric("udp64_loss_percent", f"UDP {UDP_PAYLOAD_BYTES} B loss (%)"),
     Metric("rtt_avg_ms", "ping RTT avg (ms)"),
     Metric("rtt_p99_ms", "ping RTT p99 (ms)"),
@@ -193,18 +204,28 @@ def per_gb(seconds: float | None, nbytes: float | None) -> float | None:
     return seconds / (nbytes / BYTES_PER_GB)
 
 
+def retained(lossy: float | None, lossless: float | None) -> float | None:
+    """The share of the lossless goodput kept under loss; ``None`` unless both were measured."""
+    if lossy is None or not lossless:
+        return None
+    return lossy / lossless
+
+
 def finish_sample(sample: Sample) -> Sample:
     """Derive the reported metrics from ``sample.raw`` (missing raw figures give ``None``).
 
     Raw keys: ``tcp1_mbit_s``, ``tcp4_mbit_s``, ``udp64_fps``, ``udp64_loss_percent``,
+    ``tcp1_loss1_mbit_s`` (the lossy twin's run; only ``LOSSY_VARIANTS``),
     ``rtt_ms`` (list), ``tcp_bytes``, ``daemon_cpu_s``, ``machine_cpu_s`` (both over the
-    TCP runs; ``daemon_cpu_s`` absent when the variant has no daemon),
-    ``daemon_rss_peak_kib``.
+    lossless TCP runs; ``daemon_cpu_s`` absent when the variant has no daemon),
+    ``daemon_rss_peak_kib``.  ``tcp1_loss1_retained`` is the lossy over the lossless
+    single-stream figure of this sample.
     """
     raw = sample.raw
     m: dict[str, float | None] = {k: raw.get(k) for k in
                                   ("tcp1_mbit_s", "tcp4_mbit_s", "udp64_fps",
-                                   "udp64_loss_percent")}
+                                   "udp64_loss_percent", "tcp1_loss1_mbit_s")}
+    m["tcp1_loss1_retained"] = retained(raw.get("tcp1_loss1_mbit_s"), raw.get("tcp1_mbit_s"))
     rtts = raw.get("rtt_ms") or []
     m["rtt_avg_ms"] = statistics.fmean(rtts) if rtts else None
     m["rtt_p99_ms"] = percentile(rtts, P99) if rtts else None
@@ -260,6 +281,90 @@ def headline(result: BenchResult, variant: str, key: str) -> float | None:
     return s.median if s else None
 
 
+# ---------------------------------------------------------------- targets
+
+# The fast path's targets for encrypted l2bridge on the 2-core VM (issue 5).
+TARGET_VARIANT = "l2bridge"
+TARGET_TCP1_MBIT_S = 1400.0  # 3 × OpenVPN tap's 0.45 Gbit/s
+TARGET_TCP1_VXLAN_RATIO = 0.10
+TARGET_UDP64_FPS = 60_000.0
+TARGET_RTT_ADDED_US = 150.0
+TARGET_DAEMON_CPU_S_PER_GB = 8.0
+TARGET_RSS_MIB = 60.0
+
+OPS = {">=": "≥", "<=": "≤", ">": ">"}
+MET, NOT_MET, NOT_MEASURED = "met", "NOT met", "not measured"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    """One target: the measured median, the bound, and whether it holds.
+
+    ``bound`` is a fixed number or, when ``against`` names it, a median of the same
+    run (TCP 4 streams against TCP 1 stream, the loss figure against kernel VXLAN's).
+    """
+
+    key: str
+    title: str
+    measured: float | None
+    op: str  # ">=", "<=" or ">"
+    bound: float | None
+    unit: str = ""
+    against: str | None = None
+    signed: bool = False  # the measured figure is a difference (shown with its sign)
+
+    @property
+    def met(self) -> bool | None:
+        """True / False; ``None`` when the figure or its bound was not measured."""
+        if self.measured is None or self.bound is None:
+            return None
+        if self.op == ">=":
+            return self.measured >= self.bound
+        if self.op == "<=":
+            return self.measured <= self.bound
+        return self.measured > self.bound
+
+    @property
+    def verdict(self) -> str:
+        return {True: MET, False: NOT_MET, None: NOT_MEASURED}[self.met]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "title": self.title, "measured": _round(self.measured),
+                "op": self.op, "target": _round(self.bound), "unit": self.unit,
+                "against": self.against, "met": self.met}
+
+
+def targets(result: BenchResult) -> list[TargetCheck]:
+    """Encrypted l2bridge's medians of this run against each target, in the issue's order."""
+    v = TARGET_VARIANT
+    summ, rat, lat = summaries(result), ratios(result), added_latency(result)
+
+    def med(s: Summary | None) -> float | None:
+        return s.median if s else None
+
+    loss = f"TCP 1 stream kept at {WAN_LOSS_PERCENT:g}% loss"
+    return [
+        TargetCheck("tcp1_mbit_s", "TCP 1 stream", med(summ[v]["tcp1_mbit_s"]), ">=",
+                    TARGET_TCP1_MBIT_S, "Mbit/s"),
+        TargetCheck("tcp1_vxlan_ratio", "TCP 1 stream / VXLAN", med(rat[v]["tcp1_mbit_s"]),
+                    ">=", TARGET_TCP1_VXLAN_RATIO),
+        TargetCheck("tcp4_over_tcp1", "TCP 4 streams", med(summ[v]["tcp4_mbit_s"]), ">",
+                    med(summ[v]["tcp1_mbit_s"]), "Mbit/s", against="TCP 1 stream"),
+        TargetCheck("udp64_fps", f"UDP {UDP_PAYLOAD_BYTES} B received",
+                    med(summ[v]["udp64_fps"]), ">=", TARGET_UDP64_FPS, "frames/s"),
+        TargetCheck("rtt_avg_added_us", "RTT avg added over direct",
+                    med(lat[v]["rtt_avg_added_us"]), "<=", TARGET_RTT_ADDED_US, "µs",
+                    signed=True),
+        TargetCheck("daemon_cpu_s_per_gb", "daemon CPU", med(summ[v]["daemon_cpu_s_per_gb"]),
+                    "<=", TARGET_DAEMON_CPU_S_PER_GB, "s per GB"),
+        TargetCheck("daemon_rss_peak_mib", "daemon peak RSS",
+                    med(summ[v]["daemon_rss_peak_mib"]), "<=", TARGET_RSS_MIB, "MiB"),
+        TargetCheck("tcp1_loss1_retained", loss, med(summ[v]["tcp1_loss1_retained"]), ">=",
+                    med(summ[REFERENCE]["tcp1_loss1_retained"]),
+                    against=VARIANT_TITLES[REFERENCE]),
+    ]
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -289,8 +394,26 @@ def fmt_summary(s: Summary | None, *, signed: bool = False) -> str:
     return text
 
 
+def format_targets(checks: Sequence[TargetCheck]) -> list[str]:
+    """The targets as table lines: figure, measured, target, verdict."""
+    def cell(x: float | None, unit: str, *, signed: bool = False) -> str:
+        if x is None:
+            return "-"
+        text = ("+" if signed and x >= 0 else "") + fmt_number(x)
+        return f"{text} {unit}" if unit else text
+
+    rows: list[tuple[str, ...]] = [("", "measured", "target", "verdict")]
+    for c in checks:
+        bound = f"{OPS[c.op]} {cell(c.bound, c.unit)}"
+        if c.against:
+            bound += f" ({c.against})"
+        rows.append((c.title, cell(c.measured, c.unit, signed=c.signed), bound, c.verdict))
+    return _columns(rows)
+
+
 def format_table(result: BenchResult) -> str:
-    """The headline table (ratios and added latency), the absolute table, then the errors."""
+    """The headline table (ratios and added latency), the absolute table, the targets,
+    then the errors."""
     st = result.settings
     lines = [
         f"l2bridge lab bench: {st.rounds} round{'s' if st.rounds != 1 else ''}"
@@ -304,8 +427,11 @@ def format_table(result: BenchResult) -> str:
     head = ("", *(VARIANT_TITLES[v] for v in VARIANTS))
     rat = ratios(result)
     lat = added_latency(result)
+    summ = summaries(result)
     rows: list[tuple[str, ...]] = [head]
     for m in METRICS:
+        if m.relative:
+            rows.append((m.title, *(fmt_summary(summ[v][m.key]) for v in VARIANTS)))
         if m.ratio:
             title = m.title.split(" (")[0] + " / VXLAN"
             rows.append((title, *(fmt_summary(rat[v][m.key]) for v in VARIANTS)))
@@ -317,13 +443,20 @@ def format_table(result: BenchResult) -> str:
     machine = result.machine
     where = ", ".join(f"{k} {v}" for k, v in machine.items() if k in ("cpus", "kernel"))
     lines += ["", f"Absolute (machine-dependent{': ' + where if where else ''})"]
-    summ = summaries(result)
     rows = [head]
     for m in METRICS:
-        rows.append((m.title, *(fmt_summary(summ[v][m.key]) for v in VARIANTS)))
+        if not m.relative:
+            rows.append((m.title, *(fmt_summary(summ[v][m.key]) for v in VARIANTS)))
     lines += _columns(rows)
     lines += ["", "Daemon figures are the l2bridge processes in both gateway namespaces "
-                  "(CPU over the TCP runs); machine CPU counts every process and the kernel."]
+                  "(CPU over the lossless TCP runs); machine CPU counts every process and "
+                  "the kernel.",
+              f"{WAN_LOSS_PERCENT:g}% WAN loss: a twin of the lab dropping "
+              f"{WAN_LOSS_PERCENT:g}% of the packets at random in each direction between "
+              "the sites, same round."]
+    lines += ["", f"Targets: {VARIANT_TITLES[TARGET_VARIANT]} (encrypted), medians of this "
+                  "run"]
+    lines += format_targets(targets(result))
     if result.errors:
         lines += ["", f"{len(result.errors)} measurement(s) failed:"]
         lines += [f"  {e}" for e in result.errors]
@@ -332,7 +465,8 @@ def format_table(result: BenchResult) -> str:
 
 
 def result_doc(result: BenchResult) -> dict[str, Any]:
-    """Everything as plain JSON types: settings, summaries, ratios, latency, samples."""
+    """Everything as plain JSON types: settings, summaries, ratios, latency, targets,
+    samples."""
     def block(d: dict[str, dict[str, Summary | None]]) -> dict[str, Any]:
         return {v: {k: (s.as_dict() if s else None) for k, s in per.items()}
                 for v, per in d.items()}
@@ -341,7 +475,9 @@ def result_doc(result: BenchResult) -> dict[str, Any]:
     return {
         "settings": {"rounds": st.rounds, "seconds": st.seconds, "pings": st.pings,
                      "ping_interval_s": PING_INTERVAL_S, "quick": st.quick,
-                     "wan_mtu": st.wan_mtu, "udp_payload_bytes": UDP_PAYLOAD_BYTES},
+                     "wan_mtu": st.wan_mtu, "udp_payload_bytes": UDP_PAYLOAD_BYTES,
+                     "wan_loss_percent": WAN_LOSS_PERCENT,
+                     "lossy_variants": list(LOSSY_VARIANTS)},
         "variants": {v: VARIANT_TITLES[v] for v in VARIANTS},
         "reference": REFERENCE,
         "baseline": BASELINE,
@@ -349,6 +485,7 @@ def result_doc(result: BenchResult) -> dict[str, Any]:
         "ratios_to_reference": block(ratios(result)),
         "added_latency_over_baseline": block(added_latency(result)),
         "summaries": block(summaries(result)),
+        "targets": [c.as_dict() for c in targets(result)],
         "samples": [{"round": s.round, "variant": s.variant,
                      "metrics": {k: _round(v) for k, v in s.metrics.items()},
                      "raw": _round_tree(s.raw)} for s in result.samples],

@@ -45,17 +45,25 @@ def three_rounds() -> bs.BenchResult:
     # l2bridge: 400, 500, 300 Mbit/s against vxlan 10000, 20000, 5000 in the same rounds:
     # per-round ratios 0.04, 0.025, 0.06 → median 0.04 (the ratio of medians would be 0.04
     # too, but the min and max are only right when paired per round).
+    # At 1% loss l2bridge keeps 0.75, 0.9, 0.8 of its lossless goodput, VXLAN 0.6, 0.5,
+    # 0.8: per-round ratios 1.25, 1.8, 1.0.
     return result_of({
         "l2bridge": [{"tcp1_mbit_s": 400, "rtt_avg_ms": 0.9, "rtt_p99_ms": 1.3,
-                      "daemon_cpu_s_per_gb": 25.0},
+                      "daemon_cpu_s_per_gb": 25.0, "tcp1_loss1_mbit_s": 300,
+                      "tcp1_loss1_retained": 0.75},
                      {"tcp1_mbit_s": 500, "rtt_avg_ms": 0.8, "rtt_p99_ms": 1.1,
-                      "daemon_cpu_s_per_gb": 20.0},
+                      "daemon_cpu_s_per_gb": 20.0, "tcp1_loss1_mbit_s": 450,
+                      "tcp1_loss1_retained": 0.9},
                      {"tcp1_mbit_s": 300, "rtt_avg_ms": 1.0, "rtt_p99_ms": 1.2,
-                      "daemon_cpu_s_per_gb": None}],
+                      "daemon_cpu_s_per_gb": None, "tcp1_loss1_mbit_s": 240,
+                      "tcp1_loss1_retained": 0.8}],
         "insecure": [{"tcp1_mbit_s": 700}, {"tcp1_mbit_s": None}, {"tcp1_mbit_s": 800}],
-        "vxlan": [{"tcp1_mbit_s": 10000, "rtt_avg_ms": 0.13},
-                  {"tcp1_mbit_s": 20000, "rtt_avg_ms": 0.14},
-                  {"tcp1_mbit_s": 5000, "rtt_avg_ms": 0.12}],
+        "vxlan": [{"tcp1_mbit_s": 10000, "rtt_avg_ms": 0.13, "tcp1_loss1_mbit_s": 6000,
+                   "tcp1_loss1_retained": 0.6},
+                  {"tcp1_mbit_s": 20000, "rtt_avg_ms": 0.14, "tcp1_loss1_mbit_s": 10000,
+                   "tcp1_loss1_retained": 0.5},
+                  {"tcp1_mbit_s": 5000, "rtt_avg_ms": 0.12, "tcp1_loss1_mbit_s": 4000,
+                   "tcp1_loss1_retained": 0.8}],
         "direct": [{"tcp1_mbit_s": 15000, "rtt_avg_ms": 0.05, "rtt_p99_ms": 0.1},
                    {"tcp1_mbit_s": 16000, "rtt_avg_ms": 0.06, "rtt_p99_ms": 0.1},
                    {"tcp1_mbit_s": 14000, "rtt_avg_ms": 0.05, "rtt_p99_ms": 0.1}],
@@ -119,8 +127,90 @@ def test_finish_sample_derives_the_metrics() -> None:
     assert m["machine_cpu_s_per_gb"] == pytest.approx(30.0)
     assert m["daemon_rss_peak_mib"] == pytest.approx(48.5)
     assert set(m) == set(bs.METRIC_KEYS)
+    assert m["tcp1_loss1_mbit_s"] is None and m["tcp1_loss1_retained"] is None
     empty = bs.finish_sample(bs.Sample(round=0, variant="vxlan", raw={})).metrics
     assert all(v is None for v in empty.values())
+
+
+def test_goodput_kept_under_loss_is_lossy_over_lossless_of_the_same_sample() -> None:
+    assert bs.retained(300.0, 400.0) == 0.75
+    assert bs.retained(None, 400.0) is None  # the lossy run failed
+    assert bs.retained(300.0, None) is None  # the lossless run failed
+    assert bs.retained(300.0, 0.0) is None  # nothing moved: no figure rather than infinity
+    m = bs.finish_sample(bs.Sample(round=0, variant="vxlan", raw={
+        "tcp1_mbit_s": 12000.0, "tcp1_loss1_mbit_s": 7200.0, "tcp1_loss1_retransmits": 812,
+    })).metrics
+    assert m["tcp1_loss1_mbit_s"] == 7200.0
+    assert m["tcp1_loss1_retained"] == pytest.approx(0.6)
+    # the lossy run never counts as bytes moved for the CPU figures
+    assert m["machine_cpu_s_per_gb"] is None
+
+
+def test_loss_figure_is_paired_with_vxlan_per_round() -> None:
+    r = three_rounds()
+    kept = bs.summaries(r)["l2bridge"]["tcp1_loss1_retained"]
+    assert kept is not None and (kept.median, kept.min, kept.max) == pytest.approx(
+        (0.8, 0.75, 0.9))
+    rel = bs.ratios(r)["l2bridge"]["tcp1_loss1_retained"]
+    assert rel is not None
+    assert (rel.median, rel.min, rel.max, rel.n) == pytest.approx((1.25, 1.0, 1.8, 3))
+    assert bs.ratios(r)["vxlan"]["tcp1_loss1_retained"] == bs.Summary(1.0, 1.0, 1.0, 3)
+    # variants without a lossy twin: no figure rather than zero
+    assert bs.summaries(r)["insecure"]["tcp1_loss1_retained"] is None
+    assert bs.ratios(r)["direct"]["tcp1_loss1_retained"] is None
+    assert "tcp1_loss1_retained" in bs.RATIO_KEYS and bs.LOSSY_VARIANTS == ("l2bridge", "vxlan")
+
+
+# ---------------------------------------------------------------- targets
+
+
+def good_round(**over: float | None) -> bs.BenchResult:
+    """One round in which encrypted l2bridge meets every target (some exactly)."""
+    l2b: dict[str, float | None] = {
+        "tcp1_mbit_s": 2000, "tcp4_mbit_s": 2500, "udp64_fps": 60_000, "rtt_avg_ms": 0.19,
+        "daemon_cpu_s_per_gb": 8.0, "daemon_rss_peak_mib": 40.0, "tcp1_loss1_retained": 0.7}
+    l2b.update(over)
+    return result_of({"l2bridge": [l2b], "insecure": [{}],
+                      "vxlan": [{"tcp1_mbit_s": 15000, "tcp1_loss1_retained": 0.7}],
+                      "direct": [{"rtt_avg_ms": 0.05}]}, rounds=1)
+
+
+def verdicts(r: bs.BenchResult) -> dict[str, str]:
+    return {c.key: c.verdict for c in bs.targets(r)}
+
+
+def test_targets_met_including_on_the_bound() -> None:
+    checks = bs.targets(good_round())
+    assert [c.key for c in checks] == [
+        "tcp1_mbit_s", "tcp1_vxlan_ratio", "tcp4_over_tcp1", "udp64_fps", "rtt_avg_added_us",
+        "daemon_cpu_s_per_gb", "daemon_rss_peak_mib", "tcp1_loss1_retained"]
+    assert all(c.met is True for c in checks), checks
+    by_key = {c.key: c for c in checks}
+    assert by_key["tcp1_vxlan_ratio"].measured == pytest.approx(2000 / 15000)
+    assert by_key["rtt_avg_added_us"].measured == pytest.approx(140.0)
+    assert by_key["daemon_cpu_s_per_gb"].measured == 8.0  # exactly the bound: met
+    assert by_key["tcp4_over_tcp1"].bound == 2000  # the same run's TCP 1 stream median
+    assert by_key["tcp1_loss1_retained"].bound == 0.7  # kernel VXLAN's, same run
+
+
+def test_targets_not_met() -> None:
+    v = verdicts(good_round(tcp1_mbit_s=1399, tcp4_mbit_s=1399, udp64_fps=59_999,
+                            rtt_avg_ms=0.201, daemon_cpu_s_per_gb=8.01,
+                            daemon_rss_peak_mib=60.5, tcp1_loss1_retained=0.69))
+    assert v == dict.fromkeys(v, bs.NOT_MET)  # TCP 4 = TCP 1 is not "higher"
+    v = verdicts(good_round(tcp1_mbit_s=1400, tcp4_mbit_s=1401))
+    assert v["tcp1_mbit_s"] == v["tcp4_over_tcp1"] == bs.MET
+    assert v["tcp1_vxlan_ratio"] == bs.NOT_MET  # 1400 / 15000 < 0.10
+
+
+def test_targets_not_measured_is_neither_met_nor_failed() -> None:
+    r = good_round(tcp1_mbit_s=None, daemon_rss_peak_mib=None)
+    r.samples[2].metrics["tcp1_loss1_retained"] = None  # kernel VXLAN's lossy run failed
+    checks = {c.key: c for c in bs.targets(r)}
+    for key in ("tcp1_mbit_s", "tcp1_vxlan_ratio", "tcp4_over_tcp1", "daemon_rss_peak_mib",
+                "tcp1_loss1_retained"):
+        assert checks[key].met is None and checks[key].verdict == "not measured", key
+    assert checks["udp64_fps"].verdict == "met"
 
 
 def test_ratios_pair_each_round_with_the_reference_of_that_round() -> None:
@@ -184,6 +274,27 @@ def test_table_headline_then_absolute_numbers() -> None:
                                "15000", "(14000–16000)"]
     row = next(line for line in lines if line.startswith("daemon CPU (s per GB)"))
     assert "22.5 (20.0–25.0)" in row and row.rstrip().endswith("-")
+    row = next(line for line in lines if line.startswith("TCP 1 stream kept at 1% loss (lossy"))
+    assert lines.index(row) < absolute  # a same-run ratio: the relative table
+    assert row.split()[10:] == ["0.800", "(0.750–0.900)", "-", "0.600", "(0.500–0.800)", "-"]
+    row = next(line for line in lines if line.startswith("TCP 1 stream kept at 1% loss / VXLAN"))
+    assert "1.25 (1.00–1.80)" in row
+    row = next(line for line in lines if line.startswith("TCP 1 stream, 1% WAN loss (Mbit/s)"))
+    assert lines.index(row) > absolute and "300 (240–450)" in row
+    targets = lines.index("Targets: l2bridge (encrypted), medians of this run")
+    assert lines[targets + 1].split() == ["measured", "target", "verdict"]
+    got = {line[:30].strip(): line[30:].split("  ") for line in lines[targets + 3:targets + 11]}
+    cells = {k: [c.strip() for c in v if c.strip()] for k, v in got.items()}
+    assert cells == {
+        "TCP 1 stream": ["400 Mbit/s", "≥ 1400 Mbit/s", "NOT met"],
+        "TCP 1 stream / VXLAN": ["0.040", "≥ 0.100", "NOT met"],
+        "TCP 4 streams": ["-", "> 400 Mbit/s (TCP 1 stream)", "not measured"],
+        "UDP 64 B received": ["-", "≥ 60000 frames/s", "not measured"],
+        "RTT avg added over direct": ["+850 µs", "≤ 150 µs", "NOT met"],
+        "daemon CPU": ["22.5 s per GB", "≤ 8.00 s per GB", "NOT met"],
+        "daemon peak RSS": ["-", "≤ 60.0 MiB", "not measured"],
+        "TCP 1 stream kept at 1% loss": ["0.800", "≥ 0.600 (kernel VXLAN)", "met"],
+    }
     assert "1 measurement(s) failed:" in text and "round 2 insecure tcp1" in text
     assert lines[-1] == "done in 12.3 s"
 
@@ -203,6 +314,16 @@ def test_json_carries_everything() -> None:
     assert doc["samples"][0]["variant"] == "l2bridge"
     assert doc["labs"] == ["l2b00001", "l2b00002"]
     assert doc["machine"] == {"cpus": 2, "kernel": "6.1"}
+    assert doc["settings"]["wan_loss_percent"] == 1.0
+    assert doc["settings"]["lossy_variants"] == ["l2bridge", "vxlan"]
+    assert doc["summaries"]["l2bridge"]["tcp1_loss1_retained"]["median"] == 0.8
+    assert doc["ratios_to_reference"]["l2bridge"]["tcp1_loss1_retained"]["median"] == 1.25
+    assert len(doc["targets"]) == 8
+    assert doc["targets"][-1] == {
+        "key": "tcp1_loss1_retained", "title": "TCP 1 stream kept at 1% loss",
+        "measured": 0.8, "op": ">=", "target": 0.6, "unit": "", "against": "kernel VXLAN",
+        "met": True}
+    assert doc["targets"][0]["met"] is False and doc["targets"][2]["met"] is None
 
 
 # ---------------------------------------------------------------- options and plan
@@ -223,6 +344,33 @@ def test_round_order_rotates() -> None:
     assert bench.round_order(0) == ["l2bridge", "insecure", "vxlan", "direct"]
     assert bench.round_order(1) == ["insecure", "vxlan", "direct", "l2bridge"]
     assert bench.round_order(4) == bench.round_order(0)
+
+
+def test_lossy_scenario_loses_one_percent_each_way_on_the_path() -> None:
+    scenario = bench.bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT)
+    assert scenario.name == "bench-lossy" and not scenario.insecure
+    # only the west link: a frame between the sites crosses it once, in either direction
+    assert scenario.link("west").loss_percent == 1.0
+    assert scenario.link("west").loss_pattern == "random"
+    assert scenario.link("east").loss_percent == 0.0
+    assert scenario.link("west").mtu == scenario.link("east").mtu == 1600
+    for gateway in ("l2bridge", "vxlan"):
+        plan = make_plan(scenario, prefix="l2b00000", gateway=gateway)
+        assert plan.nodes["east.h1"].ip == "10.77.2.1"
+    assert bench.bench_scenario().link("west").loss_percent == 0.0
+
+
+def test_measurements_of_a_round() -> None:
+    steps = bench.measurements()
+    assert [name for name, _, _ in steps] == ["ping", "tcp1", "tcp1_loss1", "tcp4", "udp64"]
+    lab = bench.Lab.__new__(bench.Lab)  # never opened: choosing the steps touches no lab
+    plain = bench.Variant("direct", lab, "a", "b", "10.78.0.2")
+    twin = bench.Variant("vxlan 1% loss", lab, "c", "d", "10.77.2.1")
+    with_twin = bench.Variant("vxlan", lab, "e", "f", "10.77.2.1", lossy=twin)
+    applies = {name: pred for name, _, pred in steps}
+    assert applies["tcp1_loss1"](with_twin) and not applies["tcp1_loss1"](plain)
+    assert all(applies[n](plain) for n in ("ping", "tcp1", "tcp4", "udp64"))
+    assert bench.all_paths([with_twin, plain]) == [with_twin, twin, plain]
 
 
 def test_scenario_is_two_sites_with_one_host_and_a_vxlan_sized_wan() -> None:
