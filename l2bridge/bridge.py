@@ -42,7 +42,7 @@ from l2bridge.config import SiteConfig
 from l2bridge.ether import format_mac
 from l2bridge.mss import clamp_mss
 from l2bridge.peers import Peer, PeerTable
-from l2bridge.secure import Established, PeerLink, Received, Reply, SecureLinks, Timers
+from l2bridge.secure import Established, PeerLink, Reply, SecureLinks, Timers
 from l2bridge.switch import FLOOD, TAP, Drop, Switch
 from l2bridge.transport import Transport
 
@@ -56,11 +56,13 @@ VLAN_TAGS_BYTES = 8  # room for QinQ on top of a full-MTU frame
 REASSEMBLY_TIMEOUT_S = 2.0
 REASSEMBLY_MAX_PENDING = 64
 SEND_RETRIES = 100  # wake-ups waiting for socket buffer room before a frame is dropped
+SEND_ERROR_RETRIES = 3  # send errors (counted) before a batch is given up
 
 _FRAME = wire.TYPE_FRAME
 _FRAGMENT = wire.TYPE_FRAGMENT
 _HELLO = wire.TYPE_HELLO
 _SEGMENT = offload.TYPE_SEGMENT
+_DATA = bytes((noise.MSG_DATA,))
 _HDR = wire.HEADER_LEN
 _VNET = offload.VNET_HDR_LEN
 _PLAIN_VNET = offload.PLAIN_VNET_HDR
@@ -213,12 +215,14 @@ class Bridge:
         tap = self.tap
         egress = self.switch.egress
         split = self.fragmenter.split
-        send = self._send_frame
         peers = self.peers
         by_port = peers.by_port
         mss = self.config.mss_clamp
         drops = self.tap_drops
         vnet = self.vnet
+        # Per peer, this wake-up's datagrams: [datagrams, frames, bytes], sent together
+        # (UDP GSO when they are of equal size) once the batch is read.
+        queued: dict[Peer, list] = {}
         while True:
             await tap.wait_readable()
             frames = tap.read_batch(BATCH_FRAMES)
@@ -227,9 +231,13 @@ class Bridge:
             self.now = now = trio.current_time()
             self.tap_frames_in += len(frames)
             self.tap_bytes_in += sum(map(len, frames))
+            if vnet and len(frames) > 1 and self.offload and peers.any_offload():
+                frames = offload.coalesce_udp(frames)
             for frame in frames:
                 if vnet:
-                    if frame[1]:  # gso_type: a super-frame
+                    if frame[1]:  # gso_type: a super-frame, after what is queued
+                        if queued:
+                            await self._send_queued(queued)
                         await self._super_out(frame, now)
                         continue
                     plain = self._plain_from_vnet(frame)
@@ -242,20 +250,37 @@ class Bridge:
                 if type(decision) is int and decision > 0:
                     peer = by_port[decision]
                     peer.unicast_out += 1
-                    datagrams = split(frame)
-                    if not send(peer, datagrams, len(frame)):
-                        await self._send_blocked(peer, datagrams, len(frame))
+                    entry = queued.get(peer)
+                    if entry is None:
+                        queued[peer] = [split(frame), 1, len(frame)]
+                    else:
+                        entry[0] += split(frame)
+                        entry[1] += 1
+                        entry[2] += len(frame)
                 elif decision is FLOOD:
                     live = peers.live
                     if live:
                         datagrams = split(frame)
                         for peer in live:
                             peer.flooded_out += 1
-                            if not send(peer, datagrams, len(frame)):
-                                await self._send_blocked(peer, datagrams, len(frame))
+                            entry = queued.get(peer)
+                            if entry is None:
+                                queued[peer] = [list(datagrams), 1, len(frame)]
+                            else:
+                                entry[0] += datagrams
+                                entry[1] += 1
+                                entry[2] += len(frame)
                 else:
                     reason = decision.value  # type: ignore[union-attr]
                     drops[reason] = drops.get(reason, 0) + 1
+            if queued:
+                await self._send_queued(queued)
+
+    async def _send_queued(self, queued: dict[Peer, list]) -> None:
+        """Send each peer's queued datagrams in one batch, then forget them."""
+        for peer, (datagrams, frames, size) in queued.items():
+            await self._send_burst(peer, datagrams, size, frames)
+        queued.clear()
 
     def _plain_from_vnet(self, raw: bytes) -> bytes | None:
         """A non-GSO read of a vnet tap as a plain frame, its checksum made final."""
@@ -306,6 +331,8 @@ class Bridge:
             if peer.offload and chunks is None:
                 try:
                     size = offload.chunk_size_for(self.max_plaintext, meta.hdr_len)
+                    if meta.gso_type & ~offload.GSO_ECN == offload.GSO_UDP_L4:
+                        size -= size % meta.gso_size if meta.gso_size <= size else 0
                     chunks = offload.burst_chunks(meta, frame, self.burst_id, size)
                     self.burst_id = (self.burst_id + 1) & 0xFFFF
                 except offload.OffloadError:
@@ -322,8 +349,14 @@ class Bridge:
                 if not self._send_frame(peer, datagrams, size):
                     await self._send_blocked(peer, datagrams, size)
 
-    async def _send_burst(self, peer: Peer, chunks: list[bytes], size: int) -> None:
-        """Seal a burst once and send it in GSO batches, waiting for buffer room if needed."""
+    async def _send_burst(
+        self, peer: Peer, chunks: list[bytes], size: int, frames: int = 1
+    ) -> None:
+        """Seal datagrams (a burst, or a batch of frames) and send them in GSO batches.
+
+        Waits for socket buffer room when needed (bounded); ``frames`` and
+        ``size`` are what the datagrams carry, for the peer's counters.
+        """
         addr = peer.addr
         if addr is None:
             peer.drop("no_endpoint")
@@ -337,16 +370,21 @@ class Bridge:
                 return
             chunks = sealed
         send_batch = self.transport.send_batch
-        sent = 0
+        sent = errors = 0
         for _ in range(SEND_RETRIES):
             try:
                 sent += send_batch(chunks[sent:] if sent else chunks, addr)
             except OSError as exc:
+                # Mostly an earlier datagram's ICMP error reported now: counted, then
+                # the batch is tried again (a repeat is refused by the replay window).
                 peer.drop(f"send_{_errno_name(exc)}")
-                return
+                errors += 1
+                if errors >= SEND_ERROR_RETRIES:
+                    return
+                continue
             if sent == len(chunks):
                 peer.datagrams_out += sent
-                peer.frames_out += 1
+                peer.frames_out += frames
                 peer.bytes_out += size
                 return
             await self.transport.wait_writable()
@@ -404,6 +442,7 @@ class Bridge:
         write = self._write_frame
         secure = self.secure
         receive = secure.receive if secure is not None else None
+        open_data = secure.open if secure is not None else None
         link_peer = self.link_peer
         pinned = self.pinned_macs
         waiting: set[Peer] = set()  # peers holding incomplete bursts
@@ -433,13 +472,16 @@ class Bridge:
                         self._from_stranger(data, addr, now)
                         continue
                 else:
-                    result = receive(data, addr, now)
-                    if type(result) is not Received:
+                    if data[:1] != _DATA:  # a handshake message
+                        result = receive(data, addr, now)
                         if result is not None:
                             self._handshake_done(result, addr, now)  # type: ignore[arg-type]
                         continue
-                    peer = link_peer[result.link]  # type: ignore[union-attr]
-                    data = result.plaintext  # type: ignore[union-attr]
+                    opened = open_data(data, now)  # type: ignore[misc]
+                    if opened is None:
+                        continue
+                    link, data = opened
+                    peer = link_peer[link]
                     if peer.addr != addr:
                         self._roam(peer, addr)
                     if not data:  # a keepalive

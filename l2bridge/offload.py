@@ -251,6 +251,105 @@ def single(meta: Meta, frame: bytes) -> bytes:
     return meta.pack() + frame
 
 
+# ------------------------------------------------------------------ UDP coalescing
+
+MAX_COALESCED = 64  # datagrams in one USO super-frame
+_IPV4_DF = 0x4000
+_IPV4_MF_OFFSET = 0x3FFF
+
+
+def _udp_run_key(raw: bytes) -> tuple[bytes, int, int, int] | None:
+    """(flow key, L4 offset, payload length, IPv4 ID or -1) of a coalescable UDP read.
+
+    Coalescable: no GSO, NEEDS_CSUM at the UDP checksum, IPv4 without options
+    or fragmentation, or IPv6 without extension headers, no trailing bytes.
+    The key is every header byte except lengths, IPv4 ID and checksums.
+    """
+    if raw[1] or not raw[0] & F_NEEDS_CSUM or raw[8] != 6 or raw[9]:
+        return None
+    frame_l3, ethertype = l3_offset(raw[VNET_HDR_LEN:VNET_HDR_LEN + 22])
+    l3 = VNET_HDR_LEN + frame_l3
+    if ethertype == ETH_P_IPV4:
+        if raw[l3] != 0x45 or raw[l3 + 9] != IPPROTO_UDP:
+            return None
+        frag = (raw[l3 + 6] << 8) | raw[l3 + 7]
+        if frag & _IPV4_MF_OFFSET:
+            return None
+        l4 = l3 + 20
+        ip_id = -1 if frag & _IPV4_DF else (raw[l3 + 4] << 8) | raw[l3 + 5]
+        key = raw[VNET_HDR_LEN:l3 + 2] + raw[l3 + 6:l3 + 10] + raw[l3 + 12:l4 + 4]
+    elif ethertype == ETH_P_IPV6:
+        if raw[l3 + 6] != IPPROTO_UDP:
+            return None
+        l4 = l3 + 40
+        ip_id = -1
+        key = raw[VNET_HDR_LEN:l3 + 4] + raw[l3 + 6:l4 + 4]
+    else:
+        return None
+    if ((raw[6] | raw[7] << 8) != l4 - VNET_HDR_LEN) or len(raw) < l4 + 8:
+        return None
+    payload = len(raw) - l4 - 8
+    if ((raw[l4 + 4] << 8) | raw[l4 + 5]) != payload + 8 or payload == 0:
+        return None
+    return key, l4 - VNET_HDR_LEN, payload, ip_id
+
+
+def coalesce_udp(raws: list[bytes]) -> list[bytes]:
+    """Vnet reads with runs of same-flow UDP datagrams merged into USO super-frames.
+
+    A run: consecutive coalescable datagrams (``_udp_run_key``) of one flow,
+    all of the first one's payload size but the last (which may be shorter),
+    IPv4 IDs consecutive unless DF is set (RFC 6864: an atomic datagram's ID
+    means nothing), at most MAX_COALESCED and 64 KB.  The super-frame
+    (gso_type UDP_L4, gso_size = that size) segments back into the same
+    datagrams, checksums made by the kernel that segments it.  Everything
+    else passes through untouched, in order.
+    """
+    out: list[bytes] = []
+    i, n = 0, len(raws)
+    while i < n:
+        first = _udp_run_key(raws[i])
+        if first is None:
+            out.append(raws[i])
+            i += 1
+            continue
+        key, l4, size, ip_id = first
+        j = i + 1
+        total = size
+        while j < n and j - i < MAX_COALESCED:
+            nxt = _udp_run_key(raws[j])
+            if nxt is None or nxt[0] != key or nxt[2] > size or total + nxt[2] > 65000:
+                break
+            if ip_id >= 0 and nxt[3] != (ip_id + j - i) & 0xFFFF:
+                break
+            total += nxt[2]
+            j += 1
+            if nxt[2] < size:
+                break  # a shorter datagram ends the run
+        if j - i == 1:
+            out.append(raws[i])
+        else:
+            out.append(_merge_udp(raws[i:j], l4, size, total))
+        i = j
+    return out
+
+
+def _merge_udp(raws: list[bytes], l4: int, size: int, total: int) -> bytes:
+    start = VNET_HDR_LEN + l4 + 8
+    buf = bytearray(raws[0][VNET_HDR_LEN:start])
+    buf += b"".join([raw[start:] for raw in raws])
+    l3, ethertype = l3_offset(buf)
+    ipv6 = ethertype == ETH_P_IPV6
+    if ipv6:
+        _H16.pack_into(buf, l3 + 4, 8 + total)
+    else:
+        _H16.pack_into(buf, l3 + 2, len(buf) - l3)
+        _ipv4_header_checksum(buf, l3)
+    _H16.pack_into(buf, l4 + 4, 8 + total)
+    _H16.pack_into(buf, l4 + 6, pseudo_sum(buf, l3, ipv6, IPPROTO_UDP, 8 + total))
+    return VNET_HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, l4 + 8, size, l4, 6) + bytes(buf)
+
+
 # ------------------------------------------------------------------ bursts out
 
 
@@ -293,13 +392,37 @@ def burst_chunks(meta: Meta, frame: bytes, burst_id: int, chunk_size: int) -> li
 @dataclass(slots=True)
 class _Burst:
     meta: Meta
-    key: bytes  # the SEGMENT header fields that must agree across chunks
+    key: bytes  # the SEGMENT header bytes after the index: equal in every chunk
     headers: bytes
+    prefix: bytes  # virtio_net_hdr + headers: the start of the rebuilt super-frame
     count: int
     chunk_size: int
+    chunk_at: int  # where the payload starts in each SEGMENT message
     chunks: list[bytes | None]
     received: int = 0
     last_s: float = 0.0
+
+
+def _new_burst(message: bytes, key: bytes) -> _Burst:
+    """The state of a burst from its first chunk to arrive, its fields checked."""
+    (_, flags, _, _, count, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+     chunk_size) = SEGMENT_HEADER.unpack_from(message)
+    chunk_at = SEGMENT_HEADER_LEN + hdr_len
+    if (
+        count == 0
+        or chunk_size == 0
+        or count * chunk_size > MAX_BURST_PAYLOAD + chunk_size
+        or gso_type & ~GSO_ECN not in _GSO_TYPES
+        or gso_size == 0
+        or hdr_len < MIN_HDR_LEN
+        or csum_start + csum_offset + 2 > hdr_len
+        or chunk_at > len(message)
+    ):
+        raise OffloadError("bad_segment")
+    meta = Meta(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+    headers = message[SEGMENT_HEADER_LEN:chunk_at]
+    return _Burst(meta, key, headers, meta.pack() + headers, count, chunk_size, chunk_at,
+                  [None] * count)
 
 
 @dataclass
@@ -321,58 +444,57 @@ class BurstAssembler:
         self.counters[reason] = self.counters.get(reason, 0) + n
 
     def feed(self, message: bytes, now: float) -> list[bytes]:
-        """Take one SEGMENT message; raise ``OffloadError`` if it is malformed."""
-        if len(message) < SEGMENT_HEADER_LEN:
+        """Take one SEGMENT message; raise ``OffloadError`` if it is malformed.
+
+        The burst's fields are parsed and checked once, at its first chunk; a
+        later chunk is matched by its header bytes (all but the index).
+        """
+        size = len(message)
+        if size < SEGMENT_HEADER_LEN:
             raise OffloadError("truncated")
-        (_, flags, burst_id, index, count, gso_type, hdr_len, gso_size, csum_start,
-         csum_offset, chunk_size) = SEGMENT_HEADER.unpack_from(message)
-        chunk_at = SEGMENT_HEADER_LEN + hdr_len
-        chunk_len = len(message) - chunk_at
+        burst_id = (message[2] << 8) | message[3]
+        index = message[4]
+        key = message[5:SEGMENT_HEADER_LEN]
+        pending = self.pending
+        burst = pending.get(burst_id)
+        out: list[bytes] = []
+        if burst is None or burst.key != key:
+            if burst is not None:
+                out = self._flush(burst_id)  # a new burst under a reused id
+            burst = _new_burst(message, key)
+            if burst.count > 1:
+                if len(pending) >= self.max_pending:
+                    self._count("evicted_bursts")
+                    out += self._flush(next(iter(pending)))
+                pending[burst_id] = burst
+        count = burst.count
+        chunk_len = size - burst.chunk_at
         if (
             index >= count
             or chunk_len <= 0
-            or chunk_len > chunk_size
-            or count * chunk_size > MAX_BURST_PAYLOAD + chunk_size
-            or (index < count - 1 and chunk_len != chunk_size)
-            or gso_type & ~GSO_ECN not in _GSO_TYPES
-            or gso_size == 0
-            or hdr_len < MIN_HDR_LEN
-            or csum_start + csum_offset + 2 > hdr_len
+            or chunk_len > burst.chunk_size
+            or (index < count - 1 and chunk_len != burst.chunk_size)
         ):
+            if count > 1 and not burst.received:
+                del pending[burst_id]
             raise OffloadError("bad_segment")
-        key = message[1:4] + message[5:SEGMENT_HEADER_LEN]  # every field but the index
-        burst = self.pending.get(burst_id)
-        if burst is not None and burst.key != key:
-            out = self._flush(burst_id)  # a new burst under a reused id
-            burst = None
-        else:
-            out = []
-        if burst is None:
-            meta = Meta(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
-            burst = _Burst(meta, key, message[SEGMENT_HEADER_LEN:chunk_at], count,
-                           chunk_size, [None] * count)
-            if count > 1:
-                if len(self.pending) >= self.max_pending:
-                    self._count("evicted_bursts")
-                    out += self._flush(next(iter(self.pending)))
-                self.pending[burst_id] = burst
         chunks = burst.chunks
         if chunks[index] is not None:
             self._count("duplicate_chunks")
             return out
-        chunks[index] = message[chunk_at:]
+        chunks[index] = message[burst.chunk_at:]
         burst.received += 1
         burst.last_s = now
         if burst.received < count:
             return out
         if count > 1:
-            for older in list(self.pending):
+            for older in list(pending):
                 if older == burst_id:
                     break
                 out += self._flush(older)
-            del self.pending[burst_id]
+            del pending[burst_id]
         self._count("bursts")
-        out.append(burst.meta.pack() + burst.headers + b"".join(chunks))  # type: ignore[arg-type]
+        out.append(burst.prefix + b"".join(chunks))  # type: ignore[arg-type]
         return out
 
     def expire(self, now: float) -> list[bytes]:

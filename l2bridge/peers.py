@@ -113,6 +113,10 @@ class PeerTable:
         peer.addr = addr
         self.by_addr[addr] = peer
 
+    def any_offload(self) -> bool:
+        """True if some live peer accepts SEGMENT bursts."""
+        return any(p.offload for p in self.live)
+
     def seen(self, peer: Peer, now: float) -> bool:
         """A valid datagram came from ``peer``; returns True if it just came up."""
         peer.last_seen = now

@@ -312,6 +312,17 @@ class SecureLinks:
         return None
 
     def _data(self, data: bytes, now: float) -> Received | None:
+        opened = self.open(data, now)
+        return None if opened is None else Received(*opened)
+
+    def open(self, data: bytes, now: float) -> tuple[PeerLink, bytes] | None:
+        """Authenticate one DATA datagram: (link, plaintext), or None (dropped, counted).
+
+        The per-datagram path of ``receive``, callable directly when the first
+        byte says DATA: header, session, age and replay check, one AEAD call
+        (``noise.open_data``), then the window update; no allocation but the
+        plaintext and the returned pair.
+        """
         try:
             index, counter = noise.parse_data_header(data)
         except noise.HandshakeError:
@@ -321,11 +332,8 @@ class SecureLinks:
         if session is None:
             self.count("unknown_index")
             return None
-        link = session.link
-        if (
-            now - session.created >= self.timers.reject_after_time_s
-            or not session.window.check(counter)
-        ):
+        window = session.window
+        if now - session.created >= self.timers.reject_after_time_s or not window.check(counter):
             self.count("replay_or_expired")
             return None
         try:
@@ -333,13 +341,14 @@ class SecureLinks:
         except noise.HandshakeError:
             self.count("bad_tag")
             return None
-        if not session.window.update(counter):
+        if not window.update(counter):
             self.count("replay_or_expired")
             return None
         session.last_received = now
+        link = session.link
         if session is link.next:
             self._promote(link, session)
-        return Received(link, plaintext)
+        return link, plaintext
 
     def _initiation(self, data: bytes, source: object, now: float) -> Reply | None:
         if len(data) != noise.INITIATION_LEN:

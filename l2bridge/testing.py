@@ -135,8 +135,10 @@ class FakeTransport:
         return True
 
     def send_batch(self, datagrams: list[bytes], addr: object) -> int:
-        for data in datagrams:
-            self.send(data, addr)
+        """Like UdpTransport.send_batch: how many were sent before the buffer was full."""
+        for sent, data in enumerate(datagrams):
+            if not self.send(data, addr):
+                return sent
         return len(datagrams)
 
     async def wait_writable(self) -> None:

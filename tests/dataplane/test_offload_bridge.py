@@ -18,7 +18,13 @@ from l2bridge import offload as ol
 from l2bridge.bridge import Bridge
 from l2bridge.config import parse_config
 from l2bridge.testing import FakeNetwork, FakeTap
-from tests.unit.test_offload import ipv4_tcp_superframe, tcp_checksum_ok, tcp_fields
+from tests.unit.test_offload import (
+    final,
+    ipv4_tcp_superframe,
+    tcp_checksum_ok,
+    tcp_fields,
+    udp_read,
+)
 
 BCAST = b"\xff" * 6
 
@@ -206,3 +212,21 @@ async def test_encrypted_bursts_cross_and_nothing_is_in_the_clear(sites, autojum
     assert sites.taps["b"].delivered == [meta.pack() + frame]
     assert not any(b"SECRET" in d for d in sites.sent)
     assert sites.bridges["a"].peers.by_name["b"].offload is True
+
+
+@pytest.mark.parametrize("b_vnet", [True, False], ids=["offload-peer", "plain-peer"])
+async def test_small_udp_datagrams_of_one_flow_cross_as_one_burst(sites, autojump_clock, b_vnet):
+    await pair(sites, b_vnet=b_vnet)
+    reads = [udp_read(bytes([i]) * 64, ip_id=i) for i in range(40)]
+    before = len(sites.sent)
+    for raw in reads:
+        sites.taps["a"].inject(raw)
+    await trio.sleep(0.01)
+    tap = sites.taps["b"]
+    if b_vnet:
+        assert len(sites.sent) - before == 2  # 40 × 106-byte frames in two chunks
+        [raw] = tap.delivered
+        frames = ol.segment(ol.parse_vnet(raw), raw[ol.VNET_HDR_LEN:])
+    else:
+        frames = tap.delivered  # one frame per datagram, each checksum final
+    assert frames == [final(r) for r in reads]

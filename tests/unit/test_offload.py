@@ -340,3 +340,77 @@ def test_any_loss_delivers_exactly_the_bytes_that_arrived(payload_len, chunk, lo
     assert sum(map(len, got.values())) == sum(
         len(payload[i * chunk:i * chunk + chunk]) for i in range(len(chunks)) if i not in lost
     )
+
+
+# ------------------------------------------------------------------ UDP coalescing
+
+
+def udp_read(payload: bytes, *, ip_id: int, df: bool = True, sport: int = 4000,
+             ipv6: bool = False) -> bytes:
+    """One UDP datagram as a vnet tap reads it: NEEDS_CSUM, pseudo sum in the field."""
+    if ipv6:
+        eth = DST_MAC + SRC_MAC + b"\x86\xdd"
+        ip = struct.pack("!IHBB16s16s", 6 << 28, 8 + len(payload), 17, 64,
+                         bytes(15) + b"\x01", bytes(15) + b"\x02")
+    else:
+        eth = DST_MAC + SRC_MAC + b"\x08\x00"
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), ip_id,
+                         0x4000 if df else 0, 64, 17, 0, bytes([10, 0, 0, 1]),
+                         bytes([10, 0, 0, 2]))
+    udp = struct.pack("!HHHH", sport, 5201, 8 + len(payload), 0)
+    frame = bytearray(eth + ip + udp + payload)
+    l4 = 14 + len(ip)
+    if not ipv6:
+        ol._ipv4_header_checksum(frame, 14)
+    struct.pack_into("!H", frame, l4 + 6, ol.pseudo_sum(frame, 14, ipv6, 17, 8 + len(payload)))
+    return struct.pack("<BBHHHH", ol.F_NEEDS_CSUM, 0, 0, 0, l4, 6) + bytes(frame)
+
+
+def final(raw: bytes) -> bytes:
+    """What the datagram looks like on a wire: its checksum completed."""
+    meta = ol.parse_vnet(raw)
+    return ol.complete_checksum(raw[ol.VNET_HDR_LEN:], meta.csum_start, meta.csum_offset)
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_run_of_one_flow_becomes_one_uso_super_frame_that_segments_back(ipv6) -> None:
+    reads = [udp_read(bytes([i]) * 64, ip_id=100 + i, ipv6=ipv6) for i in range(9)]
+    reads.append(udp_read(b"end", ip_id=109, ipv6=ipv6))  # shorter: ends the run
+    [merged] = ol.coalesce_udp(reads)
+    meta = ol.parse_vnet(merged)
+    assert (meta.gso_type, meta.gso_size) == (ol.GSO_UDP_L4, 64)
+    assert ol.segment(meta, merged[ol.VNET_HDR_LEN:]) == [final(r) for r in reads]
+
+
+def test_only_same_flow_consecutive_datagrams_merge() -> None:
+    a = [udp_read(b"a" * 50, ip_id=i) for i in range(3)]
+    other = udp_read(b"b" * 50, ip_id=3, sport=4001)
+    bigger = udp_read(b"c" * 60, ip_id=4)
+    tcp_meta, tcp_frame = ipv4_tcp_superframe(b"x" * 5000)
+    tcp = tcp_meta.pack() + tcp_frame
+    out = ol.coalesce_udp([*a, other, bigger, tcp, a[0]])
+    assert [ol.parse_vnet(r).gso_type for r in out] == [ol.GSO_UDP_L4, 0, 0, tcp_meta.gso_type, 0]
+    assert out[1:] == [other, bigger, tcp, a[0]]
+
+
+def test_ipv4_ids_must_be_consecutive_unless_df() -> None:
+    gap = [udp_read(b"q" * 40, ip_id=i, df=False) for i in (1, 2, 5)]
+    assert len(ol.coalesce_udp(gap)) == 2
+    atomic = [udp_read(b"q" * 40, ip_id=0, df=True) for _ in range(3)]
+    assert len(ol.coalesce_udp(atomic)) == 1
+
+
+def test_a_uso_burst_loses_whole_datagrams_only() -> None:
+    reads = [udp_read(bytes([i]) * 100, ip_id=i) for i in range(30)]
+    [merged] = ol.coalesce_udp(reads)
+    meta = ol.parse_vnet(merged)
+    chunks = ol.burst_chunks(meta, merged[ol.VNET_HDR_LEN:], 1, 1000)  # 10 datagrams each
+    asm = ol.BurstAssembler()
+    for i, c in enumerate(chunks):
+        if i != 1:
+            asm.feed(c, 0.0)
+    out = asm.expire(1.0)
+    got = [f for raw in out for f in ol.segment(ol.parse_vnet(raw), raw[ol.VNET_HDR_LEN:])]
+    assert [f[42:] for f in got] == [bytes([i]) * 100 for i in (*range(10), *range(20, 30))]
+    assert all(word_checksum(f[26:34] + struct.pack("!BBH", 0, 17, len(f) - 34) + f[34:]) == 0
+               for f in got)
