@@ -100,8 +100,18 @@ class Bridge:
         psks: dict[str, bytes] | None = None,
         timers: Timers | None = None,
         clock_unix: Callable[[], float] | None = None,
+        lane: int = 0,
+        lanes: int = 1,
+        follower: bool = False,
     ) -> None:
         self.config = config
+        # Worker ``lane`` of ``lanes`` (l2bridge.workers); a follower takes peer state
+        # and keys from the leader (worker 0) and never handshakes or keeps alive.
+        self.lane = lane
+        self.lanes = lanes
+        self.follower = follower
+        self.kicks: set[str] = set()  # a follower's peers waiting for keys
+        self.worker_status: Callable[[], list[dict]] | None = None
         self.tap = tap
         self.transport = transport
         max_frame = config.mtu + wire_eth_overhead()
@@ -162,7 +172,8 @@ class Bridge:
             if timers is None:
                 timers = Timers().scaled(config.rekey_after_s / Timers().rekey_after_time_s)
             self.secure = SecureLinks(
-                identity, self.link_peer, timers=timers, clock_unix=clock_unix
+                identity, self.link_peer, timers=timers, clock_unix=clock_unix,
+                lane=lane, lanes=lanes, follower=follower,
             )
         self.now = 0.0
         self.hello_payloads = (
@@ -186,11 +197,12 @@ class Bridge:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the site until cancelled."""
         self.started_at = trio.current_time()
-        await self.resolve_endpoints()
+        if not self.follower:
+            await self.resolve_endpoints()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tap_to_peers)
             nursery.start_soon(self._peers_to_tap)
-            nursery.start_soon(self._timers)
+            nursery.start_soon(self._follower_timers if self.follower else self._timers)
             nursery.start_soon(self._table_gc)
             task_status.started()
 
@@ -648,6 +660,9 @@ class Bridge:
 
     def _kick(self, peer: Peer) -> None:
         """Start a handshake now if none is in flight (data is waiting for keys)."""
+        if self.follower:
+            self.kicks.add(peer.name)  # the leader handshakes
+            return
         link = peer.link
         if self.secure is None or peer.addr is None or link.pending is not None:
             return
@@ -781,6 +796,17 @@ class Bridge:
             now = trio.current_time()
             await trio.sleep_until(min(peers.next_event(now), now + tick_s))
 
+    async def _follower_timers(self) -> None:
+        """A follower's timers: its partial frames expire, its keys age out; no liveness."""
+        secure = self.secure
+        while True:
+            self.now = now = trio.current_time()
+            if secure is not None:
+                secure.expire(now)
+            for peer in self.peers:
+                peer.reassembler.expire(now)
+            await trio.sleep(1.0)
+
     async def _table_gc(self) -> None:
         """Remove expired MAC entries; sleep until the next one expires."""
         while True:
@@ -833,6 +859,10 @@ class Bridge:
                 **self.switch.counters,
             },
             "peers": [self._peer_status(p, now) for p in self.peers],
+            "workers": {
+                "count": self.lanes,
+                "followers": self.worker_status() if self.worker_status is not None else [],
+            },
         }
 
     def _peer_status(self, peer: Peer, now: float) -> dict:
@@ -883,7 +913,7 @@ class Bridge:
                 None if link.last_handshake is None else round(now - link.last_handshake, 3)
             ),
             "session_age_s": None if current is None else round(now - current.created, 3),
-            "rx_counter": None if current is None else current.window.highest,
+            "rx_counter": None if current is None else current.highest,
             "tx_counter": None if current is None else current.send_counter,
             "handshakes": link.handshakes,
             "rekeys": link.rekeys,

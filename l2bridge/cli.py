@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--mode", choices=["tap", "tun"], default="tap")
     add.add_argument("--user", help="owner allowed to attach without root (name or uid)")
     add.add_argument("--group", help="group allowed to attach without root (name or gid)")
+    add.add_argument("--multi-queue", action="store_true",
+                     help="one queue per worker (needed for workers > 1)")
     delete = tap_sub.add_parser("del", help="delete a persistent device")
     delete.add_argument("name")
 
@@ -114,6 +116,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from l2bridge.netctl import NetctlError
     from l2bridge.tap import TapError
     from l2bridge.transport import TransportError
+    from l2bridge.workers import WorkerError
 
     try:
         config = _load(args.config)
@@ -125,7 +128,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
     )
-    known = (TapError, NetctlError, TransportError, ControlError, daemon.KeyLoadError)
+    known = (TapError, NetctlError, TransportError, ControlError, daemon.KeyLoadError,
+             WorkerError)
     try:
         trio.run(daemon.run, config)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
@@ -203,10 +207,12 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
     try:
         if args.tap_command == "add":
-            make_persistent(args.name, args.mode, user=args.user, group=args.group)
+            make_persistent(args.name, args.mode, user=args.user, group=args.group,
+                            multi_queue=args.multi_queue)
             owner = f" owned by {args.user or '-'}:{args.group or '-'}" if (
                 args.user or args.group) else ""
-            print(f"persistent {args.mode} device {args.name} created{owner}")
+            queues = ", multi-queue" if args.multi_queue else ""
+            print(f"persistent {args.mode} device {args.name} created{owner}{queues}")
         else:
             delete_persistent(args.name)
             print(f"persistent device {args.name} deleted")

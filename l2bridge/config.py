@@ -23,6 +23,7 @@ File format (every key of [site] but ``name`` is optional)::
     wan_mtu = 1500                   # underlay path MTU, 576..9000
     mss_clamp = false                # false | true | 536..9000
     offload = true                   # super-frames from the tap, UDP GSO/GRO; false: per frame
+    workers = 2                      # processes, one per tap queue (default: number of cores)
     ageing = 300                     # seconds, 0..86400 (0 = never learn)
     max_entries = 8192
     max_entries_per_peer = 1024
@@ -92,11 +93,24 @@ UNDERLAY_IPV4_UDP_LEN = 28
 UNDERLAY_IPV6_UDP_LEN = 48
 SEALED_OVERHEAD = 32  # a DATA packet's header and tag around the inner message (noise.py)
 
+MAX_WORKERS = 64
+
+
+def default_workers() -> int:
+    """One worker process per core this process may run on (at most MAX_WORKERS)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
+
 TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
     "name", "listen", "bridge", "tap", "interfaces", "hub", "mtu", "wan_mtu", "mss_clamp",
-    "offload", "ageing", "max_entries", "max_entries_per_peer", "keepalive", "dead_after",
-    "control", "log_level", "private_key_file", "insecure", "pinned_macs", "rekey_after",
+    "offload", "workers", "ageing", "max_entries", "max_entries_per_peer", "keepalive",
+    "dead_after", "control", "log_level", "private_key_file", "insecure", "pinned_macs",
+    "rekey_after",
 )
 PEER_KEYS = (
     "name", "endpoint", "public_key", "preshared_key_file", "allowed_macs", "max_macs",
@@ -187,6 +201,7 @@ class SiteConfig:
     insecure: bool = False
     pinned_macs: frozenset[bytes] = frozenset()
     rekey_after_s: float = DEFAULT_REKEY_AFTER_S
+    workers: int = 1
 
 
 # ---------------------------------------------------------------- endpoints
@@ -465,6 +480,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
     interfaces = _interfaces(site, bridge, tap)
     hub = site.boolean("hub", False)
     offload = site.boolean("offload", True)
+    workers = site.integer("workers", default_workers(), 1, MAX_WORKERS)
     mtu = site.integer("mtu", DEFAULT_MTU, MTU_MIN, MTU_MAX)
     wan_mtu = site.integer("wan_mtu", DEFAULT_WAN_MTU, MTU_MIN, MTU_MAX)
     insecure = site.boolean("insecure", DEFAULT_INSECURE)
@@ -516,6 +532,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         wan_mtu=wan_mtu,
         mss_clamp=mss_clamp,
         offload=offload,
+        workers=workers,
         ageing_s=ageing_s,
         max_entries=max_entries,
         max_entries_per_peer=max_entries_per_peer,

@@ -1,10 +1,13 @@
 """``l2bridge up``: a site on real devices, from start to a clean, bounded stop.
 
 Start-up, each step's undo registered as soon as it succeeds:
-  1. open the tap (created, or the existing persistent one attached);
+  1. open the tap (created, or the existing persistent one attached): with
+     ``offload`` IFF_VNET_HDR + TUNSETOFFLOAD, with ``workers`` > 1 one queue
+     per worker;
   2. plumb it: bridge created if missing, tap and LAN NICs enslaved, MTU set;
-  3. bind the UDP socket;
-  4. run the dataplane, then open the control socket (its presence = ready).
+  3. bind the UDP socket (a group of one per worker);
+  4. run the dataplane, start the other workers (``l2bridge.workers``), then
+     open the control socket (its presence = ready).
 SIGINT/SIGTERM cancel everything; the undo stack then leaves the host as found.
 """
 
@@ -23,8 +26,9 @@ from l2bridge import control, noise
 from l2bridge.bridge import Bridge
 from l2bridge.config import SiteConfig
 from l2bridge.netctl import BridgePlumbing
-from l2bridge.tap import TapDevice, open_tap
-from l2bridge.transport import UdpTransport
+from l2bridge.tap import TapDevice, open_tap, tap_info
+from l2bridge.transport import UdpTransport, open_group
+from l2bridge.workers import Leader
 
 log = logging.getLogger("l2bridge")
 
@@ -92,10 +96,27 @@ def load_secrets(config: SiteConfig) -> tuple[noise.Identity | None, dict[str, b
 async def serve_site(
     config: SiteConfig, *, task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Bring the site up on real devices and run it until cancelled."""
+    """Bring the site up on real devices and run it until cancelled.
+
+    With ``workers`` > 1 the tap gets one queue per worker and the port one
+    socket per worker (an SO_REUSEPORT group); this process is worker 0 and
+    starts the others (``l2bridge.workers``).
+    """
     identity, psks = load_secrets(config)
+    workers = config.workers
+    existing = tap_info(config.tap) if workers > 1 else None
+    if existing is not None and not existing.multi_queue:
+        log.warning("tap %s exists as a single-queue device: running 1 worker instead of %d "
+                    "(recreate it with l2bridge tap add --multi-queue, or set workers = 1)",
+                    config.tap, workers)
+        workers = 1
     with contextlib.ExitStack() as undo:
-        device = open_tap(config.tap, "tap", vnet_hdr=config.offload)
+        queues = []
+        for _ in range(workers):
+            queue = open_tap(config.tap, "tap", vnet_hdr=config.offload, multi_queue=workers > 1)
+            undo.callback(queue.close)
+            queues.append(queue)
+        device = queues[0]
         if config.offload and not device.enable_offloads():
             log.warning("tap %s: the kernel refused every offload (TUNSETOFFLOAD); "
                         "frames go one by one", config.tap)
@@ -106,16 +127,29 @@ async def serve_site(
                 bridge=config.bridge, tap=config.tap, interfaces=config.interfaces, mtu=config.mtu
             )
         )
-        transport = UdpTransport.open(config.listen, offload=config.offload)
+        socks = open_group(config.listen, workers, offload=config.offload)
+        for sock in socks[1:]:
+            undo.callback(sock.close)
+        transport = UdpTransport.from_socket(socks[0], offload=config.offload,
+                                             gro=config.offload and workers == 1)
         undo.callback(transport.close)
-        bridge = Bridge(config, tap=tap, transport=transport, identity=identity, psks=psks)
+        bridge = Bridge(config, tap=tap, transport=transport, identity=identity, psks=psks,
+                        lanes=workers)
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
+            if workers > 1:
+                leader = Leader(bridge, config.path, workers)
+                await nursery.start(leader.run, [q.fd for q in queues], socks)
+                bridge.worker_status = leader.status
+                for queue, sock in zip(queues[1:], socks[1:], strict=True):
+                    queue.close()  # the followers hold them now
+                    sock.close()
             await nursery.start(control.serve, config.control, _handler(bridge))
             log.info(
-                "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s; offload %s",
+                "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s; offload %s%s",
                 config.name, config.listen, config.bridge, config.tap, len(config.peers),
                 ", hub" if config.hub else "", _offload_summary(device, transport),
+                f"; {workers} workers" if workers > 1 else "",
             )
             task_status.started(bridge)
 

@@ -28,7 +28,15 @@ Message layouts (little-endian integers; as WireGuard)::
                       | timestamp 12+16 | mac1 16 | mac2 16
     response    (92): type=2 | 3 zero | sender u32 | receiver u32 | ephemeral 32
                       | empty 0+16 | mac1 16 | mac2 16
-    data      (32+n): type=4 | 3 zero | receiver u32 | counter u64 | AEAD(frame) n+16
+    data      (32+n): type=4 | lane u8 | 2 zero | receiver u32 | counter u64 | AEAD(frame) n+16
+
+The data header's second byte is l2bridge's *lane* (0..255; WireGuard has a
+zero there, and lane 0 is exactly WireGuard's layout). A site running several
+worker processes on one keypair gives each its own lane: the worker of lane
+``L`` of ``N`` seals only counters ``L, L + N, L + 2N, ...``, so nonces never
+collide, and the receiving kernel steers a datagram to a worker by its lane.
+The receiver keeps one replay window per lane. The whole 16-byte header,
+lane included, is the AEAD's associated data.
 
 mac1 = keyed-BLAKE2s-128(key = BLAKE2s(LABEL_MAC1 || receiver's static public),
 message up to mac1). mac2 is always zero and never checked: l2bridge sends no
@@ -47,17 +55,19 @@ Handshake flow (initiator I, responder R):
 Data flow per packet:
   Outbound: 1. ``seal``: pack the 16-byte header 2. one AEAD call (nonce =
   4 zero bytes || counter u64le; associated data = the header).
-  Inbound: 1. ``parse_data_header`` (length, type) -> receiver index, counter
-  2. caller: keypair by index, ``ReplayWindow.check(counter)`` 3. ``open_data``
-  (one AEAD call) 4. caller: ``ReplayWindow.update(counter)`` and the peer's
-  endpoint only now, after the tag verified.
+  Inbound: 1. ``parse_data_header_lane`` (length, type) -> receiver index,
+  counter, lane 2. caller: keypair by index, the lane's
+  ``ReplayWindow.check(counter)`` 3. ``open_data`` (one AEAD call) 4. caller:
+  ``ReplayWindow.update(counter)`` and the peer's endpoint only now, after the
+  tag verified.
 
 Invariants: every parser (``consume_initiation``, ``consume_response``,
-``parse_data_header``, ``open_data``) raises nothing but ``HandshakeError`` on
-any bytes; a failed ``consume_response`` leaves the ``InitiatorState`` usable
-(a forgery cannot cancel a handshake in progress); each ``InitiatorState`` and
-``ResponderState`` yields at most one ``Keypair`` (a replayed response cannot
-reset a session's nonces); no ``repr`` shows key material.
+``parse_data_header``, ``parse_data_header_lane``, ``open_data``) raises
+nothing but ``HandshakeError`` on any bytes; a failed ``consume_response``
+leaves the ``InitiatorState`` usable (a forgery cannot cancel a handshake in
+progress); each ``InitiatorState`` and ``ResponderState`` yields at most one
+``Keypair`` (a replayed response cannot reset a session's nonces); no
+``repr`` shows key material.
 
 Pure module: imports neither trio, socket nor pyroute2.
 """
@@ -114,7 +124,9 @@ _RESPONSE_TYPE = bytes((MSG_RESPONSE, 0, 0, 0))
 _U32 = struct.Struct("<I")
 _TWO_U32 = struct.Struct("<II")
 _THREE_U32 = struct.Struct("<III")
-_DATA_HEADER = struct.Struct("<IIQ")  # type (with its 3 zero bytes), receiver, counter
+_DATA_HEADER = struct.Struct("<IIQ")  # type | lane << 8 (bytes 2..3 zero), receiver, counter
+_DATA_KIND_MASK = 0xFFFF00FF  # the first u32 without its lane byte
+_LANE_SHIFT = 8
 _TAI64N = struct.Struct(">QI")
 _blake2s = hashlib.blake2s
 _hmac_new = hmac.new
@@ -482,10 +494,16 @@ def tai64n(unix_time: float) -> bytes:
 
 
 def message_type(datagram: bytes) -> int:
-    """The message type (first byte) if the 3 reserved bytes are zero, else 0."""
-    if len(datagram) < 4 or datagram[1] or datagram[2] or datagram[3]:
+    """The message type (first byte) if its reserved bytes are zero, else 0.
+
+    Bytes 1..3 are reserved, except byte 1 of a DATA message: its lane.
+    """
+    if len(datagram) < 4 or datagram[2] or datagram[3]:
         return 0
-    return datagram[0]
+    kind = datagram[0]
+    if datagram[1] and kind != MSG_DATA:
+        return 0
+    return kind
 
 
 def mac1_valid(identity: Identity, message: bytes) -> bool:
@@ -647,31 +665,43 @@ class ResponderState:
 # ---------------------------------------------------------------- data packets
 
 
-def seal(keypair: Keypair, counter: int, plaintext: bytes) -> bytes:
-    """Return the data datagram carrying ``plaintext`` under ``counter``.
+def seal(keypair: Keypair, counter: int, plaintext: bytes, lane: int = 0) -> bytes:
+    """Return the data datagram carrying ``plaintext`` under ``counter`` on ``lane``.
 
-    Layout: type 4 | 3 zero | receiver index u32le | counter u64le |
+    Layout: type 4 | lane u8 | 2 zero | receiver index u32le | counter u64le |
     ChaCha20-Poly1305(plaintext) with nonce = 4 zero bytes || counter u64le.
     Unlike WireGuard (empty associated data), l2bridge authenticates the
-    16-byte header as associated data, so no header bit can be altered. No
-    padding. Precondition: the caller never reuses a counter with a keypair
-    and stays below ``replay.REJECT_AFTER_MESSAGES``.
+    16-byte header (lane included) as associated data, so no header bit can
+    be altered. No padding. Lane 0 is WireGuard's header layout.
+    Preconditions: ``0 <= lane <= 255``; the caller never reuses a counter
+    with a keypair, whatever the lane (the nonce is the counter alone), and
+    stays below ``replay.REJECT_AFTER_MESSAGES``.
     """
-    header = _DATA_HEADER.pack(MSG_DATA, keypair.remote_index, counter)
+    header = _DATA_HEADER.pack(MSG_DATA | lane << _LANE_SHIFT, keypair.remote_index, counter)
     return header + keypair.send_aead.encrypt(_NONCE_PAD + header[8:], plaintext, header)
 
 
-def parse_data_header(datagram: bytes) -> tuple[int, int]:
-    """Return (receiver index, counter) of a data datagram.
+def parse_data_header_lane(datagram: bytes) -> tuple[int, int, int]:
+    """Return (receiver index, counter, lane) of a data datagram.
 
     ``HandshakeError("bad_length")`` if shorter than header + tag (32 bytes),
-    ``HandshakeError("bad_type")`` unless it starts with type 4 and 3 zero bytes.
+    ``HandshakeError("bad_type")`` unless byte 0 is type 4 and bytes 2..3 are
+    zero (byte 1, the lane, may be anything).
     """
     if len(datagram) < DATA_MIN_LEN:
         raise HandshakeError("bad_length")
     kind, receiver, counter = _DATA_HEADER.unpack_from(datagram)
-    if kind != MSG_DATA:
+    if kind & _DATA_KIND_MASK != MSG_DATA:
         raise HandshakeError("bad_type")
+    return receiver, counter, kind >> _LANE_SHIFT
+
+
+def parse_data_header(datagram: bytes) -> tuple[int, int]:
+    """Return (receiver index, counter) of a data datagram of any lane.
+
+    As ``parse_data_header_lane`` without the lane (same refusals).
+    """
+    receiver, counter, _lane = parse_data_header_lane(datagram)
     return receiver, counter
 
 

@@ -41,6 +41,23 @@ def format_show(status: Mapping) -> str:
     ]
     if status.get("auth_drops"):
         lines.append(f"  dropped before authentication: {_drops(status['auth_drops'])}")
+    offload = status.get("offload")
+    if offload is not None:
+        lines.append("  offload: " + (
+            "off" if not offload["tap"] else
+            f"super-frames in {local.get('super_frames_in', 0)}, out "
+            f"{local.get('super_frames_out', 0)}; UDP GSO {'on' if offload['udp_gso'] else 'off'},"
+            f" GRO {'on' if offload['udp_gro'] else 'off'}"))
+    workers = status.get("workers")
+    if workers is not None and workers["count"] > 1:
+        lines.append(f"  workers: {workers['count']} (this one is worker 0)")
+        for w in workers["followers"]:
+            if "local" not in w:
+                lines.append(f"    worker {w['lane']}: {w.get('state', 'starting')}")
+                continue
+            lines.append(f"    worker {w['lane']} (pid {w['pid']}): from LAN"
+                         f" {w['local']['frames_in']} frames, to LAN"
+                         f" {w['local']['frames_out']} frames")
     for peer in status["peers"]:
         lines += [
             "",
@@ -55,6 +72,9 @@ def format_show(status: Mapping) -> str:
             f" {_bytes(peer['bytes_out'])} sent ({peer['frames_out']} frames)",
             f"  sent: {peer['unicast_out']} unicast, {peer['flooded_out']} flooded;"
             f" MACs behind it: {peer['mac_entries']}",
+            *([f"  bursts: {peer['bursts_in']} received, {peer['bursts_out']} sent"
+               f" (peer {'accepts' if peer['offload'] else 'does not accept'} bursts)"]
+              if peer.get("offload") is not None else []),
             f"  drops: {_drops(peer['drops'])}",
         ]
     return "\n".join(lines)

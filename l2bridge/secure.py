@@ -15,6 +15,23 @@ Receive flow (``SecureLinks.receive``), cheapest checks first:
 Nothing unauthenticated changes state or gets a reply, except a RESPONSE to a
 valid INITIATION.
 
+Lanes (several worker processes on one session): worker ``lane`` of ``lanes``
+seals with that lane byte and only the counters ``lane, lane + lanes,
+lane + 2*lanes, ...``, so no two workers ever use the same nonce with a
+keypair. A receiver keeps one replay window per lane of each session
+(``Session.windows``), created on the lane's first authenticated packet: one
+lane running far ahead of another (different flows, different workers) never
+pushes the other's counters out of the window.
+
+Leader and followers: worker 0 (the leader) does every handshake and owns the
+timers; after any change to a link's sessions it finds the link in
+``changed`` and hands ``snapshot(link, now)`` to the followers, which
+``apply_snapshot`` it. A follower (``follower=True``) drops handshake
+messages (counted ``not_leader``), never initiates, and only seals, opens and
+expires (reject-after-time, drop-keys) what the leader gave it. A snapshot
+holds key material: it travels only between the workers of one site, and is
+never logged.
+
 Timers (WireGuard's constants, ``tick``): a peer with an endpoint handshakes at
 start and retries every REKEY_TIMEOUT_S plus jitter, backing off to
 RETRY_MAX_S after REKEY_ATTEMPT_TIME_S, forever; the initiator of the current
@@ -40,6 +57,8 @@ from dataclasses import dataclass, field
 from l2bridge import noise
 from l2bridge.replay import REJECT_AFTER_MESSAGES, ReplayWindow
 
+SessionSnapshot = dict[str, object]  # JSON-ready: see SecureLinks.snapshot
+
 # Specification constants (WireGuard, whitepaper §6).
 REKEY_AFTER_MESSAGES = 2**60
 REKEY_AFTER_TIME_S = 120.0
@@ -56,6 +75,9 @@ HANDSHAKES_PER_SOURCE_PER_S = 20.0
 HANDSHAKE_BURST = 5
 RATE_LIMIT_SOURCES = 4096  # tracked sources; the oldest is forgotten beyond this
 MIN_INITIATION_INTERVAL_S = 0.05  # per peer: a faster initiation flood is ignored
+MAX_LANES = 256  # the lane is one byte of the DATA header
+SNAPSHOT_VERSION = 1
+_SLOTS = ("current", "previous", "next")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +112,32 @@ class Timers:
 
 @dataclass(eq=False, slots=True)
 class Session:
-    """One keypair in use: its send counter and its replay window."""
+    """One keypair in use: its next send counter and one replay window per lane.
+
+    ``send_counter`` is the next counter this worker seals with; it advances
+    by the worker's lane count. ``windows`` maps a lane to its window, which
+    exists only once a packet of that lane authenticated.
+    """
 
     keypair: noise.Keypair
     created: float
     link: PeerLink
     send_counter: int = 0
-    window: ReplayWindow = field(default_factory=ReplayWindow)
+    windows: dict[int, ReplayWindow] = field(default_factory=dict)
     confirmed: bool = False  # the initiator's keys are confirmed by the response
     initiator: bool = False  # we sent its INITIATION (only then do we rekey it on time)
     last_received: float = float("-inf")  # when a DATA packet last opened with it
+
+    @property
+    def highest(self) -> int:
+        """The highest counter accepted on any lane, -1 if none."""
+        return max((window.highest for window in self.windows.values()), default=-1)
+
+    @property
+    def window(self) -> ReplayWindow:
+        """Lane 0's replay window, read-only (an empty one, not stored, before its first packet)."""
+        window = self.windows.get(0)
+        return ReplayWindow() if window is None else window
 
 
 @dataclass(eq=False, slots=True)
@@ -182,18 +220,37 @@ class Established:
 
 
 class SecureLinks:
-    """All of a site's authenticated links, keyed by index and by public key."""
+    """All of a site's authenticated links, keyed by index and by public key.
+
+    ``lane``/``lanes``: this worker's lane and the site's number of workers
+    (precondition ``0 <= lane < lanes <= 256``). ``follower``: a worker that
+    gets its sessions from the leader's snapshots (``identity`` may be None).
+    ``changed``: links whose sessions changed since the daemon last drained it.
+    """
 
     def __init__(
         self,
-        identity: noise.Identity,
+        identity: noise.Identity | None,
         links: Iterable[PeerLink],
         *,
         timers: Timers = Timers(),
         clock_unix: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        lane: int = 0,
+        lanes: int = 1,
+        follower: bool = False,
     ) -> None:
+        if not 0 <= lane < lanes <= MAX_LANES:
+            raise ValueError(
+                f"lane {lane} of {lanes}: expected 0 <= lane < lanes <= {MAX_LANES}"
+            )
+        if identity is None and not follower:
+            raise ValueError("SecureLinks: the leader needs an identity (only a follower has none)")
         self.identity = identity
+        self.lane = lane
+        self.lanes = lanes
+        self.follower = follower
+        self.changed: set[PeerLink] = set()
         self.timers = timers
         self.links = list(links)
         self.by_public = {link.keys.public: link for link in self.links}
@@ -222,8 +279,8 @@ class SecureLinks:
     def _install(
         self, link: PeerLink, keypair: noise.Keypair, now: float, *, initiator: bool
     ) -> None:
-        session = Session(keypair=keypair, created=now, link=link, confirmed=initiator,
-                          initiator=initiator)
+        session = Session(keypair=keypair, created=now, link=link, send_counter=self.lane,
+                          confirmed=initiator, initiator=initiator)
         self.sessions[keypair.local_index] = session
         if initiator:
             current, previous = link.current, link.previous
@@ -241,10 +298,12 @@ class SecureLinks:
             link.next = session
         link.last_handshake = now
         link.handshakes += 1
+        self.changed.add(link)
 
     def _retire(self, session: Session | None) -> None:
         if session is not None:
             self.sessions.pop(session.keypair.local_index, None)
+            self.changed.add(session.link)
 
     def _promote(self, link: PeerLink, session: Session) -> None:
         """The responder's new keypair is confirmed by its first data packet."""
@@ -254,11 +313,17 @@ class SecureLinks:
             link.current = session
             link.next = None
             session.confirmed = True
+            self.changed.add(link)
 
     # ------------------------------------------------------------------ send
 
     def initiation(self, link: PeerLink, now: float) -> bytes:
-        """A new INITIATION to ``link`` (the caller sends it to the peer's endpoint)."""
+        """A new INITIATION to ``link`` (the caller sends it to the peer's endpoint).
+
+        ``RuntimeError`` on a follower: only the leader handshakes.
+        """
+        if self.follower or self.identity is None:
+            raise RuntimeError(f"initiation to {link.name}: a follower never handshakes")
         if link.pending_index is not None:
             self.pending.pop(link.pending_index, None)
         index = self._new_index()
@@ -274,26 +339,34 @@ class SecureLinks:
         return message
 
     def seal(self, link: PeerLink, plaintext: bytes, now: float) -> bytes | None:
-        """A DATA datagram for ``link``, or None when no usable session exists."""
+        """A DATA datagram for ``link`` on this worker's lane, or None when no usable session."""
         session = link.sendable(now, self.timers)
         if session is None:
             return None
         counter = session.send_counter
-        session.send_counter = counter + 1
-        return noise.seal(session.keypair, counter, plaintext)
+        session.send_counter = counter + self.lanes
+        return noise.seal(session.keypair, counter, plaintext, self.lane)
 
     def seal_many(self, link: PeerLink, plaintexts: list[bytes], now: float) -> list[bytes] | None:
-        """DATA datagrams for a burst, one session lookup for all (None: no usable session)."""
+        """DATA datagrams for a burst, one session lookup for all (None: no usable session).
+
+        Counters ``c, c + lanes, ...``: all of them below the reject limit, or none is used.
+        """
         session = link.sendable(now, self.timers)
         if session is None:
             return None
         counter = session.send_counter
-        if counter + len(plaintexts) > self.timers.reject_after_messages:
+        stride = self.lanes
+        end = counter + stride * len(plaintexts)
+        if end - stride >= self.timers.reject_after_messages:
             return None
-        session.send_counter = counter + len(plaintexts)
+        session.send_counter = end
         keypair = session.keypair
         seal = noise.seal
-        return [seal(keypair, counter + i, p) for i, p in enumerate(plaintexts)]
+        lane = self.lane
+        if stride == 1:
+            return [seal(keypair, counter + i, p, lane) for i, p in enumerate(plaintexts)]
+        return [seal(keypair, counter + i * stride, p, lane) for i, p in enumerate(plaintexts)]
 
     # --------------------------------------------------------------- receive
 
@@ -304,6 +377,9 @@ class SecureLinks:
         kind = noise.message_type(data)
         if kind == noise.MSG_DATA:
             return self._data(data, now)
+        if self.follower and kind in (noise.MSG_INITIATION, noise.MSG_RESPONSE):
+            self.count("not_leader")
+            return None
         if kind == noise.MSG_INITIATION:
             return self._initiation(data, source, now)
         if kind == noise.MSG_RESPONSE:
@@ -319,21 +395,29 @@ class SecureLinks:
         """Authenticate one DATA datagram: (link, plaintext), or None (dropped, counted).
 
         The per-datagram path of ``receive``, callable directly when the first
-        byte says DATA: header, session, age and replay check, one AEAD call
-        (``noise.open_data``), then the window update; no allocation but the
-        plaintext and the returned pair.
+        byte says DATA: header, session, age and the lane's replay check, one
+        AEAD call (``noise.open_data``), then the window update; no allocation
+        but the plaintext and the returned pair (and a lane's window, once,
+        after its first packet authenticated: forgeries allocate nothing).
         """
         try:
-            index, counter = noise.parse_data_header(data)
+            index, counter, lane = noise.parse_data_header_lane(data)
         except noise.HandshakeError:
             self.count("bad_length")
+            return None
+        if lane % self.lanes != self.lane:
+            # The kernel steers lane L to worker L % lanes, so each lane's replay window
+            # lives in one worker only; anything else is refused, never opened twice.
+            self.count("wrong_lane")
             return None
         session = self.sessions.get(index)
         if session is None:
             self.count("unknown_index")
             return None
-        window = session.window
-        if now - session.created >= self.timers.reject_after_time_s or not window.check(counter):
+        window = session.windows.get(lane)
+        if now - session.created >= self.timers.reject_after_time_s or not (
+            counter < REJECT_AFTER_MESSAGES if window is None else window.check(counter)
+        ):
             self.count("replay_or_expired")
             return None
         try:
@@ -341,6 +425,8 @@ class SecureLinks:
         except noise.HandshakeError:
             self.count("bad_tag")
             return None
+        if window is None:
+            window = session.windows[lane] = ReplayWindow()
         if not window.update(counter):
             self.count("replay_or_expired")
             return None
@@ -354,6 +440,7 @@ class SecureLinks:
         if len(data) != noise.INITIATION_LEN:
             self.count("bad_length")
             return None
+        assert self.identity is not None  # the leader's (followers stop in receive)
         if not noise.mac1_valid(self.identity, data):
             self.count("bad_mac1")
             return None
@@ -383,6 +470,7 @@ class SecureLinks:
         if len(data) != noise.RESPONSE_LEN:
             self.count("bad_length")
             return None
+        assert self.identity is not None  # the leader's (followers stop in receive)
         if not noise.mac1_valid(self.identity, data):
             self.count("bad_mac1")
             return None
@@ -412,7 +500,9 @@ class SecureLinks:
     # ---------------------------------------------------------------- timers
 
     def due_initiations(self, now: float) -> list[PeerLink]:
-        """Links that need an INITIATION now (start, retry, or rekey)."""
+        """Links that need an INITIATION now (start, retry, or rekey); none on a follower."""
+        if self.follower:
+            return []
         timers = self.timers
         due = []
         for link in self.links:
@@ -469,3 +559,111 @@ class SecureLinks:
                 link.last_handshake = None
                 cleared.append(link)
         return cleared
+
+    # ------------------------------------------------------ leader → followers
+
+    def snapshot(self, link: PeerLink, now: float) -> SessionSnapshot:
+        """The link's sessions for the followers, as a JSON-ready dict (holds keys: never log it).
+
+        ``{"version": 1, "last_handshake_age_s": float | None, "current": S | None,
+        "previous": S | None, "next": S | None}`` where each ``S`` is
+        ``{"local_index", "remote_index", "send_key" (hex), "recv_key" (hex),
+        "age_s", "initiator", "confirmed"}``. Counters and replay windows are
+        not in it: each worker keeps its own.
+        """
+        snap: SessionSnapshot = {
+            "version": SNAPSHOT_VERSION,
+            "last_handshake_age_s": (
+                None if link.last_handshake is None else now - link.last_handshake
+            ),
+        }
+        for slot in _SLOTS:
+            session: Session | None = getattr(link, slot)
+            if session is None:
+                snap[slot] = None
+                continue
+            keypair = session.keypair
+            snap[slot] = {
+                "local_index": keypair.local_index,
+                "remote_index": keypair.remote_index,
+                "send_key": keypair.send_key.hex(),
+                "recv_key": keypair.recv_key.hex(),
+                "age_s": now - session.created,
+                "initiator": session.initiator,
+                "confirmed": session.confirmed,
+            }
+        return snap
+
+    def apply_snapshot(self, link: PeerLink, snap: SessionSnapshot, now: float) -> None:
+        """Follower: make ``link``'s sessions the leader's ones described by ``snap``.
+
+        A session this worker already holds (same local index and keys) is kept
+        as it is, send counter and lane windows included, so applying a
+        snapshot never reuses a nonce nor reopens a replay; a new one starts
+        sealing at this worker's lane. Sessions absent from the snapshot leave
+        ``self.sessions``. Does not mark ``changed`` (snapshots flow one way).
+        The snapshot is authoritative: a ``next`` the follower promoted on its
+        own (a DATA packet opened with it first here) goes back to where the
+        leader has it, until the leader's promotion arrives in its turn.
+        ``ValueError`` (one line, naming the link) on a malformed snapshot,
+        which then changes nothing.
+        """
+        if not self.follower:
+            raise RuntimeError(f"snapshot for {link.name}: only a follower applies snapshots")
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"snapshot for {link.name}: version {snap.get('version')!r},"
+                f" expected {SNAPSHOT_VERSION}"
+            )
+        parsed = {slot: _parse_session(link, snap.get(slot)) for slot in _SLOTS}
+        age = snap.get("last_handshake_age_s")
+        if age is not None and not isinstance(age, int | float):
+            raise ValueError(f"snapshot for {link.name}: last_handshake_age_s is not a number")
+        known = {
+            session.keypair.local_index: session
+            for session in (link.current, link.previous, link.next)
+            if session is not None
+        }
+        for index in known:
+            self.sessions.pop(index, None)
+        for slot, entry in parsed.items():
+            session = None
+            if entry is not None:
+                keypair, age_s, initiator, confirmed = entry
+                session = known.get(keypair.local_index)
+                if (
+                    session is None
+                    or session.keypair.send_key != keypair.send_key
+                    or session.keypair.recv_key != keypair.recv_key
+                ):
+                    session = Session(keypair=keypair, created=now - age_s, link=link,
+                                      send_counter=self.lane, initiator=initiator)
+                session.confirmed = confirmed
+                self.sessions[keypair.local_index] = session
+            setattr(link, slot, session)
+        link.last_handshake = None if age is None else now - age
+
+
+def _parse_session(
+    link: PeerLink, entry: object
+) -> tuple[noise.Keypair, float, bool, bool] | None:
+    """One session of a snapshot: (keypair, age_s, initiator, confirmed); None for none."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ValueError(f"snapshot for {link.name}: a session is not an object")
+    try:
+        keypair = noise.Keypair(
+            bytes.fromhex(entry["send_key"]),
+            bytes.fromhex(entry["recv_key"]),
+            int(entry["local_index"]),
+            int(entry["remote_index"]),
+            bool(entry["initiator"]),
+        )
+        return keypair, float(entry["age_s"]), keypair.initiator, bool(entry["confirmed"])
+    except KeyError as exc:
+        raise ValueError(f"snapshot for {link.name}: a session lacks {exc}") from None
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"snapshot for {link.name}: a session has a malformed key, index or age"
+        ) from None

@@ -1,5 +1,26 @@
 """The UDP underlay: one non-blocking socket, IPv4 or IPv6 (dual-stack on ``[::]``).
 
+A site with N worker processes shares one UDP port (``open_group``): N sockets in
+one SO_REUSEPORT group, and a classic BPF program that steers each inbound
+datagram to the worker owning its lane.  Flow of ``open_group`` (count > 1):
+  1. socket 0: options, SO_REUSEPORT, then the steering program attached *before*
+     bind: a socket that already owns a reuseport group cannot join another one,
+     so a second l2bridge on the same port fails with EADDRINUSE instead of
+     silently sharing the first one's traffic;
+  2. bind socket 0 (port 0 picks a free port; the others take the one it got);
+  3. sockets 1..N-1: options, SO_REUSEPORT, bind: each joins the group at the
+     next index, so socket k is group index k, which the program returns.
+Steering (the program sees the UDP payload at offset 0): a DATA datagram
+(byte 0 == 4) goes to socket ``byte1 % N`` (byte 1 is the lane); everything else
+(handshakes, cleartext control, anything shorter than 2 bytes) to socket 0.
+The kernel keeps indexes dense: when a member closes, the last one takes its
+index, and while fewer than N sockets remain, an index past the end falls back to
+the kernel's flow hash; so a group is rebuilt whole, never one member replaced.
+Steering is per buffer, not per datagram: with UDP GRO the kernel may merge
+same-sized datagrams of several lanes from one peer address into one buffer,
+which goes to the owner of the first one's lane, so a worker must expect DATA of
+other lanes.  A worker wraps its socket with ``UdpTransport.from_socket``.
+
 The bridge drives it in batches: ``wait_readable`` once, then ``recv_batch``
 drains until EAGAIN.  ``send`` never blocks: it returns False when the socket
 buffer is full so the caller can ``wait_writable`` and retry.
@@ -28,6 +49,7 @@ Inbound flow of ``recv_batch`` with UDP GRO:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 import struct
@@ -48,6 +70,19 @@ SO_RCVBUFFORCE = 33
 SOL_UDP = 17
 UDP_SEGMENT = 103  # sendmsg cmsg / sockopt: u16 segment size (UDP GSO)
 UDP_GRO = 104  # sockopt on; recvmsg cmsg: int segment size of a merged buffer
+
+SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h: a classic BPF program picks the member
+
+# classic BPF opcodes (linux/bpf_common.h) of the lane-steering program
+BPF_LD_B_ABS = 0x30  # A = payload[k] (one byte); out of range ends the program with 0
+BPF_JEQ_K = 0x15  # pc += (A == k) ? jt : jf
+BPF_MOD_K = 0x94  # A %= k
+BPF_RET_A = 0x16  # return A
+BPF_RET_K = 0x06  # return k
+MSG_DATA = 4  # l2bridge/noise.py: byte 0 of a DATA datagram; byte 1 is its lane
+MAX_GROUP_SOCKETS = 256  # lanes are one byte: more workers than lanes could never be used
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_SOCK_FPROG = struct.Struct("@HP")  # struct sock_fprog: length, pointer to the filters
 
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)
 GSO_MAX_PAYLOAD_BYTES = 65000  # one sendmsg stays below the 64 KiB IP/UDP length limit
@@ -121,27 +156,28 @@ class UdpTransport:
 
         A kernel without either offload is not an error: the flag stays False.
         """
-        family = socket.AF_INET6 if listen.is_ipv6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            for force, plain in (
-                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
-            ):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
-                except OSError:
-                    sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
-            sock.bind((listen.host, listen.port))
-        except OSError as exc:
-            sock.close()
-            raise TransportError(_bind_message(listen, exc)) from None
+        [sock] = open_group(listen, 1, offload=offload)
+        return cls.from_socket(sock, offload=offload)
+
+    @classmethod
+    def from_socket(
+        cls, sock: socket.socket, *, offload: bool = True, gro: bool | None = None
+    ) -> UdpTransport:
+        """Wrap a bound UDP socket (e.g. ``socket.socket(fileno=fd)`` inherited by a worker).
+
+        With ``offload`` probe UDP GSO and enable GRO, as ``open`` does (``gro``
+        overrides the latter: a worker of a group passes False); without it GRO
+        is switched off, so a socket that ``open_group`` prepared with GRO
+        never hands this transport merged buffers it would not split.  The
+        transport owns ``sock`` from now on and makes it non-blocking.
+        """
         transport = cls(sock)
         if offload:
             transport.gso = _try_setsockopt(sock, UDP_SEGMENT, 0)
+        if offload if gro is None else gro:
             transport.gro = _try_setsockopt(sock, UDP_GRO, 1)
+        else:
+            _try_setsockopt(sock, UDP_GRO, 0)  # a kernel without UDP_GRO never merges
         return transport
 
     @property
@@ -289,6 +325,104 @@ class UdpTransport:
         if self.sock.fileno() >= 0:
             trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+
+def open_group(listen: Endpoint, count: int, *, offload: bool = True) -> list[socket.socket]:
+    """Bind ``count`` UDP sockets on ``listen``; socket k receives the lanes ``k mod count``.
+
+    ``count == 1`` is one plain socket (no SO_REUSEPORT, no program): a
+    single-process site behaves as it always did.  For ``count > 1`` see the flow
+    in the module docstring.  Every socket gets the transport's options (socket
+    buffers, V6ONLY off on IPv6) and, with ``offload``, UDP GRO before it is
+    bound, so the whole group merges alike from the first datagram.  The
+    sockets are blocking and not inheritable; ``UdpTransport.from_socket`` wraps
+    one.  Raises TransportError (one line: address, errno, fix) after closing
+    every socket it opened.
+    """
+    if not 1 <= count <= MAX_GROUP_SOCKETS:
+        raise ValueError(f"a socket group has 1..{MAX_GROUP_SOCKETS} sockets, not {count}")
+    family = socket.AF_INET6 if listen.is_ipv6 else socket.AF_INET
+    sockets: list[socket.socket] = []
+    port = listen.port
+    try:
+        for index in range(count):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            # A group never merges (GRO): one merged buffer could carry several
+            # lanes and reach one worker, and each lane's replay window lives in
+            # exactly one worker.
+            _set_options(sock, offload=offload and count == 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if index == 0:
+                    _attach_steering(sock, listen, count)
+            sock.bind((listen.host, port))
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise TransportError(_bind_message(listen, exc)) from None
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def steering_program(count: int) -> list[tuple[int, int, int, int]]:
+    """The classic BPF program of a group of ``count``: (code, jt, jf, k) per instruction.
+
+    Run on the UDP payload, it returns the index of the socket that gets it::
+
+        0: ldb [0]            A = type
+        1: jeq #4, 0, 3       not DATA -> 5
+        2: ldb [1]            A = lane
+        3: mod #count         A = lane % count
+        4: ret a
+        5: ret #0             handshakes, cleartext control: socket 0
+
+    A payload too short for a load ends the program with 0: socket 0.
+    """
+    return [
+        (BPF_LD_B_ABS, 0, 0, 0),
+        (BPF_JEQ_K, 0, 3, MSG_DATA),
+        (BPF_LD_B_ABS, 0, 0, 1),
+        (BPF_MOD_K, 0, 0, count),
+        (BPF_RET_A, 0, 0, 0),
+        (BPF_RET_K, 0, 0, 0),
+    ]
+
+
+def _attach_steering(sock: socket.socket, listen: Endpoint, count: int) -> None:
+    """SO_ATTACH_REUSEPORT_CBPF the steering program; the kernel copies it during the call."""
+    program = steering_program(count)
+    code = b"".join(_SOCK_FILTER.pack(*instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = _SOCK_FPROG.pack(len(program), ctypes.addressof(buffer))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        raise TransportError(
+            f"cannot share {listen} between {count} workers: attaching the lane-steering "
+            f"program failed: {exc.strerror} ({name}): run with workers = 1"
+        ) from None
+
+
+def _set_options(sock: socket.socket, *, offload: bool) -> None:
+    """The options every l2bridge UDP socket has, set before bind."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    for force, plain in (
+        (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
+    if offload:
+        _try_setsockopt(sock, UDP_GRO, 1)
 
 
 def _try_setsockopt(sock: socket.socket, option: int, value: int) -> bool:

@@ -86,22 +86,25 @@ class Variant:
     lossy: Variant | None = None  # the same gateways over a WAN losing WAN_LOSS_PERCENT
 
 
-def bench_scenario(*, insecure: bool = False, loss_percent: float = 0.0) -> Scenario:
+def bench_scenario(*, insecure: bool = False, loss_percent: float = 0.0,
+                   workers: int = 1) -> Scenario:
     """Two sites, one host each, WAN MTU 1600, no checks.
 
     ``loss_percent`` goes on the west site's link only: the lab drops it in both
     directions of that link, so the path between the sites loses that much each way.
+    ``workers`` is each l2bridge gateway's number of worker processes.
     """
     name = "bench" + ("-insecure" if insecure else "") + ("-lossy" if loss_percent else "")
     west_wan = f"wan = {{ loss_percent = {loss_percent:g} }}\n" if loss_percent else ""
+    daemon = f"l2bridge = {{ workers = {workers} }}\n" if workers != 1 else ""
     text = "\n".join([
         "[lab]",
         f'name = "{name}"',
         f"insecure = {'true' if insecure else 'false'}",
         "[wan]",
         f"mtu = {WAN_MTU}",
-        f'[[site]]\nname = "west"\n{west_wan}[[site.host]]\nname = "h1"',
-        '[[site]]\nname = "east"\n[[site.host]]\nname = "h1"',
+        f'[[site]]\nname = "west"\n{west_wan}{daemon}[[site.host]]\nname = "h1"',
+        f'[[site]]\nname = "east"\n{daemon}[[site.host]]\nname = "h1"',
     ]) + "\n"
     return parse_scenario(text, "bench.toml")
 
@@ -179,8 +182,10 @@ async def open_variants(stack: contextlib.AsyncExitStack, settings: bs.Settings,
                         progress: Progress) -> list[Variant]:
     """Bring up the five labs (torn down by ``stack``) and the direct link; in VARIANTS order,
     each of ``bs.LOSSY_VARIANTS`` with its lossy twin attached."""
-    plain, insecure = bench_scenario(), bench_scenario(insecure=True)
-    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT)
+    workers = settings.workers
+    plain = bench_scenario(workers=workers)
+    insecure = bench_scenario(insecure=True, workers=workers)
+    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT, workers=workers)
 
     async def up(scenario: Scenario, gateway: str) -> Lab:
         return await stack.enter_async_context(
@@ -439,6 +444,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"one round of short runs ({bs.QUICK_SECONDS:g} s, {bs.QUICK_PINGS} "
                         f"pings, the {bs.WAN_LOSS_PERCENT:g}%% loss runs included): about 35 s")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes of each l2bridge gateway (default 1: the two "
+                        "gateways, the hosts and iperf3 share this machine's cores)")
 
 
 def cmd_bench(args: argparse.Namespace,
@@ -447,7 +455,8 @@ def cmd_bench(args: argparse.Namespace,
     """Validate, measure under ``runner`` (the CLI's signal-guarded trio.run), print."""
     stream = out or sys.stdout
     try:
-        settings = bs.make_settings(quick=args.quick, rounds=args.rounds, seconds=args.seconds)
+        settings = bs.make_settings(quick=args.quick, rounds=args.rounds, seconds=args.seconds,
+                                    workers=args.workers)
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE

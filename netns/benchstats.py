@@ -58,6 +58,7 @@ LOSSY_VARIANTS = ("l2bridge", "vxlan")  # measured again through a lossy twin of
 MIN_SECONDS = 1.0
 MAX_SECONDS = 60.0
 MAX_ROUNDS = 20
+MAX_WORKERS = 16  # --workers: worker processes per l2bridge gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +98,11 @@ class Settings:
     pings: int = DEFAULT_PINGS
     quick: bool = False
     wan_mtu: int = 1600
+    workers: int = 1  # worker processes of each l2bridge gateway
 
 
 def make_settings(*, quick: bool = False, rounds: int | None = None,
-                  seconds: float | None = None) -> Settings:
+                  seconds: float | None = None, workers: int = 1) -> Settings:
     """Settings from the command line; ``ValueError`` (one line, option named) when out of range.
 
     ``--quick`` means one round of short runs; an explicit ``--rounds`` or
@@ -114,8 +116,10 @@ def make_settings(*, quick: bool = False, rounds: int | None = None,
     if not MIN_SECONDS <= chosen_seconds <= MAX_SECONDS:
         raise ValueError(f"--seconds: expected {MIN_SECONDS:g}..{MAX_SECONDS:g}, "
                          f"found {chosen_seconds:g}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers: expected 1..{MAX_WORKERS}, found {workers}")
     return Settings(rounds=chosen_rounds, seconds=chosen_seconds,
-                    pings=QUICK_PINGS if quick else DEFAULT_PINGS, quick=quick)
+                    pings=QUICK_PINGS if quick else DEFAULT_PINGS, quick=quick, workers=workers)
 
 
 @dataclass
@@ -476,6 +480,7 @@ def result_doc(result: BenchResult) -> dict[str, Any]:
         "settings": {"rounds": st.rounds, "seconds": st.seconds, "pings": st.pings,
                      "ping_interval_s": PING_INTERVAL_S, "quick": st.quick,
                      "wan_mtu": st.wan_mtu, "udp_payload_bytes": UDP_PAYLOAD_BYTES,
+                     "workers": st.workers,
                      "wan_loss_percent": WAN_LOSS_PERCENT,
                      "lossy_variants": list(LOSSY_VARIANTS)},
         "variants": {v: VARIANT_TITLES[v] for v in VARIANTS},

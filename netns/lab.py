@@ -251,6 +251,21 @@ class Lab:
         return results
 
 
+OFFLOAD_ENV = "L2BRIDGE_LAB_OFFLOAD"
+
+
+def lab_offload_from_env() -> bool | None:
+    """``$L2BRIDGE_LAB_OFFLOAD``: "off" → False, "on" → True, unset → None (daemon default)."""
+    value = os.environ.get(OFFLOAD_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value in ("off", "0", "false", "no"):
+        return False
+    if value in ("on", "1", "true", "yes"):
+        return True
+    raise LabError(f"${OFFLOAD_ENV}={value!r}: expected on or off")
+
+
 @asynccontextmanager
 async def open_lab(
     scenario: Scenario | str,
@@ -261,8 +276,13 @@ async def open_lab(
     keep: bool = False,
     detached: bool = False,
     progress: Progress | None = None,
+    offload: bool | None = None,
 ) -> AsyncIterator[Lab]:
     """Build ``scenario`` and yield its ``Lab``; tear it all down on exit (see module doc).
+
+    ``offload`` None takes ``$L2BRIDGE_LAB_OFFLOAD`` ("off" writes ``offload =
+    false`` into every daemon config: the whole test suite can run without
+    offloads), else the daemon's default.
 
     ``detached`` records no owner (a lab for ``lab up``); ``keep`` leaves the lab
     up after a body that completed (and detaches it).
@@ -270,7 +290,10 @@ async def open_lab(
     say = progress or (lambda line: None)
     if isinstance(scenario, str):
         scenario = load_scenario(scenario)
-    plan = make_plan(scenario, prefix=prefix or new_prefix(), gateway=gateway, wan_mtu=wan_mtu)
+    if offload is None:
+        offload = lab_offload_from_env()
+    plan = make_plan(scenario, prefix=prefix or new_prefix(), gateway=gateway, wan_mtu=wan_mtu,
+                     offload=offload)
     preflight(plan)
     undo = UndoStack()
     registry = Registry.create(plan, detached=detached)

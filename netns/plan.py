@@ -307,8 +307,12 @@ def make_plan(
     wan_mtu: int | None = None,
     rundir: str | None = None,
     site_keys: Mapping[str, bytes] | None = None,
+    offload: bool | None = None,
 ) -> Plan:
     """Compute every name, address and step; ``gateway``/``wan_mtu`` override the file.
+
+    ``offload=False`` writes ``offload = false`` into every daemon config (a
+    site's own ``l2bridge`` table still wins); None leaves the daemon default.
 
     Each l2bridge gateway gets a fresh private key (or the one in ``site_keys``),
     and every site's config lists its peers' public keys.
@@ -394,7 +398,8 @@ def make_plan(
         )
         s = dataclasses.replace(
             s,
-            config_text=render_site_config(scenario, scenario.site(s.name), s, by_name),
+            config_text=render_site_config(scenario, scenario.site(s.name), s, by_name,
+                                           offload=offload),
             vxlan=_vxlan_devices(scenario, s, by_name),
         )
         _check_daemon_config(scenario, s)
@@ -598,7 +603,8 @@ def _check_daemon_config(scenario: Scenario, s: SitePlan) -> None:
 
 
 def render_site_config(
-    scenario: Scenario, site: Site, s: SitePlan, sites: Mapping[str, SitePlan]
+    scenario: Scenario, site: Site, s: SitePlan, sites: Mapping[str, SitePlan],
+    *, offload: bool | None = None,
 ) -> str:
     """The ``l2bridge up`` configuration of one site (TOML text)."""
     table: list[tuple[str, object]] = [
@@ -613,7 +619,11 @@ def render_site_config(
         ("control", s.control_path),
         ("keepalive", scenario.keepalive_s),
         ("dead_after", scenario.dead_after_s),
+        # Lab gateways share one machine: one process each unless the scenario says.
+        ("workers", 1),
     ]
+    if offload is not None:
+        table.append(("offload", offload))
     if scenario.insecure:
         table.append(("insecure", True))
     else:

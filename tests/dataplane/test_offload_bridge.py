@@ -17,6 +17,7 @@ from l2bridge import keys, noise
 from l2bridge import offload as ol
 from l2bridge.bridge import Bridge
 from l2bridge.config import parse_config
+from l2bridge.report import format_show
 from l2bridge.testing import FakeNetwork, FakeTap
 from tests.unit.test_offload import (
     final,
@@ -230,3 +231,19 @@ async def test_small_udp_datagrams_of_one_flow_cross_as_one_burst(sites, autojum
     else:
         frames = tap.delivered  # one frame per datagram, each checksum final
     assert frames == [final(r) for r in reads]
+
+
+async def test_show_reports_offload_and_workers(sites, autojump_clock):
+    await pair(sites)
+    meta, frame = ipv4_tcp_superframe(payload_of(5000))
+    sites.taps["a"].inject(meta.pack() + frame)
+    await trio.sleep(0.01)
+    a = sites.bridges["a"]
+    a.lanes = 2
+    a.worker_status = lambda: [{"lane": 1, "pid": 4242, "local": {"frames_in": 7,
+                                                                   "frames_out": 9}}]
+    text = format_show(a.status())
+    assert "  offload: super-frames in 1, out 0; UDP GSO off, GRO off" in text
+    assert "  bursts: 0 received, 1 sent (peer accepts bursts)" in text
+    assert "  workers: 2 (this one is worker 0)" in text
+    assert "    worker 1 (pid 4242): from LAN 7 frames, to LAN 9 frames" in text

@@ -338,6 +338,15 @@ def test_settings() -> None:
         bs.make_settings(rounds=0)
     with pytest.raises(ValueError, match=r"--seconds: expected 1\.\.60, found 0\.5"):
         bs.make_settings(seconds=0.5)
+    assert bs.make_settings(workers=2).workers == 2
+    with pytest.raises(ValueError, match=r"--workers: expected 1\.\.16, found 0"):
+        bs.make_settings(workers=0)
+
+
+def test_bench_scenario_gives_every_gateway_its_workers() -> None:
+    sites = bench.bench_scenario(workers=2).sites
+    assert [dict(site.l2bridge) for site in sites] == [{"workers": 2}, {"workers": 2}]
+    assert [dict(site.l2bridge) for site in bench.bench_scenario().sites] == [{}, {}]
 
 
 def test_round_order_rotates() -> None:
@@ -388,7 +397,7 @@ def test_scenario_is_two_sites_with_one_host_and_a_vxlan_sized_wan() -> None:
 
 def args(**kw: object) -> argparse.Namespace:
     base: dict[str, object] = {"json": False, "plot": None, "rounds": None, "seconds": None,
-                               "quick": False}
+                               "quick": False, "workers": 1}
     base.update(kw)
     return argparse.Namespace(**base)
 

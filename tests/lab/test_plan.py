@@ -9,6 +9,7 @@ import tomllib
 import pytest
 
 from l2bridge import keys
+from netns.lab import LabError, lab_offload_from_env
 from netns.plan import (
     IFNAME_MAX,
     AddAddress,
@@ -150,6 +151,7 @@ def test_site_config_text() -> None:
         "name": "hq", "listen": "0.0.0.0:55555", "bridge": "br0", "tap": "l2b0",
         "interfaces": ["eth1"], "hub": True, "mtu": 1500, "wan_mtu": 1500,
         "control": "/run/l2bridge/lab/l2b0c0de/hq.sock", "keepalive": 1.0, "dead_after": 3.0,
+        "workers": 1,
         "private_key_file": "/run/l2bridge/lab/l2b0c0de/hq.key"}
     public = {s.name: keys.encode_key(keys.public_key(s.private_key)) for s in plan.sites}
     assert doc["peer"] == [
@@ -210,3 +212,25 @@ def test_daemon_keys_the_daemon_would_refuse_fail_at_plan_time() -> None:
         "lab.toml: site[1].l2bridge: the daemon would refuse it: site.rekey_after:"
         " expected a number of seconds from 1 to 120, found 500"
     )
+
+
+def test_offload_off_reaches_every_daemon_config_unless_the_site_says() -> None:
+    scenario = parse_scenario(
+        mesh_text(2).replace('name = "site01"', 'name = "site01"\nl2bridge = { offload = true }'))
+    plan = make_plan(scenario, prefix="l2b0c0de", offload=False)
+    offload = {s.name: tomllib.loads(s.config_text)["site"].get("offload") for s in plan.sites}
+    assert offload == {"site00": False, "site01": True}
+    default = make_plan(scenario, prefix="l2b0c0de")
+    assert "offload" not in tomllib.loads(default.site("site00").config_text)["site"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("off", False), ("ON", True)])
+def test_lab_offload_from_env(monkeypatch, value, expected) -> None:
+    monkeypatch.setenv("L2BRIDGE_LAB_OFFLOAD", value)
+    assert lab_offload_from_env() is expected
+
+
+def test_lab_offload_from_env_names_a_bad_value(monkeypatch) -> None:
+    monkeypatch.setenv("L2BRIDGE_LAB_OFFLOAD", "maybe")
+    with pytest.raises(LabError, match=r"L2BRIDGE_LAB_OFFLOAD='maybe': expected on or off"):
+        lab_offload_from_env()

@@ -19,6 +19,7 @@ import time
 import trio
 from pyroute2 import IPRoute
 
+from l2bridge.config import default_workers
 from netns import traffic
 from netns.frames import ETHERTYPE_EXPERIMENTAL, make_frame, marker_payload
 from netns.nsenter import in_netns, netns_preexec
@@ -172,6 +173,8 @@ def test_site_attaches_to_a_persistent_tap_and_removes_what_it_created(scratch_n
     after = _links(scratch_ns)
     assert "br0" not in after  # created by the site, so removed by it
     assert after["l2b7"]["master"] is None  # the persistent tap stays, released
+    if default_workers() > 1:  # a single-queue tap: one worker, said once
+        assert "exists as a single-queue device: running 1 worker" in err
 
 
 def test_bad_config_and_busy_port_are_one_line_errors(scratch_ns, tmp_path):

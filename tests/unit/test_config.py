@@ -19,6 +19,7 @@ from l2bridge.config import (
     PeerConfig,
     SiteConfig,
     config_from_dict,
+    default_workers,
     load_config,
     parse_config,
     parse_endpoint,
@@ -66,6 +67,7 @@ def test_minimal_config_has_defaults() -> None:
         peers=(),
         path="london.toml",
         insecure=True,
+        workers=default_workers(),
     )
 
 

@@ -48,6 +48,7 @@ from l2bridge.noise import (
     message_type,
     open_data,
     parse_data_header,
+    parse_data_header_lane,
     seal,
     tai64n,
 )
@@ -420,7 +421,14 @@ def test_tai64n() -> None:
 
 def test_message_type() -> None:
     assert message_type(b"\x04\x00\x00\x00rest") == MSG_DATA
+    assert message_type(b"\x04\x07\x00\x00rest") == MSG_DATA  # lane 7
+    assert message_type(b"\x04\xff\x00\x00rest") == MSG_DATA  # lane 255
     assert message_type(b"\x04\x00\x00\x01rest") == 0
+    assert message_type(b"\x04\x00\x01\x00rest") == 0
+    # Only DATA has a lane: byte 1 of a handshake message is reserved.
+    assert message_type(b"\x01\x00\x00\x00rest") == MSG_INITIATION
+    assert message_type(b"\x01\x07\x00\x00rest") == 0
+    assert message_type(b"\x02\x07\x00\x00rest") == 0
     assert message_type(b"\x04\x00\x00") == 0
     assert message_type(b"") == 0
 
@@ -456,6 +464,34 @@ def test_data_header_refusals() -> None:
     assert _reason(parse_data_header, b"\x04\x00\x01\x00" + bytes(28)) == "bad_type"
     ka, _ = _Sites().handshake()
     assert _reason(open_data, ka, bytes(31)) == "bad_length"
+    # Any lane is a DATA header; bytes 2..3 stay reserved.
+    assert parse_data_header(b"\x04\x09\x00\x00" + bytes(28)) == (0, 0)
+    for bad in (b"\x04\x09\x01\x00", b"\x04\x09\x00\x80", b"\x04\x00\x00\x01", b"\x05\x09\x00\x00"):
+        assert _reason(parse_data_header_lane, bad + bytes(28)) == "bad_type"
+        assert _reason(parse_data_header, bad + bytes(28)) == "bad_type"
+    assert _reason(parse_data_header_lane, b"\x04\x09" + bytes(29)) == "bad_length"
+
+
+def test_data_lane_layout() -> None:
+    ka, kb = _Sites().handshake()
+    # Lane 0 is the original layout, byte for byte (same keys, same nonce: same bytes).
+    assert seal(ka, 5, b"frame", 0) == seal(ka, 5, b"frame")
+    assert seal(ka, 5, b"frame")[:16] == struct.pack("<IIQ", 4, kb.local_index, 5)
+    assert parse_data_header_lane(seal(ka, 5, b"frame")) == (kb.local_index, 5, 0)
+    # Lane 7: byte 1 carries it, and the packet opens.
+    datagram = seal(ka, 9, b"frame", 7)
+    assert datagram[:4] == b"\x04\x07\x00\x00"
+    assert datagram[4:16] == struct.pack("<IQ", kb.local_index, 9)
+    assert parse_data_header_lane(datagram) == (kb.local_index, 9, 7)
+    assert parse_data_header(datagram) == (kb.local_index, 9)
+    assert message_type(datagram) == MSG_DATA
+    assert open_data(kb, datagram) == b"frame"
+    assert parse_data_header_lane(seal(ka, 1, b"", 255))[2] == 255
+    # The lane is associated data: moving the packet to another lane fails the tag.
+    for lane in (0, 6, 8, 255):
+        moved = datagram[:1] + bytes((lane,)) + datagram[2:]
+        assert parse_data_header_lane(moved) == (kb.local_index, 9, lane)
+        assert _reason(open_data, kb, moved) == "bad_decrypt"
 
 
 SITES = _Sites()
@@ -468,6 +504,7 @@ def test_parsers_raise_only_handshake_error(data: bytes) -> None:
     for call in (
         lambda d: consume_initiation(SITES.b, d, SITES.lookup_at_b),
         lambda d: parse_data_header(d),
+        lambda d: parse_data_header_lane(d),
         lambda d: open_data(KB, d),
     ):
         try:
@@ -502,6 +539,19 @@ def test_structured_fuzz_initiation_with_valid_mac1(bit: int) -> None:
 def test_seal_open_round_trip(payload: bytes, counter: int) -> None:
     datagram = seal(KA, counter, payload)
     assert parse_data_header(datagram) == (KB.local_index, counter)
+    assert open_data(KB, datagram) == payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payload=st.binary(max_size=200),
+    counter=st.integers(min_value=0, max_value=2**64 - 1),
+    lane=st.integers(min_value=0, max_value=255),
+)
+def test_seal_open_round_trip_on_any_lane(payload: bytes, counter: int, lane: int) -> None:
+    datagram = seal(KA, counter, payload, lane)
+    assert parse_data_header_lane(datagram) == (KB.local_index, counter, lane)
+    assert message_type(datagram) == MSG_DATA
     assert open_data(KB, datagram) == payload
 
 

@@ -72,3 +72,65 @@ def test_crossed_handshakes_keep_the_keypair_the_peer_sends_with() -> None:
     assert a.counters.get("unknown_index", 0) == 0
 
 
+
+
+# Every change to a link's sessions marks the link in ``changed``, which the leader's
+# daemon drains to push snapshots to its followers; sealing and ordinary data do not.
+
+
+def test_install_marks_both_sides() -> None:
+    a, a_link, b, b_link = secure_pair()
+    reply = b.receive(a.initiation(a_link, 0.0), ("a", 1), 0.0)
+    assert isinstance(reply, Reply)
+    assert a.changed == set()  # an initiation in flight is no session
+    assert b.changed == {b_link}  # responder: installed as next
+    assert b_link.next is not None and b_link.current is None
+    assert isinstance(a.receive(reply.datagram, ("b", 1), 0.0), Established)
+    assert a.changed == {a_link}  # initiator: installed as current
+
+
+def test_promote_marks_and_plain_data_does_not() -> None:
+    a, a_link, b, b_link = secure_pair()
+    keepalive = handshake(a, a_link, b, 0.0)
+    a.changed.clear()
+    b.changed.clear()
+    assert isinstance(b.receive(keepalive, ("a", 1), 0.0), Received)  # confirms next
+    assert b_link.current is not None and b_link.next is None
+    assert b.changed == {b_link}
+    b.changed.clear()
+    for n in range(3):
+        packet = a.seal(a_link, b"frame %d" % n, 0.1)
+        assert packet is not None and isinstance(b.receive(packet, ("a", 1), 0.1), Received)
+        reply = b.seal(b_link, b"frame %d" % n, 0.1)
+        assert reply is not None and isinstance(a.receive(reply, ("b", 1), 0.1), Received)
+    assert a.changed == set() and b.changed == set()
+
+
+def test_rekey_retire_marks() -> None:
+    a, a_link, b, b_link = secure_pair()
+    assert isinstance(b.receive(handshake(a, a_link, b, 0.0), ("a", 1), 0.0), Received)
+    assert a_link.current is not None
+    first_index = a_link.current.keypair.local_index
+    for now in (1.0, 2.0):  # the second rekey retires the first keypair
+        a.changed.clear()
+        b.changed.clear()
+        assert isinstance(b.receive(handshake(a, a_link, b, now), ("a", 1), now), Received)
+        assert a.changed == {a_link} and b.changed == {b_link}
+    assert first_index not in a.sessions and len(a.sessions) == 2
+
+
+def test_expire_and_drop_keys_mark() -> None:
+    a, a_link, b, b_link = secure_pair()
+    assert isinstance(b.receive(handshake(a, a_link, b, 0.0), ("a", 1), 0.0), Received)
+    a.changed.clear()
+    b.changed.clear()
+    reject_s = a.timers.reject_after_time_s
+    assert a.expire(reject_s - 0.01) == [] and a.changed == set()
+    assert a.expire(reject_s) == [] and a.changed == {a_link}
+    assert a_link.current is None and a.sessions == {}
+    # Drop-keys (b never ran expire before): its sessions go, the link is marked.
+    assert b.expire(b.timers.drop_keys_after_s) == [b_link]
+    assert b.changed == {b_link} and b.sessions == {}
+    # Nothing left to change: no mark.
+    b.changed.clear()
+    assert b.expire(2 * b.timers.drop_keys_after_s) == [] and b.changed == set()

@@ -1,0 +1,89 @@
+"""Sites of two worker processes each (root): flows spread over workers, stay whole, and a
+dead worker stops its site without leaving anything behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import trio
+
+from netns.lab import open_lab
+from netns.nsenter import pids_in_netns
+from netns.plan import new_prefix
+from netns.scenario import parse_scenario
+from netns.traffic import iperf3, ping
+from tests.lab.test_lab_netns import leftovers
+
+pytestmark = pytest.mark.netns
+
+SCENARIO = """
+[[site]]
+name = "west"
+l2bridge = { workers = 2 }
+[[site.host]]
+name = "h1"
+
+[[site]]
+name = "east"
+l2bridge = { workers = 2 }
+[[site.host]]
+name = "h1"
+"""
+
+
+@pytest.fixture(autouse=True)
+def root_only() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces, veths, bridges)")
+
+
+def lab_for(text: str = SCENARIO):
+    prefix = new_prefix()
+    return prefix, open_lab(parse_scenario(text, "workers.toml"), prefix=prefix,
+                            gateway="l2bridge")
+
+
+async def test_flows_spread_over_two_workers_and_arrive_whole() -> None:
+    prefix, opened = lab_for()
+    async with opened as lab:
+        west, east = lab.node("west.h1"), lab.node("east.h1")
+        result = await ping(west.ns, east.ip, count=3, interval_s=0.1)
+        assert result.received == 3
+        run = await iperf3(east.ns, east.ip, west.ns, seconds=3, parallel=8)
+        assert run.mbit_s > 0
+        await trio.sleep(1.2)  # followers report their counters once a second
+        for site in ("west", "east"):
+            show = await lab.show(site)
+            assert show["workers"]["count"] == 2
+            [follower] = show["workers"]["followers"]
+            assert follower["lane"] == 1 and follower["pid"] > 0
+            # Both workers read flows from their tap queue and wrote flows to it.
+            assert show["local"]["frames_in"] > 0 and follower["local"]["frames_in"] > 0, show
+            assert show["local"]["frames_out"] > 0 and follower["local"]["frames_out"] > 0, show
+            peer = show["peers"][0]
+            assert peer["state"] == "up" and not peer["drops"].get("no_session"), peer
+        gw_pids = pids_in_netns(lab.ns("west.gw"))
+        assert len(gw_pids) == 2  # the leader and its follower
+    assert leftovers(prefix) == []
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in gw_pids)
+
+
+async def test_a_worker_that_dies_stops_its_site() -> None:
+    prefix, opened = lab_for()
+    async with opened as lab:
+        show = await lab.show("west")
+        [follower] = show["workers"]["followers"]
+        gw = lab.gateways["west"]
+        os.kill(follower["pid"], signal.SIGKILL)
+        with trio.fail_after(10):
+            status = await gw.process.wait()  # type: ignore[attr-defined]
+        assert status != 0
+        with open(gw.site.log_path) as f:  # type: ignore[attr-defined]
+            log = f.read()
+        assert f"worker 1 (pid {follower['pid']}) exited" in log
+        with trio.fail_after(10):
+            while pids_in_netns(lab.ns("west.gw")):
+                await trio.sleep(0.1)
+    assert leftovers(prefix) == []
