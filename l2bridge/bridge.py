@@ -1,18 +1,27 @@
 """The running site: frames between the tap and the peers, through the learning switch.
 
 Outbound flow (tap → peers), per wake-up:
-  1. wait until the tap is readable, then drain up to BATCH_FRAMES frames;
-  2. ``now`` is read once per batch;
-  3. per frame: optional MSS clamp → ``switch.egress`` → unicast to one peer,
-     flood to every live peer, or a counted drop;
-  4. each frame is split into datagrams once (FRAME, or FRAGMENTs when it does
-     not fit the WAN MTU) and sent to each chosen peer.
+  1. wait until the tap is readable, then drain up to BATCH_FRAMES reads;
+  2. ``now`` is read once per batch; on a vnet tap, runs of same-flow UDP
+     datagrams are merged into USO super-frames (``offload.coalesce_udp``);
+  3. per read: a super-frame (TSO/USO) is switched on its headers and goes to
+     each chosen peer as one burst of SEGMENT chunks (a peer that did not
+     advertise OFFLOAD gets it segmented); a plain frame (its checksum
+     completed if the kernel left it partial) → optional MSS clamp →
+     ``switch.egress`` → unicast to one peer, flood to every live peer, or a
+     counted drop;
+  4. each plain frame is split into datagrams once (FRAME, or FRAGMENTs when it
+     does not fit the WAN MTU) and queued per peer; each peer's queue leaves in
+     one ``send_batch`` (UDP GSO) at the end of the batch, or before a
+     super-frame so that a flow's order holds.
 
 Inbound flow (peers → tap), per wake-up:
-  1. wait until the socket is readable, then drain up to BATCH_DATAGRAMS;
+  1. wait until the socket is readable (or until an incomplete burst's hold
+     time ends), then drain up to BATCH_DATAGRAMS receive calls;
   2. per datagram: source address → peer (unknown sources are counted and
      dropped; a HELLO may bind a dial-in peer) → cheap type dispatch;
-  3. FRAGMENTs go to the peer's reassembler, which yields whole frames;
+  3. FRAGMENTs go to the peer's reassembler, SEGMENTs to its burst assembler;
+     both yield whole frames (a burst: the super-frame, or what arrived of it);
   4. ``switch.ingress`` → deliver to the tap (and, on a hub, relay to peers).
 
 Secure mode (the default): every inner datagram above is sealed into a DATA
@@ -20,10 +29,15 @@ packet of the peer's current session before it is sent, and every received
 datagram is authenticated by ``SecureLinks`` before anything else looks at it;
 the peer is the one whose keys opened it, and its endpoint follows it
 (roaming).  Cleartext mode (``insecure = true``) identifies peers by address.
+Keepalives are HELLOs (sealed in secure mode) carrying the OFFLOAD flag.
+
+Workers (``lane``/``lanes``/``follower``, see ``l2bridge.workers``): a follower
+takes peer state and keys from the leader, never handshakes and runs no
+liveness timers; its ``kicks`` ask the leader for a handshake.
 
 Invariants: the per-frame path never logs, never awaits between a table lookup
 and its update (switch methods are synchronous), and allocates only the
-datagram it sends.  Tap and transport are passed in, so the same Bridge runs on
+datagrams it sends.  Tap and transport are passed in, so the same Bridge runs on
 real devices and on the in-memory fakes of ``l2bridge.testing``.
 """
 
@@ -262,26 +276,14 @@ class Bridge:
                 if type(decision) is int and decision > 0:
                     peer = by_port[decision]
                     peer.unicast_out += 1
-                    entry = queued.get(peer)
-                    if entry is None:
-                        queued[peer] = [split(frame), 1, len(frame)]
-                    else:
-                        entry[0] += split(frame)
-                        entry[1] += 1
-                        entry[2] += len(frame)
+                    _queue(queued, peer, split(frame), len(frame))
                 elif decision is FLOOD:
                     live = peers.live
                     if live:
                         datagrams = split(frame)
                         for peer in live:
                             peer.flooded_out += 1
-                            entry = queued.get(peer)
-                            if entry is None:
-                                queued[peer] = [list(datagrams), 1, len(frame)]
-                            else:
-                                entry[0] += datagrams
-                                entry[1] += 1
-                                entry[2] += len(frame)
+                            _queue(queued, peer, datagrams, len(frame))
                 else:
                     reason = decision.value  # type: ignore[union-attr]
                     drops[reason] = drops.get(reason, 0) + 1
@@ -291,7 +293,7 @@ class Bridge:
     async def _send_queued(self, queued: dict[Peer, list]) -> None:
         """Send each peer's queued datagrams in one batch, then forget them."""
         for peer, (datagrams, frames, size) in queued.items():
-            await self._send_burst(peer, datagrams, size, frames)
+            await self._send_datagrams(peer, datagrams, size, frames)
         queued.clear()
 
     def _plain_from_vnet(self, raw: bytes) -> bytes | None:
@@ -338,7 +340,7 @@ class Bridge:
         segmented here (final checksums) and sent frame by frame.
         """
         chunks: list[bytes] | None = None
-        frames: list[list[bytes]] | None = None
+        frames: list[tuple[list[bytes], int]] | None = None
         for peer in targets:
             if peer.offload and chunks is None:
                 try:
@@ -351,18 +353,18 @@ class Bridge:
                     chunks = []
             if peer.offload and chunks:
                 peer.bursts_out += 1
-                await self._send_burst(peer, chunks, len(frame))
+                await self._send_datagrams(peer, chunks, len(frame))
                 continue
             if frames is None:
                 split = self.fragmenter.split
-                frames = [split(f) for f in offload.segment(meta, frame)]
-            for datagrams in frames:
-                size = sum(map(len, datagrams)) - _HDR * len(datagrams)  # the frame's bytes
-                if not self._send_frame(peer, datagrams, size):
-                    await self._send_blocked(peer, datagrams, size)
+                frames = [(split(f), len(f)) for f in offload.segment(meta, frame)]
+            batch: dict[Peer, list] = {}
+            for datagrams, size in frames:
+                _queue(batch, peer, datagrams, size)
+            await self._send_queued(batch)
 
-    async def _send_burst(
-        self, peer: Peer, chunks: list[bytes], size: int, frames: int = 1
+    async def _send_datagrams(
+        self, peer: Peer, datagrams: list[bytes], size: int, frames: int = 1
     ) -> None:
         """Seal datagrams (a burst, or a batch of frames) and send them in GSO batches.
 
@@ -375,17 +377,17 @@ class Bridge:
             return
         secure = self.secure
         if secure is not None:
-            sealed = secure.seal_many(peer.link, chunks, self.now)
+            sealed = secure.seal_many(peer.link, datagrams, self.now)
             if sealed is None:
                 peer.drop("no_session")
                 self._kick(peer)
                 return
-            chunks = sealed
+            datagrams = sealed
         send_batch = self.transport.send_batch
         sent = errors = 0
         for _ in range(SEND_RETRIES):
             try:
-                sent += send_batch(chunks[sent:] if sent else chunks, addr)
+                sent += send_batch(datagrams[sent:] if sent else datagrams, addr)
             except OSError as exc:
                 # Mostly an earlier datagram's ICMP error reported now: counted, then
                 # the batch is tried again (a repeat is refused by the replay window).
@@ -394,56 +396,12 @@ class Bridge:
                 if errors >= SEND_ERROR_RETRIES:
                     return
                 continue
-            if sent == len(chunks):
+            if sent == len(datagrams):
                 peer.datagrams_out += sent
                 peer.frames_out += frames
                 peer.bytes_out += size
                 return
             await self.transport.wait_writable()
-        peer.drop("send_buffer_full")
-
-    def _send_frame(self, peer: Peer, datagrams: list[bytes], size: int) -> bool:
-        """Send a frame's datagrams without waiting; False if the socket buffer is full.
-
-        On False nothing of the frame has been sent (a blocked first datagram) or
-        the caller retries the whole frame: the receiver's reassembler counts a
-        repeated piece as a duplicate, so a retry never corrupts a frame.
-        """
-        addr = peer.addr
-        if addr is None:
-            peer.drop("no_endpoint")
-            return True
-        secure = self.secure
-        if secure is not None:
-            link = peer.link
-            sealed = []
-            for datagram in datagrams:
-                packet = secure.seal(link, datagram, self.now)
-                if packet is None:
-                    peer.drop("no_session")
-                    self._kick(peer)
-                    return True
-                sealed.append(packet)
-            datagrams = sealed
-        send = self.transport.send
-        try:
-            for datagram in datagrams:
-                if not send(datagram, addr):
-                    return False
-        except OSError as exc:
-            peer.drop(f"send_{_errno_name(exc)}")
-            return True
-        peer.datagrams_out += len(datagrams)
-        peer.frames_out += 1
-        peer.bytes_out += size
-        return True
-
-    async def _send_blocked(self, peer: Peer, datagrams: list[bytes], size: int) -> None:
-        """The slow path: wait for room in the socket buffer, then send (bounded retries)."""
-        for _ in range(SEND_RETRIES):
-            await self.transport.wait_writable()
-            if self._send_frame(peer, datagrams, size):
-                return
         peer.drop("send_buffer_full")
 
     async def _peers_to_tap(self) -> None:
@@ -691,14 +649,11 @@ class Bridge:
                 if other is not peer:
                     datagrams = datagrams or split(frame)
                     other.flooded_out += 1
-                    if not self._send_frame(other, datagrams, len(frame)):
-                        await self._send_blocked(other, datagrams, len(frame))
+                    await self._send_datagrams(other, datagrams, len(frame))
         elif type(decision) is int:  # the one peer that has the destination
             other = self.peers.by_port[decision]
             other.unicast_out += 1
-            datagrams = split(frame)
-            if not self._send_frame(other, datagrams, len(frame)):
-                await self._send_blocked(other, datagrams, len(frame))
+            await self._send_datagrams(other, split(frame), len(frame))
         else:
             peer.drop(decision.value)  # type: ignore[union-attr]
 
@@ -928,6 +883,17 @@ class Bridge:
              "age_s": round(e.age_s, 1)}
             for e in sorted(self.switch.entries(now), key=lambda e: (e.vlan, e.mac))
         ]
+
+
+def _queue(queued: dict[Peer, list], peer: Peer, datagrams: list[bytes], size: int) -> None:
+    """Add one frame's datagrams to ``peer``'s entry of a batch: [datagrams, frames, bytes]."""
+    entry = queued.get(peer)
+    if entry is None:
+        queued[peer] = [list(datagrams), 1, size]
+    else:
+        entry[0] += datagrams
+        entry[1] += 1
+        entry[2] += size
 
 
 def wire_eth_overhead() -> int:

@@ -24,21 +24,13 @@ from l2bridge.transport import (
     open_group,
     steering_program,
 )
+from tests.dataplane.loopback import have_ipv6_loopback
 
 STEP_TIMEOUT_S = 5.0
 GROUP_SIZE = 3
 CLIENTS = 4
 LANES = range(8)
 NON_DATA_TYPES = (1, 2, 0x11, 0x14)  # handshake initiation/response, cleartext control
-
-
-def have_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 NO_IPV6 = pytest.mark.skipif(not have_ipv6_loopback(), reason="no ::1")

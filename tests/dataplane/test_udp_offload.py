@@ -26,18 +26,10 @@ from l2bridge.transport import (
     UDP_SEGMENT,
     UdpTransport,
 )
+from tests.dataplane.loopback import have_ipv6_loopback
 
 STEP_TIMEOUT_S = 5.0
 SO_NO_CHECK = 11  # asm-generic/socket.h: UDP/IPv4 without checksum, which GSO refuses
-
-
-def have_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 FAMILIES = [

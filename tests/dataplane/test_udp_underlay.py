@@ -11,6 +11,7 @@ from l2bridge.bridge import Bridge
 from l2bridge.config import parse_config
 from l2bridge.testing import FakeTap
 from l2bridge.transport import TransportError, UdpTransport
+from tests.dataplane.loopback import have_ipv6_loopback
 
 BCAST = b"\xff" * 6
 
@@ -28,15 +29,6 @@ def config(name: str, listen: str, peer: str, endpoint: str):
         f'control = "/nonexistent/{name}.sock"\n[[peer]]\nname = "{peer}"\n'
         f'endpoint = "{endpoint}"\n'
     )
-
-
-def have_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 CASES = [

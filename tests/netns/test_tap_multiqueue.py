@@ -29,12 +29,11 @@ import time
 from collections.abc import Iterator
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
 
 from l2bridge.tap import ALL_OFFLOADS, VNET_HDR_LEN, TapDevice, open_tap
 from netns.nsenter import in_netns
+from tests.netns.nshelpers import checksum, extra_ns, link_up
 
-SCRATCH_PREFIX = "l2bt-"
 TAP_NAME = "l2bq"
 QUEUES = 2
 FLOWS = 16  # at 8, all flows land on one queue once in 128 boots (hash seed is per boot)
@@ -53,36 +52,6 @@ TCP_SYN, TCP_ACK = 0x02, 0x10
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def extra_ns() -> Iterator[str]:
-    """One more scratch namespace with lo up and IPv6 off; removed on every exit path.
-
-    Only threads of this process ever enter it, so removing it leaves nothing behind.
-    """
-    name = SCRATCH_PREFIX + secrets.token_hex(4)
-    pyroute2_netns.create(name)
-    try:
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        with in_netns(name):
-            for scope in ("all", "default"):
-                with open(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "w") as f:
-                    f.write("1")
-        yield name
-    finally:
-        pyroute2_netns.remove(name)
-
-
-def link_up(ns: str, name: str, address: str | None = None, master: str | None = None) -> None:
-    with IPRoute(netns=ns) as ipr:
-        index = ipr.link_lookup(ifname=name)[0]
-        if master is not None:
-            ipr.link("set", index=index, master=ipr.link_lookup(ifname=master)[0])
-        if address is not None:
-            ipr.addr("add", index=index, address=address, prefixlen=24)
-        ipr.link("set", index=index, state="up")
 
 
 @contextlib.contextmanager
@@ -116,16 +85,6 @@ def multiqueue_tap(br_ns: str, host_ns: str) -> Iterator[list[TapDevice]]:
                 state=NUD_PERMANENT,
             )
         yield queues
-
-
-def checksum(data: bytes, start: int = 0) -> int:
-    """The Internet checksum's one's-complement sum (not inverted), folded to 16 bits."""
-    if len(data) % 2:
-        data += b"\0"
-    total = start + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
 
 
 def server_segment(host_mac: bytes, dport: int, seq: int, ack: int, flags: int) -> bytes:
