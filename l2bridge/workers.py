@@ -88,11 +88,14 @@ class Leader:
                 self.processes[lane] = process
                 self.channels[lane] = trio.socket.from_stdlib_socket(mine)
                 nursery.start_soon(self._watch, lane, process)
-            with trio.fail_after(READY_TIMEOUT_S):
+            with trio.move_on_after(READY_TIMEOUT_S) as waiting:
                 for lane, channel in self.channels.items():
-                    message = decode(await channel.recv(MAX_MESSAGE_BYTES))
-                    if message.get("op") != "ready":
-                        raise WorkerError(f"worker {lane}: {message.get('error', message)}")
+                    data = await channel.recv(MAX_MESSAGE_BYTES)
+                    if not data or decode(data).get("op") != "ready":
+                        raise WorkerError(f"worker {lane} (pid {self.processes[lane].pid}) "
+                                          "stopped before it was ready (see its log lines above)")
+            if waiting.cancelled_caught:
+                raise WorkerError(f"workers did not report ready within {READY_TIMEOUT_S:g} s")
             await self._send_all(self._full_state())
             for lane, channel in self.channels.items():
                 nursery.start_soon(self._listen, lane, channel)
