@@ -114,6 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from l2bridge.config import ConfigError
     from l2bridge.control import ControlError
     from l2bridge.netctl import NetctlError
+    from l2bridge.pmqos import PmQosError
     from l2bridge.tap import TapError
     from l2bridge.transport import TransportError
     from l2bridge.workers import WorkerError
@@ -129,7 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
     )
     known = (TapError, NetctlError, TransportError, ControlError, daemon.KeyLoadError,
-             WorkerError)
+             WorkerError, PmQosError)
     try:
         trio.run(daemon.run, config)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause

@@ -24,6 +24,7 @@ File format (every key of [site] but ``name`` is optional)::
     mss_clamp = false                # false | true | 536..9000
     offload = true                   # super-frames from the tap, UDP GSO/GRO; false: per frame
     workers = 2                      # processes, one per tap queue (default: number of cores)
+    low_latency = false              # true: CPUs poll instead of halting while the site runs
     ageing = 300                     # seconds, 0..86400 (0 = never learn)
     max_entries = 8192
     max_entries_per_peer = 1024
@@ -108,9 +109,9 @@ def default_workers() -> int:
 TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
     "name", "listen", "bridge", "tap", "interfaces", "hub", "mtu", "wan_mtu", "mss_clamp",
-    "offload", "workers", "ageing", "max_entries", "max_entries_per_peer", "keepalive",
-    "dead_after", "control", "log_level", "private_key_file", "insecure", "pinned_macs",
-    "rekey_after",
+    "offload", "workers", "low_latency", "ageing", "max_entries", "max_entries_per_peer",
+    "keepalive", "dead_after", "control", "log_level", "private_key_file", "insecure",
+    "pinned_macs", "rekey_after",
 )
 PEER_KEYS = (
     "name", "endpoint", "public_key", "preshared_key_file", "allowed_macs", "max_macs",
@@ -202,6 +203,7 @@ class SiteConfig:
     pinned_macs: frozenset[bytes] = frozenset()
     rekey_after_s: float = DEFAULT_REKEY_AFTER_S
     workers: int = 1
+    low_latency: bool = False
 
 
 # ---------------------------------------------------------------- endpoints
@@ -481,6 +483,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
     hub = site.boolean("hub", False)
     offload = site.boolean("offload", True)
     workers = site.integer("workers", default_workers(), 1, MAX_WORKERS)
+    low_latency = site.boolean("low_latency", False)
     mtu = site.integer("mtu", DEFAULT_MTU, MTU_MIN, MTU_MAX)
     wan_mtu = site.integer("wan_mtu", DEFAULT_WAN_MTU, MTU_MIN, MTU_MAX)
     insecure = site.boolean("insecure", DEFAULT_INSECURE)
@@ -533,6 +536,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         mss_clamp=mss_clamp,
         offload=offload,
         workers=workers,
+        low_latency=low_latency,
         ageing_s=ageing_s,
         max_entries=max_entries,
         max_entries_per_peer=max_entries_per_peer,

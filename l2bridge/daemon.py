@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import trio
 
-from l2bridge import control, noise
+from l2bridge import control, noise, pmqos
 from l2bridge.bridge import Bridge
 from l2bridge.config import SiteConfig
 from l2bridge.netctl import BridgePlumbing
@@ -111,6 +111,9 @@ async def serve_site(
                     config.tap, workers)
         workers = 1
     with contextlib.ExitStack() as undo:
+        if config.low_latency:
+            undo.enter_context(pmqos.hold())
+            log.info("low_latency: CPU wake-up latency held at 0 µs (idle CPUs poll)")
         queues = []
         for _ in range(workers):
             queue = open_tap(config.tap, "tap", vnet_hdr=config.offload, multi_queue=workers > 1)

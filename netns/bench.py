@@ -87,16 +87,20 @@ class Variant:
 
 
 def bench_scenario(*, insecure: bool = False, loss_percent: float = 0.0,
-                   workers: int = 1) -> Scenario:
+                   workers: int = 1, low_latency: bool = False) -> Scenario:
     """Two sites, one host each, WAN MTU 1600, no checks.
 
     ``loss_percent`` goes on the west site's link only: the lab drops it in both
     directions of that link, so the path between the sites loses that much each way.
-    ``workers`` is each l2bridge gateway's number of worker processes.
+    ``workers`` is each l2bridge gateway's number of worker processes;
+    ``low_latency`` has them hold the CPU wake-up latency at 0 (for the whole
+    machine, so every variant measured while they run gets it too).
     """
     name = "bench" + ("-insecure" if insecure else "") + ("-lossy" if loss_percent else "")
     west_wan = f"wan = {{ loss_percent = {loss_percent:g} }}\n" if loss_percent else ""
-    daemon = f"l2bridge = {{ workers = {workers} }}\n" if workers != 1 else ""
+    keys = ([f"workers = {workers}"] if workers != 1 else []) + (
+        ["low_latency = true"] if low_latency else [])
+    daemon = f"l2bridge = {{ {', '.join(keys)} }}\n" if keys else ""
     text = "\n".join([
         "[lab]",
         f'name = "{name}"',
@@ -182,10 +186,11 @@ async def open_variants(stack: contextlib.AsyncExitStack, settings: bs.Settings,
                         progress: Progress) -> list[Variant]:
     """Bring up the five labs (torn down by ``stack``) and the direct link; in VARIANTS order,
     each of ``bs.LOSSY_VARIANTS`` with its lossy twin attached."""
-    workers = settings.workers
-    plain = bench_scenario(workers=workers)
-    insecure = bench_scenario(insecure=True, workers=workers)
-    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT, workers=workers)
+    workers, low_latency = settings.workers, settings.low_latency
+    plain = bench_scenario(workers=workers, low_latency=low_latency)
+    insecure = bench_scenario(insecure=True, workers=workers, low_latency=low_latency)
+    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT, workers=workers,
+                           low_latency=low_latency)
 
     async def up(scenario: Scenario, gateway: str) -> Lab:
         return await stack.enter_async_context(
@@ -447,6 +452,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes of each l2bridge gateway (default 1: the two "
                         "gateways, the hosts and iperf3 share this machine's cores)")
+    p.add_argument("--low-latency", action="store_true",
+                   help="run the l2bridge gateways with low_latency = true: idle CPUs poll "
+                        "instead of halting, machine-wide, for every variant alike")
 
 
 def cmd_bench(args: argparse.Namespace,
@@ -456,7 +464,7 @@ def cmd_bench(args: argparse.Namespace,
     stream = out or sys.stdout
     try:
         settings = bs.make_settings(quick=args.quick, rounds=args.rounds, seconds=args.seconds,
-                                    workers=args.workers)
+                                    workers=args.workers, low_latency=args.low_latency)
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE

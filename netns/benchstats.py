@@ -99,10 +99,12 @@ class Settings:
     quick: bool = False
     wan_mtu: int = 1600
     workers: int = 1  # worker processes of each l2bridge gateway
+    low_latency: bool = False  # the gateways hold CPU wake-up latency at 0 (machine-wide)
 
 
 def make_settings(*, quick: bool = False, rounds: int | None = None,
-                  seconds: float | None = None, workers: int = 1) -> Settings:
+                  seconds: float | None = None, workers: int = 1,
+                  low_latency: bool = False) -> Settings:
     """Settings from the command line; ``ValueError`` (one line, option named) when out of range.
 
     ``--quick`` means one round of short runs; an explicit ``--rounds`` or
@@ -119,7 +121,8 @@ def make_settings(*, quick: bool = False, rounds: int | None = None,
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"--workers: expected 1..{MAX_WORKERS}, found {workers}")
     return Settings(rounds=chosen_rounds, seconds=chosen_seconds,
-                    pings=QUICK_PINGS if quick else DEFAULT_PINGS, quick=quick, workers=workers)
+                    pings=QUICK_PINGS if quick else DEFAULT_PINGS, quick=quick, workers=workers,
+                    low_latency=low_latency)
 
 
 @dataclass
@@ -480,7 +483,7 @@ def result_doc(result: BenchResult) -> dict[str, Any]:
         "settings": {"rounds": st.rounds, "seconds": st.seconds, "pings": st.pings,
                      "ping_interval_s": PING_INTERVAL_S, "quick": st.quick,
                      "wan_mtu": st.wan_mtu, "udp_payload_bytes": UDP_PAYLOAD_BYTES,
-                     "workers": st.workers,
+                     "workers": st.workers, "low_latency": st.low_latency,
                      "wan_loss_percent": WAN_LOSS_PERCENT,
                      "lossy_variants": list(LOSSY_VARIANTS)},
         "variants": {v: VARIANT_TITLES[v] for v in VARIANTS},

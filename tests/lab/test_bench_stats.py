@@ -347,6 +347,8 @@ def test_bench_scenario_gives_every_gateway_its_workers() -> None:
     sites = bench.bench_scenario(workers=2).sites
     assert [dict(site.l2bridge) for site in sites] == [{"workers": 2}, {"workers": 2}]
     assert [dict(site.l2bridge) for site in bench.bench_scenario().sites] == [{}, {}]
+    both = bench.bench_scenario(workers=2, low_latency=True).sites
+    assert [dict(site.l2bridge) for site in both] == [{"workers": 2, "low_latency": True}] * 2
 
 
 def test_round_order_rotates() -> None:
@@ -397,7 +399,7 @@ def test_scenario_is_two_sites_with_one_host_and_a_vxlan_sized_wan() -> None:
 
 def args(**kw: object) -> argparse.Namespace:
     base: dict[str, object] = {"json": False, "plot": None, "rounds": None, "seconds": None,
-                               "quick": False, "workers": 1}
+                               "quick": False, "workers": 1, "low_latency": False}
     base.update(kw)
     return argparse.Namespace(**base)
 

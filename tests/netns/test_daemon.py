@@ -19,6 +19,7 @@ import time
 import trio
 from pyroute2 import IPRoute
 
+from l2bridge import pmqos
 from l2bridge.config import default_workers
 from netns import traffic
 from netns.frames import ETHERTYPE_EXPERIMENTAL, make_frame, marker_payload
@@ -203,3 +204,23 @@ def test_bad_config_and_busy_port_are_one_line_errors(scratch_ns, tmp_path):
     last = err.strip().splitlines()[-1]
     assert "EADDRINUSE" in last and "127.0.0.1:55557" in last and "Traceback" not in err
     assert "br0" not in _links(scratch_ns)  # the half-built site was undone
+
+
+def test_low_latency_holds_the_cpu_latency_request_while_the_site_runs(scratch_ns, tmp_path):
+    before = pmqos.current_limit_us()
+    sock = str(tmp_path / "c.sock")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[site]\nname = "c"\ninsecure = true\nlisten = "127.0.0.1:55557"\nlow_latency = true\n'
+        f'workers = 1\ncontrol = "{sock}"\n'
+    )
+    proc = _start_site(scratch_ns, str(config))
+    try:
+        _wait_for(sock, proc)
+        assert pmqos.current_limit_us() == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "low_latency: CPU wake-up latency held at 0" in err
+    assert pmqos.current_limit_us() == before  # released with the site
