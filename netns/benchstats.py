@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from netns.report import columns
+
 # The variants, in the order of the table.  "vxlan" is the reference of the ratios,
 # "direct" the baseline of the added latency.
 VARIANTS = ("l2bridge", "insecure", "vxlan", "direct")
@@ -415,7 +417,7 @@ def format_targets(checks: Sequence[TargetCheck]) -> list[str]:
         if c.against:
             bound += f" ({c.against})"
         rows.append((c.title, cell(c.measured, c.unit, signed=c.signed), bound, c.verdict))
-    return _columns(rows)
+    return columns(rows)
 
 
 def format_table(result: BenchResult) -> str:
@@ -446,7 +448,7 @@ def format_table(result: BenchResult) -> str:
                  *(fmt_summary(lat[v]["rtt_avg_added_us"], signed=True) for v in VARIANTS)))
     rows.append(("RTT p99 added (µs)",
                  *(fmt_summary(lat[v]["rtt_p99_added_us"], signed=True) for v in VARIANTS)))
-    lines += _columns(rows)
+    lines += columns(rows)
     machine = result.machine
     where = ", ".join(f"{k} {v}" for k, v in machine.items() if k in ("cpus", "kernel"))
     lines += ["", f"Absolute (machine-dependent{': ' + where if where else ''})"]
@@ -454,7 +456,7 @@ def format_table(result: BenchResult) -> str:
     for m in METRICS:
         if not m.relative:
             rows.append((m.title, *(fmt_summary(summ[v][m.key]) for v in VARIANTS)))
-    lines += _columns(rows)
+    lines += columns(rows)
     lines += ["", "Daemon figures are the l2bridge processes in both gateway namespaces "
                   "(CPU over the lossless TCP runs); machine CPU counts every process and "
                   "the kernel.",
@@ -519,13 +521,3 @@ def _round_tree(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _round_tree(v) for k, v in value.items()}
     return value
-
-
-def _columns(table: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    out = []
-    for n, row in enumerate(table):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out

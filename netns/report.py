@@ -58,6 +58,17 @@ class RunReport:
         return sum(1 for r in self.results if r.ok)
 
 
+def columns(table: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as left-aligned text columns, a dashed rule under the first (header) row."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    out = []
+    for n, row in enumerate(table):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
 def format_table(report: RunReport) -> str:
     """A fixed-width table: one row per check, then a verdict line."""
     head = (f"{report.scenario} — lab {report.lab}, {report.sites} sites, {report.hosts} hosts, "

@@ -47,6 +47,7 @@ from netns.registry import (
     process_start_time,
     remove_namespace,
 )
+from netns.report import columns
 from netns.scenario import DEFAULT_MTU, GATEWAY_MODES, Scenario, parse_scenario
 
 DEFAULT_SITES = (2, 4, 8, 12, 16)
@@ -143,7 +144,7 @@ def format_timing(rows: Sequence[TimingRow], mininet: Sequence[MininetRow] = ())
                       f"{r.build_s:.2f} s", f"{r.start_s:.2f} s", f"{r.up_s:.2f} s",
                       f"{r.teardown_s:.2f} s",
                       ("ok" if meets_targets(r) else "MISSED") + f" ({limits})"))
-    lines = _columns(table)
+    lines = columns(table)
     if mininet:
         ours = {r.sites: r for r in rows if r.gateway == "l2bridge"} or {
             r.sites: r for r in rows}
@@ -158,7 +159,7 @@ def format_timing(rows: Sequence[TimingRow], mininet: Sequence[MininetRow] = ())
                            f"{m.ping_after_s:.2f} s" if m.ping_ok else "FAIL", ratio))
         lines += ["", "Mininet (LinuxBridge switches, no controller, linear topology, "
                       "same hosts) vs the lab (l2bridge gateways):"]
-        lines += _columns(mtable)
+        lines += columns(mtable)
     return "\n".join(lines) + "\n"
 
 
@@ -171,14 +172,6 @@ def timing_json(rows: Sequence[TimingRow], mininet: Sequence[MininetRow] = ()) -
     return json.dumps(doc, indent=2) + "\n"
 
 
-def _columns(table: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    out = []
-    for n, row in enumerate(table):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
 
 
 # ---------------------------------------------------------------- measuring
