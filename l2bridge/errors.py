@@ -9,11 +9,15 @@ EXIT_USAGE = 2  # bad usage, bad configuration or scenario, missing program; not
 
 
 def sole_cause(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups, else ``exc``.
+    """The one exception inside (nested) exception groups, else ``exc``.
 
     trio wraps an error raised inside a nursery in an ExceptionGroup; a command
-    line wants the error itself, to print its one-line message.
+    line wants the error itself, to print its one-line message.  Several errors
+    of one type at once (two workers stopping together) count as one: the first.
     """
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = [sole_cause(e) for e in exc.exceptions]
+        if len({type(leaf) for leaf in leaves}) != 1:
+            return exc
+        exc = leaves[0]
     return exc

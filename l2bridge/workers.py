@@ -91,9 +91,11 @@ class Leader:
             with trio.move_on_after(READY_TIMEOUT_S) as waiting:
                 for lane, channel in self.channels.items():
                     data = await channel.recv(MAX_MESSAGE_BYTES)
-                    if not data or decode(data).get("op") != "ready":
+                    if not data:  # it is exiting: its watcher names it and the status
+                        await trio.sleep_forever()
+                    if decode(data).get("op") != "ready":
                         raise WorkerError(f"worker {lane} (pid {self.processes[lane].pid}) "
-                                          "stopped before it was ready (see its log lines above)")
+                                          f"said {data[:80]!r} instead of ready")
             if waiting.cancelled_caught:
                 raise WorkerError(f"workers did not report ready within {READY_TIMEOUT_S:g} s")
             await self._send_all(self._full_state())

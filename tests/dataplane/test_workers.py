@@ -39,7 +39,7 @@ async def test_a_worker_that_dies_at_start_is_named() -> None:
     error = await failure_of(leader_with("import sys; sys.exit(3)"))
     assert isinstance(error, WorkerError)
     assert str(error).startswith("worker 1 (pid ")
-    assert "stopped before it was ready" in str(error) or "exited with status 3" in str(error)
+    assert "exited with status 3; the site stops" in str(error)
 
 
 async def test_a_worker_that_exits_after_ready_stops_the_site() -> None:
