@@ -11,9 +11,9 @@ Per-frame flow (``egress`` from the tap, ``ingress`` from peer ``port``):
      -> bad source (group bit or all-zero) -> PAUSE destination.
      A frame dropped here teaches the table nothing.
   2. Learn the source on the arrival port (insert after filtering, as the
-     Linux bridge does, so invalid frames cannot poison the table).
-     A *new* source is refused when a cap is full (TABLE_FULL / PEER_FULL)
-     and the frame is dropped, not flooded.
+     Linux bridge does, so invalid frames cannot poison the table).  A new
+     source is always learned: when a cap is full, room is made by eviction
+     (below), so new and returning hosts always get through.
   3. Decide:
      egress:            group dst -> FLOOD; dst at peer p -> p;
                         dst at TAP -> LOCAL_DEST; unknown -> FLOOD
@@ -32,14 +32,27 @@ Table invariants:
   * An entry is live while ``now - last_seen < ageing_s``; an expired entry
     is a miss for lookups and decisions even before ``expire`` removes it.
   * ``len(table) <= max_entries`` and, for every peer port,
-    ``port_count(port) <= max_entries_per_peer``.  The TAP port is bounded
-    only by the global cap.  Counts are of stored entries: expired entries
-    stay stored (and counted) until removed, but whenever a cap refuses a
-    source every expired entry is removed first and the cap checked again,
-    so stale entries never block learning.
-  * A known live source refreshing or moving never hits TABLE_FULL.  A
-    move into a full peer port is refused as PEER_FULL and the entry stays
-    where it was, so the per-peer cap holds without exception.
+    ``port_count(port) <= its cap`` (``max_entries_per_peer`` or
+    ``set_port_cap``).  The TAP port is bounded only by the global cap.
+    Counts are of stored entries: expired entries stay stored (and counted)
+    until removed, but whenever a cap is reached every expired entry is
+    removed first and the cap checked again.
+  * Eviction (Open vSwitch's fair rule, ``lib/mac-learning.c``): when a
+    source is learned on (or moves to) a peer port at its cap, that port's
+    least recently seen entry is evicted; when the table is at its global
+    cap, the least recently seen entry of the port holding the most entries
+    is evicted (ties: the lowest port number).  "Least recently seen" is the
+    smallest ``(last_seen, vlan, mac)``.  A flood of random sources from one
+    port therefore only ever pushes out that port's entries (or, at the
+    global cap, those of the biggest port, which is the flooder's), never a
+    quiet port's, and the flooder's own fresh entries outlive its stale ones.
+    Each eviction is counted ``evicted``.
+  * Per port, a heap of ``(stamp, vlan, mac)`` with ``stamp <= last_seen``
+    finds that entry without touching the hot path: a refresh only writes
+    ``last_seen``; the heap is corrected lazily when an eviction pops an item
+    whose entry was seen since (pushed again with its ``last_seen``) or is
+    gone (discarded).  Every entry of a port has at least one item in its
+    heap; a heap is compacted when it grows past twice its port's count.
   * A stored but expired entry for a source being learned again is removed
     (counted ``expired``) and the source learned as new (counted
     ``learned``, subject to the caps).
@@ -49,6 +62,7 @@ Table invariants:
 from __future__ import annotations
 
 import enum
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -62,6 +76,7 @@ FLOOD = -1
 FDB_AGEING_S = 300.0
 FDB_MAX_ENTRIES = 8192
 FDB_MAX_ENTRIES_PER_PEER = 1024
+LRU_SLACK = 64  # a port's eviction heap may hold this many stale items beyond 2x its count
 MAX_FRAME_BYTES = 1522
 """Default largest accepted frame: 1500 payload + 14 header + 4 tag + 4 tag."""
 
@@ -73,8 +88,6 @@ class Drop(enum.Enum):
     OVERSIZE = "oversize"  # longer than max_frame
     BAD_SOURCE = "bad_source"  # source MAC multicast/broadcast or all-zero
     PAUSE = "pause"  # 802.3x PAUSE (dst 01:80:c2:00:00:01), never forwarded
-    TABLE_FULL = "table_full"  # new source, global cap reached
-    PEER_FULL = "peer_full"  # new source (or move), per-port cap reached
     LOCAL_DEST = "local_dest"  # egress frame whose destination was learned on the tap
     HAIRPIN = "hairpin"  # hub: destination learned behind the ingress peer
 
@@ -94,8 +107,6 @@ _RUNT = Drop.RUNT
 _OVERSIZE = Drop.OVERSIZE
 _BAD_SOURCE = Drop.BAD_SOURCE
 _PAUSE = Drop.PAUSE
-_TABLE_FULL = Drop.TABLE_FULL
-_PEER_FULL = Drop.PEER_FULL
 _LOCAL_DEST = Drop.LOCAL_DEST
 _HAIRPIN = Drop.HAIRPIN
 _TAGGED_HLEN = ETH_HLEN + VLAN_HLEN
@@ -129,6 +140,7 @@ class Switch:
         "_table",
         "_counts",
         "_stale_from",
+        "_lru",
         "counters",
     )
 
@@ -160,7 +172,11 @@ class Switch:
         # Lower bound of every stored entry's expiry time: before it, no
         # entry can be stale and a purge would find nothing.
         self._stale_from = math.inf
-        self.counters: dict[str, int] = {"learned": 0, "moved": 0, "expired": 0, "flushed": 0}
+        # Per port: heap of (stamp <= last_seen, vlan, mac); see "Eviction" above.
+        self._lru: dict[int, list[tuple[float, int, bytes]]] = {}
+        self.counters: dict[str, int] = {
+            "learned": 0, "moved": 0, "expired": 0, "flushed": 0, "evicted": 0,
+        }
 
     @property
     def hub(self) -> bool:
@@ -195,9 +211,7 @@ class Switch:
         if entry is not None and entry[0] == TAP and now - entry[1] < ageing:
             entry[1] = now
         else:
-            refused = self._learn(key, entry, TAP, now)
-            if refused is not None:
-                return refused
+            self._learn(key, vid, src, entry, TAP, now)
         if group:
             return FLOOD
         dst = frame[:6]
@@ -231,9 +245,7 @@ class Switch:
         if entry is not None and entry[0] == port and now - entry[1] < ageing:
             entry[1] = now
         else:
-            refused = self._learn(key, entry, port, now)
-            if refused is not None:
-                return refused
+            self._learn(key, vid, src, entry, port, now)
         if not self._hub:
             return TAP
         if group:
@@ -248,49 +260,101 @@ class Switch:
 
     # --- learning (off the common path) --------------------------------------
 
-    def _learn(self, key: _Key, entry: list | None, port: int, now: float) -> Drop | None:
-        """Learn ``key`` on ``port``; return the refusal reason or None.
+    def _learn(self, key: _Key, vid: int, mac: bytes, entry: list | None, port: int,
+               now: float) -> None:
+        """Learn ``key`` on ``port``, evicting to stay within the caps (module docstring).
 
         Called when the source is unknown, expired, or known on another port.
         """
         ageing = self._ageing_s
         if not ageing:
-            return None
+            return
         counts = self._counts
+        table = self._table
         if entry is not None:
             if now - entry[1] < ageing:
-                # 1. Live entry on another port: a move (never TABLE_FULL).
+                # 1. Live entry on another port: a move (the global count is unchanged).
                 if port != TAP and counts.get(port, 0) >= self._cap(port):
-                    self._purge(now)
-                    if counts.get(port, 0) >= self._cap(port):
-                        return _PEER_FULL
+                    self._make_room(port, now)
                 counts[entry[0]] -= 1
                 counts[port] = counts.get(port, 0) + 1
                 entry[0] = port
                 entry[1] = now
+                self._push(port, now, vid, mac)
                 self.counters["moved"] += 1
-                return None
+                return
             # 2. Stored but expired: remove it, then learn as new.
-            del self._table[key]
+            del table[key]
             counts[entry[0]] -= 1
             self.counters["expired"] += 1
-        # 3. New source: caps first, purging expired entries before refusing.
-        table = self._table
+        # 3. New source: the port's cap, then the table's; expired entries go first.
+        if port != TAP and counts.get(port, 0) >= self._cap(port):
+            self._make_room(port, now)
         if len(table) >= self._max_entries:
             self._purge(now)
             if len(table) >= self._max_entries:
-                return _TABLE_FULL
-        if port != TAP and counts.get(port, 0) >= self._cap(port):
-            self._purge(now)
-            if counts.get(port, 0) >= self._cap(port):
-                return _PEER_FULL
+                self._evict(self._biggest_port())
         table[key] = [port, now]
         counts[port] = counts.get(port, 0) + 1
+        self._push(port, now, vid, mac)
         self.counters["learned"] += 1
         expiry = now + ageing
         if expiry < self._stale_from:
             self._stale_from = expiry
-        return None
+
+    def _make_room(self, port: int, now: float) -> None:
+        """One free place under ``port``'s cap: purge expired entries, else evict its LRU."""
+        self._purge(now)
+        if self._counts.get(port, 0) >= self._cap(port):
+            self._evict(port)
+
+    def _biggest_port(self) -> int:
+        """The port holding the most entries (ties: the lowest port number)."""
+        most = -1
+        biggest = TAP
+        for port in sorted(self._counts):
+            if self._counts[port] > most:
+                most = self._counts[port]
+                biggest = port
+        return biggest
+
+    def _push(self, port: int, stamp: float, vid: int, mac: bytes) -> None:
+        heap = self._lru.get(port)
+        if heap is None:
+            self._lru[port] = heap = []
+        heapq.heappush(heap, (stamp, vid, mac))
+        if len(heap) > 2 * self._counts.get(port, 0) + LRU_SLACK:
+            self._compact(port)
+
+    def _compact(self, port: int) -> None:
+        """Rebuild ``port``'s heap: one exact item per entry it still holds."""
+        table = self._table
+        live = {}
+        for _, vid, mac in self._lru[port]:
+            entry = table.get((vid, mac) if vid else mac)
+            if entry is not None and entry[0] == port:
+                live[(vid, mac)] = entry[1]
+        heap = [(stamp, vid, mac) for (vid, mac), stamp in live.items()]
+        heapq.heapify(heap)
+        self._lru[port] = heap
+
+    def _evict(self, port: int) -> None:
+        """Remove ``port``'s least recently seen entry (module docstring, "Eviction")."""
+        heap = self._lru.get(port)
+        table = self._table
+        while heap:
+            stamp, vid, mac = heapq.heappop(heap)
+            key = (vid, mac) if vid else mac
+            entry = table.get(key)
+            if entry is None or entry[0] != port:
+                continue  # gone, or moved away: its item is stale
+            if entry[1] != stamp:
+                heapq.heappush(heap, (entry[1], vid, mac))  # seen since: its place moved
+                continue
+            del table[key]
+            self._counts[port] -= 1
+            self.counters["evicted"] += 1
+            return
 
     def set_port_cap(self, port: int, cap: int) -> None:
         """Cap the entries of one peer port (instead of ``max_entries_per_peer``)."""
@@ -339,6 +403,7 @@ class Switch:
         for key in doomed:
             del self._table[key]
         self._counts.pop(port, None)
+        self._lru.pop(port, None)
         self.counters["flushed"] += len(doomed)
         return len(doomed)
 

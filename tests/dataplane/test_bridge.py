@@ -285,7 +285,7 @@ async def test_dial_in_peer_is_bound_by_its_hello(lab, autojump_clock):
     assert len(data_frames(lab.taps["b"], b"down")) == 1
 
 
-async def test_table_cap_drops_new_sources(lab, autojump_clock):
+async def test_table_cap_evicts_instead_of_dropping_new_sources(lab, autojump_clock):
     for cfg in mesh(["a", "b"], max_entries_per_peer=4):
         await lab.start(cfg)
     await lab.settle()
@@ -293,9 +293,11 @@ async def test_table_cap_drops_new_sources(lab, autojump_clock):
         lab.taps["b"].inject(frame(BCAST, mac(10 + i)))
     await lab.settle(0.01)
     a = lab.sites["a"]
-    assert len(data_frames(lab.taps["a"], b"x" * 46)) == 4
-    assert a.peers.by_name["b"].drops["peer_full"] == 6
-    assert a.status()["peers"][0]["mac_entries"] == 4
+    assert len(data_frames(lab.taps["a"], b"x" * 46)) == 10  # every new host gets through
+    assert "peer_full" not in a.peers.by_name["b"].drops
+    status = a.status()
+    assert status["peers"][0]["mac_entries"] == 4
+    assert status["fdb"]["evicted"] == 6
 
 
 async def test_entries_age_out(lab, autojump_clock):

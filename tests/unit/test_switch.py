@@ -8,6 +8,7 @@ same decisions, entries and counters at every step.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -119,8 +120,6 @@ def test_drop_values_are_counter_names() -> None:
         "oversize",
         "bad_source",
         "pause",
-        "table_full",
-        "peer_full",
         "local_dest",
         "hairpin",
     }
@@ -309,61 +308,104 @@ def test_move_between_ports() -> None:
 # --- caps ---------------------------------------------------------------------
 
 
-def test_global_cap_drops_new_sources_only() -> None:
-    sw = Switch(max_entries=2, max_entries_per_peer=5)
+def test_global_cap_evicts_from_the_biggest_port() -> None:
+    sw = Switch(max_entries=3, max_entries_per_peer=5)
     sw.egress(frame(BROADCAST_MAC, A), 0.0)
-    sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
-    assert sw.ingress(frame(A, Y), P2, 1.0) is Drop.TABLE_FULL  # dropped, not flooded
-    assert sw.egress(frame(X, B), 1.0) is Drop.TABLE_FULL
-    assert sw.lookup(0, Y, 1.0) is None
-    # known sources refresh and move while full
-    assert sw.ingress(frame(A, X), P1, 2.0) == TAP
-    assert sw.ingress(frame(A, X), P3, 2.0) == TAP
-    assert sw.egress(frame(BROADCAST_MAC, X), 2.0) == FLOOD  # move to the tap
-    assert sw.lookup(0, X, 2.0) == TAP
-    assert len(sw) == 2
-    assert counters(sw) == (2, 2, 0, 0)
+    sw.ingress(frame(BROADCAST_MAC, X), P1, 1.0)
+    sw.ingress(frame(BROADCAST_MAC, Y), P1, 2.0)
+    # full: a new source at P2 is learned; P1 holds the most, its oldest (X) goes
+    assert sw.ingress(frame(A, Z), P2, 3.0) == TAP
+    assert sw.lookup(0, Z, 3.0) == P2
+    assert sw.lookup(0, X, 3.0) is None
+    assert sw.lookup(0, A, 3.0) == TAP  # the quiet port keeps its entry
+    assert sw.counters["evicted"] == 1
+    # known sources refresh and move while full, evicting nothing
+    assert sw.ingress(frame(A, Y), P3, 4.0) == TAP
+    assert sw.egress(frame(BROADCAST_MAC, Y), 5.0) == FLOOD  # move to the tap
+    assert len(sw) == 3
+    assert counters(sw) == (4, 2, 0, 0)
+    assert sw.counters["evicted"] == 1
 
 
-def test_per_peer_cap() -> None:
+def test_eviction_ties_go_to_the_lowest_port_then_the_oldest_entry() -> None:
+    sw = Switch(max_entries=4, max_entries_per_peer=5)
+    sw.ingress(frame(BROADCAST_MAC, X), P2, 0.0)
+    sw.ingress(frame(BROADCAST_MAC, Y), P2, 1.0)
+    sw.ingress(frame(BROADCAST_MAC, Z), P1, 2.0)
+    sw.ingress(frame(BROADCAST_MAC, A), P1, 3.0)
+    sw.ingress(frame(BROADCAST_MAC, Z), P1, 4.0)  # refreshed: A is P1's oldest now
+    sw.egress(frame(BROADCAST_MAC, B), 5.0)
+    assert sw.lookup(0, A, 5.0) is None  # P1 and P2 tie at 2: P1 loses its LRU (A)
+    assert {e.mac for e in sw.entries(5.0)} == {X, Y, Z, B}
+
+
+def test_per_peer_cap_evicts_that_peers_least_recently_seen() -> None:
     sw = Switch(max_entries=10, max_entries_per_peer=2)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
-    sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0)
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 0.0) is Drop.PEER_FULL
-    assert sw.ingress(frame(BROADCAST_MAC, Z, vid=3), P1, 0.0) is Drop.PEER_FULL
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 0.0) == TAP  # other peers unaffected
-    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 1.0) == TAP  # refresh is fine
-    assert sw.port_count(P1) == 2
+    sw.ingress(frame(BROADCAST_MAC, Y), P1, 1.0)
+    sw.ingress(frame(BROADCAST_MAC, X), P1, 2.0)  # X seen again: Y is the older
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 3.0) == TAP
+    assert sw.lookup(0, Y, 3.0) is None
+    assert sw.lookup(0, X, 3.0) == P1 and sw.lookup(0, Z, 3.0) == P1
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 4.0) == TAP  # a move: P2 has room
+    assert sw.port_count(P1) == 1 and sw.port_count(P2) == 1
+    assert sw.counters["evicted"] == 1
 
 
 def test_tap_limited_only_by_global_cap() -> None:
     sw = Switch(max_entries=4, max_entries_per_peer=1)
     for i in range(4):
-        assert sw.egress(frame(BROADCAST_MAC, bytes([2, 0, 0, 0, 1, i])), 0.0) == FLOOD
+        assert sw.egress(frame(BROADCAST_MAC, bytes([2, 0, 0, 0, 1, i])), float(i)) == FLOOD
     assert sw.port_count(TAP) == 4
-    assert sw.egress(frame(BROADCAST_MAC, B), 0.0) is Drop.TABLE_FULL
+    assert sw.egress(frame(BROADCAST_MAC, B), 5.0) == FLOOD
+    assert sw.lookup(0, B, 5.0) == TAP
+    assert sw.lookup(0, bytes([2, 0, 0, 0, 1, 0]), 5.0) is None  # the oldest went
+    assert sw.port_count(TAP) == 4
 
 
-def test_move_into_full_peer_refused() -> None:
+def test_move_into_full_peer_evicts_there() -> None:
     sw = Switch(max_entries=10, max_entries_per_peer=1)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0)
-    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 1.0) is Drop.PEER_FULL
-    assert sw.lookup(0, X, 1.0) == P1  # unchanged, not refreshed
-    assert sw.entries(1.0)[0] == FdbEntry(0, X, P1, 1.0)
-    assert counters(sw) == (2, 0, 0, 0)
+    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 1.0) == TAP
+    assert sw.lookup(0, X, 1.0) == P2
+    assert sw.lookup(0, Y, 1.0) is None
+    assert (sw.port_count(P1), sw.port_count(P2)) == (0, 1)
+    assert counters(sw) == (2, 1, 0, 0)
+    assert sw.counters["evicted"] == 1
 
 
-def test_stale_entries_never_block_learning() -> None:
+def test_a_flood_of_new_sources_never_locks_out_a_new_host() -> None:
+    """10^5 random sources from the LAN: every new host is learned at once, and a
+    quiet peer's entries are never pushed out by the flood."""
+    sw = Switch(max_entries=512, max_entries_per_peer=64)
+    sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
+    rng = random.Random(7)
+    now = 0.0
+    for i in range(100_000):
+        now += 0.0001
+        src = bytes([2]) + rng.randbytes(5)
+        assert sw.egress(frame(X, src), now) == P1  # unicast to the quiet peer's host
+        if i % 10_000 == 0:
+            assert sw.egress(frame(BROADCAST_MAC, B), now) == FLOOD
+            assert sw.lookup(0, B, now) == TAP
+    assert sw.lookup(0, X, now) == P1
+    assert len(sw) == 512
+    assert sw.counters["evicted"] >= 100_000 - 512
+    for port in sw._lru:  # the lazy heaps stay bounded
+        assert len(sw._lru[port]) <= 2 * sw.port_count(port) + 64 + 1
+
+
+def test_stale_entries_go_before_live_ones_are_evicted() -> None:
     sw = Switch(ageing_s=10.0, max_entries=2, max_entries_per_peer=2)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0)
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 5.0) is Drop.TABLE_FULL
-    # no expire() call: the cap purges the stale entries itself
+    # no expire() call: the cap purges the stale entries itself, evicting nothing
     assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == TAP
     assert sw.entries(10.0) == [FdbEntry(0, Z, P1, 0.0)]
     assert (len(sw), sw.port_count(P1)) == (1, 1)
     assert counters(sw) == (3, 0, 2, 0)
+    assert sw.counters["evicted"] == 0
 
 
 def test_stale_entries_never_block_per_peer_learning() -> None:
@@ -440,7 +482,7 @@ class NaiveSwitch:
         self.per_peer = per_peer
         self.max_frame = max_frame
         self.rows: dict[tuple[int, bytes], list] = {}  # (vlan, mac) -> [port, last_seen]
-        self.counters = {"learned": 0, "moved": 0, "expired": 0, "flushed": 0}
+        self.counters = {"learned": 0, "moved": 0, "expired": 0, "flushed": 0, "evicted": 0}
 
     def live(self, vlan: int, mac: bytes, now: float) -> int | None:
         row = self.rows.get((vlan, mac))
@@ -457,39 +499,49 @@ class NaiveSwitch:
                 del self.rows[key]
                 self.counters["expired"] += 1
 
-    def peer_full(self, port: int, now: float) -> bool:
-        if port == TAP:
-            return False
-        if self.count(port) >= self.per_peer:
-            self.purge(now)
-        return self.count(port) >= self.per_peer
+    def evict_lru(self, port: int) -> None:
+        """Remove the port's entry with the smallest (last_seen, vlan, mac)."""
+        mine = [(row[1], vlan, mac) for (vlan, mac), row in self.rows.items() if row[0] == port]
+        _, vlan, mac = min(mine)
+        del self.rows[(vlan, mac)]
+        self.counters["evicted"] += 1
 
-    def learn(self, vlan: int, mac: bytes, port: int, now: float) -> Drop | None:
+    def make_room(self, port: int, now: float) -> None:
+        if port == TAP or self.count(port) < self.per_peer:
+            return
+        self.purge(now)
+        if self.count(port) >= self.per_peer:
+            self.evict_lru(port)
+
+    def biggest(self) -> int:
+        counts = {}
+        for row in self.rows.values():
+            counts[row[0]] = counts.get(row[0], 0) + 1
+        return min(counts, key=lambda p: (-counts[p], p))
+
+    def learn(self, vlan: int, mac: bytes, port: int, now: float) -> None:
         if self.ageing_s == 0:
-            return None
+            return
         key = (vlan, mac)
         old = self.live(vlan, mac, now)
         if old == port:
             self.rows[key][1] = now
-            return None
+            return
         if old is not None:
-            if self.peer_full(port, now):
-                return Drop.PEER_FULL
+            self.make_room(port, now)
             self.rows[key] = [port, now]
             self.counters["moved"] += 1
-            return None
+            return
         if key in self.rows:
             del self.rows[key]
             self.counters["expired"] += 1
+        self.make_room(port, now)
         if len(self.rows) >= self.max_entries:
             self.purge(now)
             if len(self.rows) >= self.max_entries:
-                return Drop.TABLE_FULL
-        if self.peer_full(port, now):
-            return Drop.PEER_FULL
+                self.evict_lru(self.biggest())
         self.rows[key] = [port, now]
         self.counters["learned"] += 1
-        return None
 
     def validate(self, f: bytes) -> Drop | None:
         if len(f) < 14:
@@ -503,9 +555,10 @@ class NaiveSwitch:
         return None
 
     def egress(self, f: bytes, now: float) -> int | Drop:
-        bad = self.validate(f) or self.learn(vlan_id(f), f[6:12], TAP, now)
+        bad = self.validate(f)
         if bad is not None:
             return bad
+        self.learn(vlan_id(f), f[6:12], TAP, now)
         if f[0] & 1:
             return FLOOD
         where = self.live(vlan_id(f), f[:6], now)
@@ -514,9 +567,10 @@ class NaiveSwitch:
         return Drop.LOCAL_DEST if where == TAP else where
 
     def ingress(self, f: bytes, port: int, now: float) -> int | Drop:
-        bad = self.validate(f) or self.learn(vlan_id(f), f[6:12], port, now)
+        bad = self.validate(f)
         if bad is not None:
             return bad
+        self.learn(vlan_id(f), f[6:12], port, now)
         if not self.hub:
             return TAP
         if f[0] & 1:
@@ -646,10 +700,11 @@ def test_a_port_cap_overrides_the_per_peer_default() -> None:
     def src(n: int) -> bytes:
         return bytes([0x0A, 0, 0, 0, 1, n])
 
-    decisions = [sw.ingress(frame(BROADCAST_MAC, src(10 + i)), P2, 0.0) for i in range(3)]
-    assert decisions == [TAP, TAP, Drop.PEER_FULL]
+    decisions = [sw.ingress(frame(BROADCAST_MAC, src(10 + i)), P2, float(i)) for i in range(3)]
+    assert decisions == [TAP, TAP, TAP]
+    assert sw.lookup(0, src(10), 3.0) is None  # evicted: the cap is 2
     more = [sw.ingress(frame(BROADCAST_MAC, src(20 + i)), P1, 0.0) for i in range(5)]
-    assert more[-1] is Drop.PEER_FULL
+    assert more == [TAP] * 5
     assert sw.port_count(P1) == 4 and sw.port_count(P2) == 2
     with pytest.raises(ValueError):
         sw.set_port_cap(0, 5)
