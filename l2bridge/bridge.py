@@ -126,6 +126,8 @@ class Bridge:
         self.follower = follower
         self.kicks: set[str] = set()  # a follower's peers waiting for keys
         self.worker_status: Callable[[], list[dict]] | None = None
+        # Sections the running site adds to ``status`` (e.g. "plumbing"), computed on demand.
+        self.status_sections: dict[str, Callable[[], object]] = {}
         self.tap = tap
         self.transport = transport
         max_frame = config.mtu + wire_eth_overhead()
@@ -818,6 +820,7 @@ class Bridge:
                 "count": self.lanes,
                 "followers": self.worker_status() if self.worker_status is not None else [],
             },
+            **{name: section() for name, section in self.status_sections.items()},
         }
 
     def _peer_status(self, peer: Peer, now: float) -> dict:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from l2bridge import __version__
-from l2bridge.errors import EXIT_FAILED, EXIT_USAGE, sole_cause
+from l2bridge.errors import EXIT_FAILED, EXIT_USAGE, L2bridgeError, sole_cause
 
 MAIN_HELP = """\
 Join Ethernet LANs at layer 2 over UDP.
@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                     help="override [site].log_level")
 
-    check = sub.add_parser("check", help="validate a site configuration and print it")
+    check = sub.add_parser("check", help="validate a site configuration (and its key files, "
+                                         "control path) as `up` would, and print it")
     check.add_argument("-c", "--config", required=True, metavar="FILE")
 
     for name, text in (("show", "peers, counters and drops of a running site"),
@@ -112,7 +113,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from l2bridge import daemon
     from l2bridge.config import ConfigError
-    from l2bridge.control import ControlError
     from l2bridge.netctl import NetctlError
     from l2bridge.pmqos import PmQosError
     from l2bridge.tap import TapError
@@ -121,22 +121,26 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         config = _load(args.config)
+        secrets = daemon.preflight(config)  # the same checks as `l2bridge check`, first
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except L2bridgeError as exc:
+        return _fail(str(exc), exc.exit_status)
     level = (args.log_level or config.log_level).upper()
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
     )
-    known = (TapError, NetctlError, TransportError, ControlError, daemon.KeyLoadError,
-             WorkerError, PmQosError)
+    known = (TapError, NetctlError, TransportError, WorkerError, PmQosError, L2bridgeError)
     try:
-        trio.run(daemon.run, config)
+        trio.run(daemon.run, config, secrets)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
         cause = sole_cause(exc)
         if isinstance(cause, daemon.KeyLoadError):
             return _fail(str(cause), EXIT_USAGE)
+        if isinstance(cause, L2bridgeError):
+            return _fail(f"site {config.name}: {cause}", cause.exit_status)
         if isinstance(cause, known):
             return _fail(f"site {config.name}: {cause}")
         if isinstance(cause, KeyboardInterrupt):
@@ -146,12 +150,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Every validation ``up`` makes before touching the system (``daemon.preflight``)."""
     from l2bridge.config import ConfigError
+    from l2bridge.daemon import preflight
 
     try:
         config = _load(args.config)
+        preflight(config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except L2bridgeError as exc:
+        return _fail(str(exc), exc.exit_status)
     peers = ", ".join(
         f"{p.name} ({p.endpoint or 'dial-in'})" for p in config.peers
     ) or "none"

@@ -60,6 +60,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from l2bridge.fsutil import FileProblem, read_regular_file
 from l2bridge.mss import mss_for
 from l2bridge.wire import HEADER_LEN, MAX_FRAGMENTS
 
@@ -87,6 +88,7 @@ DEAD_AFTER_MAX_S = 86400.0
 IFNAMSIZ = 16  # kernel limit including the NUL: names are at most 15 bytes
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path minus the NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CONFIG_MAX_BYTES = 1 << 20  # a site config is a few kB; refuse to read more
 
 # Largest Ethernet frame for a given MTU: header plus two VLAN tags.
 FRAME_OVERHEAD = 14 + 2 * 4
@@ -257,6 +259,35 @@ def parse_endpoint(text: str, *, ip_only: bool = False) -> Endpoint:
     return Endpoint(host, port)
 
 
+def endpoint_problem(endpoint: Endpoint, listen: Endpoint) -> str | None:
+    """Why a peer's ``endpoint`` can never be a remote site, or None.
+
+    Broadcast, multicast and unspecified addresses are nobody's; the site's own
+    listen address (or a loopback address on its port, when it listens on every
+    address) is the site itself.  DNS names are judged once resolved.
+    """
+    try:
+        address = ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    shown = _quote(str(endpoint))
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{shown} is the broadcast address; expected the address of one remote site"
+    if address.is_multicast:
+        return f"{shown} is a multicast address; expected the address of one remote site"
+    if address.is_unspecified:
+        return f"{shown} is the unspecified address; expected the address of one remote site"
+    own = ipaddress.ip_address(listen.host)
+    if endpoint.port == listen.port and (
+        address == own or (own.is_unspecified and address.is_loopback)
+    ):
+        return (f"{shown} is this site's own listen address ({_quote(str(listen))});"
+                " expected another site's endpoint")
+    return None
+
+
 def _is_dns_name(host: str) -> bool:
     """RFC 1123 host name: dot-separated labels, last label not all digits."""
     name = host[:-1] if host.endswith(".") else host
@@ -404,15 +435,13 @@ def _ifname_problem(name: str) -> str | None:
 
 
 def load_config(path: str | os.PathLike[str]) -> SiteConfig:
-    """Read and check the site configuration at ``path``."""
+    """Read and check the site configuration at ``path`` (never blocks on a FIFO)."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+        raw, _ = read_regular_file(path, CONFIG_MAX_BYTES)
+    except FileProblem as exc:
         raise ConfigError(
-            path, "-", f"cannot read the config file ({reason}); expected a readable TOML file"
+            path, "-", f"cannot read the config file ({exc}); expected a readable TOML file"
         ) from None
     try:
         text = raw.decode("utf-8")
@@ -431,6 +460,11 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     """Parse TOML ``text`` into a checked ``SiteConfig``."""
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            path, "-", "arrays or tables nested too deeply to read; a site config nests at most"
+            " a few levels"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         detail = str(exc)
         match = _TOML_LINE_RE.match(detail)
@@ -704,6 +738,9 @@ def _peers(
                 endpoint = parse_endpoint(endpoint_text)
             except ValueError as exc:
                 raise peer.error("endpoint", str(exc)) from None
+            problem = endpoint_problem(endpoint, listen)
+            if problem:
+                raise peer.error("endpoint", problem)
             if endpoint.is_ipv6 and not listen.is_ipv6:
                 raise peer.error(
                     "endpoint",

@@ -1,14 +1,19 @@
 """``l2bridge up``: a site on real devices, from start to a clean, bounded stop.
 
 Start-up, each step's undo registered as soon as it succeeds:
+  0. ``preflight``: every validation (keys, control path) before anything is
+     touched - ``l2bridge check`` runs the same; then claim the control path
+     (``control.ControlClaim``: a second l2bridge of this site stops here);
   1. open the tap (created, or the existing persistent one attached): with
      ``offload`` IFF_VNET_HDR + TUNSETOFFLOAD, with ``workers`` > 1 one queue
      per worker;
-  2. plumb it: bridge created if missing, tap and LAN NICs enslaved, MTU set;
+  2. plumb it: bridge created if missing (marked as this site's), tap and LAN
+     NICs enslaved, MTU set; from now on ``PlumbingWatch`` keeps it so;
   3. bind the UDP socket (a group of one per worker);
   4. run the dataplane, start the other workers (``l2bridge.workers``), then
      open the control socket (its presence = ready).
 SIGINT/SIGTERM cancel everything; the undo stack then leaves the host as found.
+SIGHUP is logged and ignored (never fatal).
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ import trio
 from l2bridge import control, noise, pmqos
 from l2bridge.bridge import Bridge
 from l2bridge.config import SiteConfig
+from l2bridge.errors import EXIT_USAGE, L2bridgeError
 from l2bridge.netctl import BridgePlumbing
+from l2bridge.plumbwatch import PlumbingWatch
 from l2bridge.tap import TapDevice, open_tap, tap_info
 from l2bridge.transport import UdpTransport, open_group
 from l2bridge.workers import Leader
 
 log = logging.getLogger("l2bridge")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HANDLED_SIGNALS = (signal.SIGHUP,)  # logged, never fatal: a clean stop needs SIGINT/SIGTERM
 
 CLEARTEXT_WARNING = (
     "insecure = true: traffic is CLEARTEXT, filtered only by peer address; anyone on the "
@@ -60,11 +70,16 @@ class TrioTap:
         self.device.close()
 
 
-class KeyLoadError(Exception):
+class KeyLoadError(L2bridgeError):
     """A key file could not be used; the message names the file and the fix."""
 
+    exit_status = EXIT_USAGE
 
-def load_secrets(config: SiteConfig) -> tuple[noise.Identity | None, dict[str, bytes]]:
+
+Secrets = tuple[noise.Identity | None, dict[str, bytes]]
+
+
+def load_secrets(config: SiteConfig) -> Secrets:
     """The site's identity and the peers' pre-shared keys (None, {} in cleartext mode)."""
     if config.insecure:
         return None, {}
@@ -77,7 +92,7 @@ def load_secrets(config: SiteConfig) -> tuple[noise.Identity | None, dict[str, b
             for p in config.peers
             if p.preshared_key_file is not None
         }
-    except (keys.KeyFormatError, OSError) as exc:
+    except keys.KeyFormatError as exc:
         raise KeyLoadError(f"{config.path}: {exc}") from None
     identity = noise.Identity(private)
     for peer in config.peers:
@@ -86,15 +101,45 @@ def load_secrets(config: SiteConfig) -> tuple[noise.Identity | None, dict[str, b
                 f"{config.path}: peer {peer.name}: public_key is this site's own key;"
                 " expected the peer's key (l2bridge pubkey < the peer's key file)"
             )
+    return identity, psks
+
+
+def preflight(config: SiteConfig) -> Secrets:
+    """Every check ``up`` makes before it touches the system; ``l2bridge check`` runs this.
+
+    Key files (existence, type, mode, content), pre-shared keys, this site's own
+    key among its peers, and the control socket's directory and path.  Reads
+    only: nothing is created, opened for writing or waited on.
+    """
+    secrets = load_secrets(config)
+    control.check_directory(config.control, create=False)
+    control.check_path(config.control)
+    return secrets
+
+
+def log_identity(config: SiteConfig, secrets: Secrets) -> None:
+    """The site's and its peers' key fingerprints (never the keys)."""
+    identity, psks = secrets
+    if identity is None:
+        return
+    from l2bridge import keys
+
     log.info("site %s identity %s", config.name, keys.fingerprint(identity.public))
     for peer in config.peers:
         log.info("peer %s key %s%s", peer.name, keys.fingerprint(peer.public_key),  # type: ignore[arg-type]
                  " + pre-shared key" if peer.name in psks else "")
-    return identity, psks
+
+
+def bridge_marker(config: SiteConfig) -> str:
+    """The alias l2bridge gives a bridge it creates, so a later run knows it as its own."""
+    return f"l2bridge site {config.name}"
 
 
 async def serve_site(
-    config: SiteConfig, *, task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED
+    config: SiteConfig,
+    secrets: Secrets | None = None,
+    *,
+    task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bring the site up on real devices and run it until cancelled.
 
@@ -102,15 +147,20 @@ async def serve_site(
     socket per worker (an SO_REUSEPORT group); this process is worker 0 and
     starts the others (``l2bridge.workers``).
     """
-    identity, psks = load_secrets(config)
+    if secrets is None:
+        secrets = preflight(config)
+    identity, psks = secrets
+    log_identity(config, secrets)
     workers = config.workers
-    existing = tap_info(config.tap) if workers > 1 else None
-    if existing is not None and not existing.multi_queue:
-        log.warning("tap %s exists as a single-queue device: running 1 worker instead of %d "
-                    "(recreate it with l2bridge tap add --multi-queue, or set workers = 1)",
-                    config.tap, workers)
-        workers = 1
     with contextlib.ExitStack() as undo:
+        # Before anything else: no second l2bridge of this site touches what the first runs.
+        claim = undo.enter_context(control.ControlClaim(config.control))
+        existing = tap_info(config.tap) if workers > 1 else None
+        if existing is not None and not existing.multi_queue:
+            log.warning("tap %s exists as a single-queue device: running 1 worker instead of "
+                        "%d (recreate it with l2bridge tap add --multi-queue, or set "
+                        "workers = 1)", config.tap, workers)
+            workers = 1
         if config.low_latency:
             undo.enter_context(pmqos.hold())
             log.info("low_latency: CPU wake-up latency held at 0 µs (idle CPUs poll)")
@@ -125,11 +175,13 @@ async def serve_site(
                         "frames go one by one", config.tap)
         tap = TrioTap(device)
         undo.callback(tap.close)
-        undo.enter_context(
+        plumb = undo.enter_context(
             BridgePlumbing(
-                bridge=config.bridge, tap=config.tap, interfaces=config.interfaces, mtu=config.mtu
+                bridge=config.bridge, tap=config.tap, interfaces=config.interfaces,
+                mtu=config.mtu, marker=bridge_marker(config),
             )
         )
+        watch = PlumbingWatch(plumb)
         socks = open_group(config.listen, workers, offload=config.offload)
         for sock in socks[1:]:
             undo.callback(sock.close)
@@ -138,6 +190,7 @@ async def serve_site(
         undo.callback(transport.close)
         bridge = Bridge(config, tap=tap, transport=transport, identity=identity, psks=psks,
                         lanes=workers)
+        bridge.status_sections["plumbing"] = watch.status
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
             if workers > 1:
@@ -147,7 +200,10 @@ async def serve_site(
                 for queue, sock in zip(queues[1:], socks[1:], strict=True):
                     queue.close()  # the followers hold them now
                     sock.close()
-            await nursery.start(control.serve, config.control, _handler(bridge))
+            await nursery.start(watch.run)
+            await nursery.start(
+                functools.partial(control.serve, claim=claim), config.control, _handler(bridge)
+            )
             log.info(
                 "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s; offload %s%s",
                 config.name, config.listen, config.bridge, config.tap, len(config.peers),
@@ -176,19 +232,25 @@ def _handler(bridge: Bridge):
     return handle
 
 
-async def run(config: SiteConfig) -> None:
-    """Run a site in the foreground until SIGINT or SIGTERM."""
+async def run(config: SiteConfig, secrets: Secrets | None = None) -> None:
+    """Run a site in the foreground until SIGINT or SIGTERM (``secrets``: from preflight)."""
     if config.insecure:
         log.warning(CLEARTEXT_WARNING)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS, *HANDLED_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_site, config)
 
-            async def stop_on_signal() -> None:
+            async def on_signals() -> None:
                 async for signum in signals:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
+                    name = signal.Signals(signum).name
+                    if signum in STOP_SIGNALS:
+                        log.info("%s: shutting down", name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.warning("%s: live reconfiguration is not available in this version; "
+                                "the site keeps running unchanged (restart it to apply a new "
+                                "config)", name)
 
-            nursery.start_soon(stop_on_signal)
+            # Signals are received from the start: one during start-up is a clean stop too.
+            nursery.start_soon(on_signals)
+            await nursery.start(serve_site, config, secrets)
     log.info("site %s stopped", config.name)

@@ -8,6 +8,15 @@ EXIT_FAILED = 1  # a runtime failure: a device, a socket, a peer, a check
 EXIT_USAGE = 2  # bad usage, bad configuration or scenario, missing program; nothing created
 
 
+class L2bridgeError(Exception):
+    """An error a user can see: ``str()`` is one line naming what failed and the fix.
+
+    ``exit_status`` is the status a command exits with when this is its cause.
+    """
+
+    exit_status = EXIT_FAILED
+
+
 def sole_cause(exc: BaseException) -> BaseException:
     """The one exception inside (nested) exception groups, else ``exc``.
 

@@ -6,7 +6,8 @@ the way X25519 expects (RFC 7748), so a generated key is byte-identical to the
 scalar actually used.
 
 Flow of a key file (``read_private_key_file`` / ``read_psk_file``):
-  1. open it and ``fstat`` the open descriptor (no check-then-open race)
+  1. open it without blocking and ``fstat`` the open descriptor (no
+     check-then-open race; a FIFO or device is refused, never waited on)
   2. refuse it if any group/other permission bit is set (``mode & 0o077``)
   3. read at most ``KEY_FILE_MAX_BYTES`` and decode it with ``decode_key``.
 
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 import stat
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from l2bridge.fsutil import FileProblem, read_regular_file
 
 # Specification constants.
 KEY_LEN = 32
@@ -158,33 +160,18 @@ def fingerprint(public: bytes) -> str:
 
 
 def _read_key_file(path: str, what: str) -> bytes:
-    """Open, check the mode on the open descriptor, read and decode one key file."""
+    """Open without blocking, check type and mode on the open descriptor, read, decode."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
+        data, info = read_regular_file(path, KEY_FILE_MAX_BYTES)
+    except FileProblem as exc:
         raise KeyFormatError(
-            f"{path}: cannot open {what} file: {exc.strerror or exc};"
-            " check the path in the configuration"
+            f"{path}: cannot {exc.action} {what} file: {exc}; check the path in the configuration"
         ) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFormatError(f"{path}: {what} file is not a regular file; point to the file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & KEY_FILE_MODE_MASK:
-            raise KeyFormatError(
-                f"{path}: {what} file has mode {mode:04o}, readable or writable by group/others;"
-                f" run `chmod 600 {path}`"
-            )
-        data = os.read(fd, KEY_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise KeyFormatError(f"{path}: cannot read {what} file: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > KEY_FILE_MAX_BYTES:
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & KEY_FILE_MODE_MASK:
         raise KeyFormatError(
-            f"{path}: {what} file is larger than {KEY_FILE_MAX_BYTES} bytes;"
-            " it should hold one 44-character base64 key"
+            f"{path}: {what} file has mode {mode:04o}, readable or writable by group/others;"
+            f" run `chmod 600 {path}`"
         )
     try:
         text = data.decode("ascii")

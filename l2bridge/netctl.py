@@ -31,6 +31,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from l2bridge.plumbing import Expected, LinkView, Repair
+
 log = logging.getLogger(__name__)
 
 IFF_UP = 0x1
@@ -74,8 +76,10 @@ class BridgePlumbing:
         interfaces: Sequence[str] = (),
         mtu: int = 1500,
         netns: str | None = None,
+        marker: str | None = None,
     ) -> None:
         self.bridge = bridge
+        self.marker = marker
         self.tap = tap
         self.interfaces = tuple(interfaces)
         self.mtu = mtu
@@ -135,29 +139,7 @@ class BridgePlumbing:
         # 2. the bridge
         msg = self._get(ipr, self.bridge)
         if msg is None:
-            self._call(
-                ipr,
-                f'creating bridge "{self.bridge}"',
-                "check the name, and that the bridge module is available",
-                "add",
-                ifname=self.bridge,
-                kind="bridge",
-                br_stp_state=0,
-                br_forward_delay=0,
-            )
-            self.created = True
-            msg = self._get(ipr, self.bridge)
-            if msg is None:
-                raise NetctlError(
-                    f'bridge "{self.bridge}" in {self._where()} vanished right after creation '
-                    "(ENODEV): check for another tool deleting links",
-                    errno.ENODEV,
-                )
-            created_index = msg["index"]
-            self._push(
-                f'delete bridge "{self.bridge}"',
-                lambda r: r.link("del", index=created_index),
-            )
+            msg = self._create_bridge(ipr)
         else:
             kind = _kind(msg)
             if kind != "bridge":
@@ -167,6 +149,14 @@ class BridgePlumbing:
                     f'name or delete "{self.bridge}"',
                     errno.EEXIST,
                 )
+            if self.marker is not None and msg.get_attr("IFLA_IFALIAS") == self.marker:
+                # Left by a killed l2bridge of this site: ours to remove, not the admin's.
+                log.info('bridge "%s" carries the marker "%s": left by an earlier run of '
+                         "this site; it is removed on exit", self.bridge, self.marker)
+                self.created = True
+                found_index = msg["index"]
+                self._push(f'delete bridge "{self.bridge}"',
+                           lambda r: r.link("del", index=found_index))
         self._bridge_index = msg["index"]
         bridge_up = bool(msg["flags"] & IFF_UP)
 
@@ -207,6 +197,68 @@ class BridgePlumbing:
                     f'bring bridge "{self.bridge}" down',
                     lambda r: r.link("set", index=index, state="down"),
                 )
+
+    def _create_bridge(self, ipr: IPRoute) -> Any:
+        """Create the bridge (STP off, forward delay 0, our marker); record its deletion."""
+        self._call(
+            ipr,
+            f'creating bridge "{self.bridge}"',
+            "check the name, and that the bridge module is available",
+            "add",
+            ifname=self.bridge,
+            kind="bridge",
+            br_stp_state=0,
+            br_forward_delay=0,
+        )
+        self.created = True
+        msg = self._get(ipr, self.bridge)
+        if msg is None:
+            raise NetctlError(
+                f'bridge "{self.bridge}" in {self._where()} vanished right after creation '
+                "(ENODEV): check for another tool deleting links",
+                errno.ENODEV,
+            )
+        created_index = msg["index"]
+        self._push(
+            f'delete bridge "{self.bridge}"',
+            lambda r: r.link("del", index=created_index),
+        )
+        if self.marker is not None:
+            self._call(ipr, f'marking bridge "{self.bridge}"', "check the bridge", "set",
+                       index=created_index, ifalias=self.marker)
+        return msg
+
+    # --- watching and repairing (l2bridge.plumbing decides) -------------------------
+
+    def expected(self) -> Expected:
+        return Expected(self.bridge, self.tap, self.interfaces, self.created)
+
+    def observe(self) -> dict[str, LinkView | None]:
+        """The bridge, the tap and the NICs as they are now (None: missing)."""
+        with self._ipr() as ipr:
+            return {name: _view(self._get(ipr, name))
+                    for name in (self.bridge, self.tap, *self.interfaces)}
+
+    def repair(self, repairs: Sequence[Repair]) -> None:
+        """Make the repairs ``plumbing.decide`` asked for, recording undos as setup does."""
+        with self._ipr() as ipr:
+            for item in repairs:
+                if item.action == "create_bridge":
+                    self._bridge_index = self._create_bridge(ipr)["index"]
+                elif item.action == "attach":
+                    msg = self._get(ipr, item.name)
+                    if msg is not None:
+                        tap = item.name == self.tap
+                        self._attach_port(ipr, msg, "tap" if tap else "interface",
+                                          force_mtu=tap)
+                elif item.action == "up":
+                    msg = self._get(ipr, item.name)
+                    if msg is not None:
+                        self._call(ipr, f'bringing "{item.name}" up', "check the device", "set",
+                                   index=msg["index"], state="up")
+            if any(item.action == "create_bridge" for item in repairs):
+                self._call(ipr, f'bringing bridge "{self.bridge}" up', "check the bridge", "set",
+                           index=self._bridge_index, state="up")
 
     def _attach_port(self, ipr: IPRoute, msg: Any, role: str, *, force_mtu: bool) -> None:
         """MTU, enslave, up for one port, recording an undo after each change."""
@@ -351,6 +403,13 @@ class BridgePlumbing:
                 log.debug("%s: done", description)
         if first is not None:
             raise first
+
+
+def _view(msg: Any | None) -> LinkView | None:
+    if msg is None:
+        return None
+    return LinkView(index=msg["index"], kind=_kind(msg), master=msg.get_attr("IFLA_MASTER") or 0,
+                    up=bool(msg["flags"] & IFF_UP))
 
 
 def _kind(msg: Any) -> str | None:

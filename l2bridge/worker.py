@@ -4,8 +4,9 @@ Not a user command: ``l2bridge up`` with ``workers = N`` starts N-1 of these,
 each with inherited fds (a tap queue, a socket of the SO_REUSEPORT group, a
 channel to the leader).  Flow: load the same config and keys as the leader →
 wrap the fds → run a follower Bridge (lane k of N) and the channel
-(``workers.Follower``) until the leader goes away or SIGTERM.  SIGINT is
-ignored: a terminal's Ctrl-C reaches the leader, which stops its workers.
+(``workers.Follower``) until the leader goes away or SIGTERM.  SIGINT and
+SIGHUP are ignored: a terminal's Ctrl-C reaches the leader, which stops its
+workers.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name}", type=int, required=True)
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the leader owns the site's signals
     try:
         config = load_config(args.config)
     except ConfigError as exc:

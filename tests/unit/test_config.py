@@ -237,9 +237,72 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path))
     assert str(info.value) == (
-        f"{tmp_path}: -: cannot read the config file (Is a directory);"
+        f"{tmp_path}: -: cannot read the config file (a directory, not a regular file);"
         " expected a readable TOML file"
     )
+
+
+def test_a_fifo_config_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "site.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"cannot read the config file \(a FIFO, not a regular"):
+        load_config(str(fifo))  # blocked forever in open() before
+
+
+def test_an_endless_config_file_is_refused(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    with pytest.raises(ConfigError, match="a character device, not a regular file"):
+        load_config("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_config(str(big))
+
+
+@pytest.mark.parametrize("nested", [
+    "a = " + "[" * 5000 + "]" * 5000,
+    "a = " + "{b = " * 5000 + "1" + "}" * 5000,
+])
+def test_deep_nesting_is_one_line(nested: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + nested + "\n", "deep.toml")
+    message = str(info.value)
+    assert message.startswith("deep.toml: -: ") and "nested too deeply" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("endpoint", "listen", "why"), [
+    ("255.255.255.255:55555", "0.0.0.0:55555", "the broadcast address"),
+    ("224.0.0.1:55555", "0.0.0.0:55555", "a multicast address"),
+    ("[ff02::1]:55555", "[::]:55555", "a multicast address"),
+    ("0.0.0.0:55555", "0.0.0.0:55555", "the unspecified address"),
+    ("[::]:4000", "[::]:55555", "the unspecified address"),
+    ("192.0.2.1:55555", "192.0.2.1:55555", "this site's own listen address"),
+    ("127.0.0.1:55555", "0.0.0.0:55555", "this site's own listen address"),
+    ("[::1]:55555", "[::]:55555", "this site's own listen address"),
+    ("127.0.0.1:55555", "[::]:55555", "this site's own listen address"),
+    ("[::ffff:127.0.0.1]:55555", "[::]:55555", "this site's own listen address"),
+])
+def test_endpoints_that_are_no_remote_site_are_refused(endpoint: str, listen: str,
+                                                        why: str) -> None:
+    text = (f'[site]\nname = "a"\nlisten = "{listen}"\ninsecure = true\n'
+            f'[[peer]]\nname = "b"\nendpoint = "{endpoint}"\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "s.toml")
+    assert info.value.key == "peer[0].endpoint"
+    assert why in info.value.message
+
+
+@pytest.mark.parametrize(("endpoint", "listen"), [
+    ("127.0.0.1:55556", "0.0.0.0:55555"),  # loopback, another port: a second site here
+    ("192.0.2.1:55555", "192.0.2.2:55555"),
+    ("peer.example:55555", "0.0.0.0:55555"),
+])
+def test_ordinary_endpoints_still_pass(endpoint: str, listen: str) -> None:
+    text = (f'[site]\nname = "a"\nlisten = "{listen}"\ninsecure = true\n'
+            f'[[peer]]\nname = "b"\nendpoint = "{endpoint}"\n')
+    assert parse_config(text, "s.toml").peers[0].endpoint is not None
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

@@ -194,6 +194,15 @@ def test_missing_binary_large_and_directory_files(tmp_path: Path) -> None:
         read_private_key_file(str(directory))
 
 
+def test_a_fifo_key_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "site.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFormatError, match="a FIFO, not a regular file"):
+        read_private_key_file(str(fifo))  # waited forever for a writer in open() before
+    with pytest.raises(KeyFormatError, match="a FIFO, not a regular file"):
+        read_psk_file(str(fifo))
+
+
 def test_wg_style_psk_file(tmp_path: Path) -> None:
     psk = generate_psk()
     path = _write(tmp_path / "peer.psk", base64.b64encode(psk).decode() + "\n", 0o600)
