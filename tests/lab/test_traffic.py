@@ -20,6 +20,7 @@ import secrets
 import signal
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from netns.traffic import (
     FrameCounter,
     ToolMissing,
     TrafficError,
+    _spawn,
     dhcp_lease,
     iperf3,
     parse_iperf3_json,
@@ -643,6 +645,38 @@ async def test_tcpdump_sees_frames_bytes_equal(clean: Topo) -> None:
 async def test_tcpdump_bad_filter_is_named(clean: Topo) -> None:
     with trio.fail_after(10), pytest.raises(TrafficError, match=r"tcpdump in .*-b: exited.*"):
         await tcpdump_count(clean.b, "eth0", "ether proto nonsense(", duration_s=0.2)
+
+
+# --- output of a running tool ----------------------------------------------------
+
+# Writes numbered lines to stdout and stderr, one write(2) each, as fast as it can.
+NUMBERED_LINES = 50_000
+WRITER = f"""
+import os
+for i in range({NUMBERED_LINES}):
+    line = b"%d\\n" % i
+    os.write(1, line)
+    os.write(2, line)
+"""
+
+
+@netns_test
+async def test_reading_output_never_disturbs_the_writer(clean: Topo) -> None:
+    # The reader polls while the child writes through the same open file:
+    # every read is a prefix of what the child writes, and nothing is overwritten.
+    expected = "".join(f"{i}\n" for i in range(NUMBERED_LINES))
+    with trio.fail_after(30):
+        async with _spawn(clean.a, [sys.executable, "-c", WRITER]) as child:
+            reads = 0
+            while child.running:
+                for seen in (child.stdout(), child.stderr()):
+                    assert expected.startswith(seen), f"read {reads}: not a prefix"
+                reads += 1
+                await trio.lowlevel.checkpoint()
+            assert await child.wait(10)
+            assert child.proc.returncode == 0
+            assert (child.stdout(), child.stderr()) == (expected, expected)
+    assert clean.leftovers() == {}
 
 
 # --- timeouts and cancellation kill the child ---------------------------------------
