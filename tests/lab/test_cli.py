@@ -33,6 +33,22 @@ def test_bad_scenario_exits_2_with_one_line(tmp_path: object,
     assert err[-1] == f'{path}: wan.mtuu: unknown key "mtuu" (did you mean "mtu"?)'
 
 
+@pytest.mark.parametrize("nesting", [
+    "a = " + "[" * 5000 + "]" * 5000,
+    "a = " + "{ b = " * 5000 + "1" + " }" * 5000,
+    "[[site]]\nname = 'x'\nl2bridge." + ".".join(["a"] * 3000) + " = 1\n"
+    "[[site.host]]\nname = 'h1'\n[[site]]\nname = 'y'\n[[site.host]]\nname = 'h1'",
+], ids=["arrays", "inline tables", "dotted keys in l2bridge"])
+def test_deeply_nested_scenario_is_one_line_not_a_traceback(
+        nesting: str, tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    path = os.path.join(str(tmp_path), "deep.toml")
+    with open(path, "w") as f:
+        f.write(nesting + "\n")
+    assert cli.main(["plan", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{path}: "), err[:300]
+
+
 def test_vxlan_on_small_wan_mtu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plan", TWO, "--gateway", "vxlan"]) == 2
     assert "wan.mtu: vxlan gateways need wan.mtu >= 1550" in capsys.readouterr().err
