@@ -107,9 +107,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    _need_root()
     scenario = load_scenario(args.scenario)
-    _plan(args, scenario)  # validate overrides before anything exists
+    _plan(args, scenario)  # validate the file, overrides and names before anything exists
+    _need_root()
 
     async def body() -> int:
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
@@ -154,9 +154,9 @@ async def _compare(scenario: Any, args: argparse.Namespace,
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    _need_root()
     scenario = load_scenario(args.scenario)
     _plan(args, scenario)
+    _need_root()
 
     async def body() -> int:
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from netns import cli
+from netns.plan import LAB_RUN_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWO = os.path.join(ROOT, "scenarios", "two-offices.toml")
@@ -47,6 +50,43 @@ def test_deeply_nested_scenario_is_one_line_not_a_traceback(
     assert cli.main(["plan", path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"{path}: "), err[:300]
+
+
+COLLIDING = """
+[[site]]
+name = "zq"
+[[site.host]]
+name = "b-c"
+[[site]]
+name = "zq-b"
+[[site.host]]
+name = "c"
+"""
+
+
+def lab_names(suffix: str) -> set[str]:
+    """Namespaces and lab directories on this machine whose name ends in ``suffix``."""
+    found = set()
+    for root in ("/run/netns", LAB_RUN_DIR):
+        with contextlib.suppress(FileNotFoundError):
+            found |= {n for n in os.listdir(root) if n.endswith(suffix)}
+    return found
+
+
+@pytest.mark.parametrize("command", ["plan", "up", "run"])
+def test_colliding_node_names_refused_before_anything_exists(
+        command: str, tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    path = os.path.join(str(tmp_path), "clash.toml")
+    with open(path, "w") as f:
+        f.write(COLLIDING)
+    before = lab_names("-zq-b-c") | lab_names("-zq-gw")
+    assert cli.main([command, path]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        rf'{re.escape(path)}: site\[1\]\.host\[0\]\.name: site\[0\]\.host\[0\] "b-c" and '
+        r'site\[1\]\.host\[0\] "c" would both be namespace "l2b[0-9a-f]{5}-zq-b-c"; '
+        r"rename one\n", err), err
+    assert lab_names("-zq-b-c") | lab_names("-zq-gw") == before
 
 
 def test_vxlan_on_small_wan_mtu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
