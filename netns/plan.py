@@ -61,6 +61,8 @@ from netns.scenario import Link, Scenario, ScenarioError, Site
 
 LAB_RUN_DIR = "/run/l2bridge/lab"
 PREFIX_HEAD = "l2b"
+PREFIX_HEX_DIGITS = 5
+PREFIX_SHAPE = f"{PREFIX_HEAD} and {PREFIX_HEX_DIGITS} hex digits, like {PREFIX_HEAD}3f9a1"
 L2BRIDGE_PORT = 55555
 VXLAN_PORT = 4789
 VXLAN_MESH_VNI = 42
@@ -74,12 +76,13 @@ SWITCH_UPLINK = "gw"  # its port towards the gateway's eth1
 
 def new_prefix() -> str:
     """A fresh run prefix: ``l2b`` + 5 random hex digits."""
-    return PREFIX_HEAD + secrets.token_hex(3)[:5]
+    return PREFIX_HEAD + secrets.token_hex(3)[:PREFIX_HEX_DIGITS]
 
 
 def is_prefix(text: str) -> bool:
+    """Whether ``text`` is a lab name (``PREFIX_SHAPE``): safe as one path component."""
     return (
-        len(text) == len(PREFIX_HEAD) + 5
+        len(text) == len(PREFIX_HEAD) + PREFIX_HEX_DIGITS
         and text.startswith(PREFIX_HEAD)
         and all(c in "0123456789abcdef" for c in text[len(PREFIX_HEAD):])
     )
