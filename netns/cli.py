@@ -26,8 +26,8 @@ from netns import bench, timing
 from netns.gateways import GatewayError
 from netns.lab import LabError, PreflightError, open_lab
 from netns.nsenter import netns_path, netns_preexec
-from netns.plan import VXLAN_OVERHEAD_V4, make_plan, new_prefix
-from netns.registry import clean, destroy, list_labs, owner_alive, read_state
+from netns.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
+from netns.registry import clean, destroy, list_labs, owner_alive, owns_namespace, read_state
 from netns.report import CheckResult, format_table, make_report, to_json
 from netns.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
 
@@ -107,9 +107,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    _need_root()
     scenario = load_scenario(args.scenario)
-    _plan(args, scenario)  # validate overrides before anything exists
+    _plan(args, scenario)  # validate the file, overrides and names before anything exists
+    _need_root()
 
     async def body() -> int:
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
@@ -154,9 +154,9 @@ async def _compare(scenario: Any, args: argparse.Namespace,
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    _need_root()
     scenario = load_scenario(args.scenario)
     _plan(args, scenario)
+    _need_root()
 
     async def body() -> int:
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
@@ -169,6 +169,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    if not _lab_name_ok("down", args.name):
+        return EXIT_USAGE
     _need_root()
     state = read_state(args.name)
     if state is None:
@@ -186,6 +188,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    if not _lab_name_ok("exec", args.name):
+        return EXIT_USAGE
     _need_root()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -199,6 +203,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if ns is None:
         _err(f'lab {args.name}: no node "{args.node}" (one of: {", ".join(state.nodes)})')
         return EXIT_USAGE
+    if not owns_namespace(state.prefix, ns):
+        _err(f'lab {args.name}: node "{args.node}" is namespace {ns!r}, which is not one of '
+             f"the lab's ({state.prefix}-…); its state file is damaged, not entering it")
+        return EXIT_FAILED
     if not os.path.exists(netns_path(ns)):
         _err(f"lab {args.name}: namespace {ns} is gone (the lab is being removed?)")
         return EXIT_FAILED
@@ -308,6 +316,15 @@ def _plan(args: argparse.Namespace, scenario: Any = None) -> Any:
                             f"expected {MIN_MTU}..{MAX_MTU}, found {args.wan_mtu}")
     scenario = scenario or load_scenario(args.scenario)
     return make_plan(scenario, prefix=new_prefix(), gateway=args.gateway, wan_mtu=args.wan_mtu)
+
+
+def _lab_name_ok(command: str, name: str) -> bool:
+    """A lab name is one path component of the run directory: anything else is refused."""
+    if is_prefix(name):
+        return True
+    _err(f"lab {command}: {name!r} is not a lab name (expected {PREFIX_SHAPE}; "
+         "see `l2bridge lab list`)")
+    return False
 
 
 def _need_root() -> None:

@@ -23,7 +23,11 @@ namespace              contents
 =====================  ==========================================================
 
 ``<i>`` is the 1-based site index in file order.  Names in the scenario are at most
-12 characters, so every interface name fits the kernel's 15.  Derived host
+12 characters, so every interface name fits the kernel's 15.  Names may hold "-", so
+different nodes could get the same name (site ``a`` host ``b-c`` and site ``a-b``
+host ``c``); ``make_plan`` claims every generated name that must be unique (the
+namespaces, the interfaces named after sites and hosts together with the lab's own
+in the same namespace, the run files) and refuses a clash, naming both owners.  Derived host
 addresses: host ``j`` (0-based) of site ``i`` gets offset ``i*256 + j + 1`` in the
 LAN's IPv4 network and ``i*65536 + j + 1`` in its IPv6 network (10.77.<i>.<j+1>,
 fd00:77::<i>:<j+1> by default), skipping addresses given explicitly; derived MACs
@@ -57,22 +61,28 @@ from netns.scenario import Link, Scenario, ScenarioError, Site
 
 LAB_RUN_DIR = "/run/l2bridge/lab"
 PREFIX_HEAD = "l2b"
+PREFIX_HEX_DIGITS = 5
+PREFIX_SHAPE = f"{PREFIX_HEAD} and {PREFIX_HEX_DIGITS} hex digits, like {PREFIX_HEAD}3f9a1"
 L2BRIDGE_PORT = 55555
 VXLAN_PORT = 4789
 VXLAN_MESH_VNI = 42
 VXLAN_HUB_VNI_BASE = 1000
 VXLAN_OVERHEAD_V4 = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 IFNAME_MAX = 15
+LOOPBACK = "lo"
+SWITCH_BRIDGE = "br0"  # the LAN switch's bridge, in P-<site>-sw
+SWITCH_UPLINK = "gw"  # its port towards the gateway's eth1
 
 
 def new_prefix() -> str:
     """A fresh run prefix: ``l2b`` + 5 random hex digits."""
-    return PREFIX_HEAD + secrets.token_hex(3)[:5]
+    return PREFIX_HEAD + secrets.token_hex(3)[:PREFIX_HEX_DIGITS]
 
 
 def is_prefix(text: str) -> bool:
+    """Whether ``text`` is a lab name (``PREFIX_SHAPE``): safe as one path component."""
     return (
-        len(text) == len(PREFIX_HEAD) + 5
+        len(text) == len(PREFIX_HEAD) + PREFIX_HEX_DIGITS
         and text.startswith(PREFIX_HEAD)
         and all(c in "0123456789abcdef" for c in text[len(PREFIX_HEAD):])
     )
@@ -299,6 +309,33 @@ class Plan:
 # ---------------------------------------------------------------- planning
 
 
+class _Names:
+    """Generated names that must be unique, each with the owner it was made for.
+
+    An owner is a scenario key and a label (``site[0].host[1] "h2"``); the lab's
+    own fixed names have no key.  A second claim on a name raises a one-line
+    ``ScenarioError`` at the second owner's key, naming both owners.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.owners: dict[str, tuple[str, str]] = {}  # what -> (key, label)
+
+    def claim(self, what: str, key: str, label: str) -> None:
+        first_key, first = self.owners.setdefault(what, (key, label))
+        if (first_key, first) == (key, label):
+            return
+        if not first_key:
+            raise ScenarioError(self.path, key,
+                                f"{label} would be {what}, which the lab uses for {first}; "
+                                "rename it")
+        raise ScenarioError(self.path, key, f"{first} and {label} would both be {what}; "
+                            "rename one")
+
+    def lab_owns(self, what: str, label: str) -> None:
+        self.owners[what] = ("", label)
+
+
 def make_plan(
     scenario: Scenario,
     *,
@@ -337,47 +374,61 @@ def make_plan(
     wan_ns = f"{prefix}-wan"
     nodes: dict[str, Node] = {"wan": Node(ref="wan", ns=wan_ns, site=None, role="wan")}
     namespaces = [wan_ns]
+    names = _Names(scenario.path)
+    names.lab_owns(_ns(wan_ns), "the WAN router")
+    names.lab_owns(_iface(wan_ns, LOOPBACK), "the loopback")
     hosts = _host_addressing(scenario)
 
     site_plans: list[SitePlan] = []
     peers_of = _peers(scenario)
     for i, site in enumerate(scenario.sites, start=1):
+        key = f"site[{i - 1}]"
+        owner = f'{key} "{site.name}"'
         gw_ns, sw_ns = f"{prefix}-{site.name}-gw", f"{prefix}-{site.name}-sw"
+        names.claim(_ns(gw_ns), f"{key}.name", f"{owner} (its gateway)")
+        names.claim(_ns(sw_ns), f"{key}.name", f"{owner} (its LAN switch)")
+        names.lab_owns(_iface(sw_ns, LOOPBACK), "the loopback")
+        names.lab_owns(_iface(sw_ns, SWITCH_BRIDGE), "the LAN bridge")
+        names.lab_owns(_iface(sw_ns, SWITCH_UPLINK), "the port towards the gateway")
         namespaces += [gw_ns, sw_ns]
         nodes[f"{site.name}.gw"] = Node(f"{site.name}.gw", gw_ns, site.name, "gw")
         nodes[f"{site.name}.sw"] = Node(f"{site.name}.sw", sw_ns, site.name, "sw")
-        for host in site.hosts:
+        for j, host in enumerate(site.hosts):
             ref = f"{site.name}.{host.name}"
             ns = f"{prefix}-{site.name}-{host.name}"
+            host_owner = f'{key}.host[{j}] "{host.name}"'
+            names.claim(_ns(ns), f"{key}.host[{j}].name", host_owner)
+            names.claim(_iface(sw_ns, host.name), f"{key}.host[{j}].name",
+                        f"{host_owner} (its switch port)")
             namespaces.append(ns)
             v4, v6, mac = hosts[ref]
             nodes[ref] = Node(ref, ns, site.name, "host", "eth0", v4, v6, mac, host.vlan)
         link = scenario.link(site.name)
         router, gateway_addr = link_addresses(i, link)
-        site_plans.append(
-            SitePlan(
-                name=site.name,
-                index=i,
-                hub=site.hub,
-                gateway=mode,
-                gw_ns=gw_ns,
-                sw_ns=sw_ns,
-                underlay=gateway_addr,
-                router=router,
-                peers=(),
-                config_path=f"{rundir}/{site.name}.toml",
-                log_path=f"{rundir}/{site.name}.log",
-                control_path=f"{rundir}/{site.name}.sock",
-                config_text="",
-                private_key=b"",
-                key_path=f"{rundir}/{site.name}.key",
-                vxlan=(),
-                link=link,
-                wan_if=site.name,
-                relay=relay_plan(site.name, i, link, ns=wan_ns, seed=scenario.wan.seed,
-                                 rundir=rundir),
-            )
+        site_plan = SitePlan(
+            name=site.name,
+            index=i,
+            hub=site.hub,
+            gateway=mode,
+            gw_ns=gw_ns,
+            sw_ns=sw_ns,
+            underlay=gateway_addr,
+            router=router,
+            peers=(),
+            config_path=f"{rundir}/{site.name}.toml",
+            log_path=f"{rundir}/{site.name}.log",
+            control_path=f"{rundir}/{site.name}.sock",
+            config_text="",
+            private_key=b"",
+            key_path=f"{rundir}/{site.name}.key",
+            vxlan=(),
+            link=link,
+            wan_if=site.name,
+            relay=relay_plan(site.name, i, link, ns=wan_ns, seed=scenario.wan.seed,
+                             rundir=rundir),
         )
+        _claim_site_names(names, site_plan, key, owner, wan_ns)
+        site_plans.append(site_plan)
     by_name = {s.name: s for s in site_plans}
     if not scenario.insecure:
         chosen = site_keys or {}
@@ -417,6 +468,27 @@ def make_plan(
         steps=(),
     )
     return dataclasses.replace(plan, steps=tuple(_steps(plan)))
+
+
+def _ns(name: str) -> str:
+    return f'namespace "{name}"'
+
+
+def _iface(ns: str, ifname: str) -> str:
+    return f'interface "{ifname}" in namespace "{ns}"'
+
+
+def _claim_site_names(names: _Names, s: SitePlan, key: str, owner: str, wan_ns: str) -> None:
+    """A site's names beside its namespaces: WAN interfaces (and relay legs), run files."""
+    where = f"{key}.name"
+    names.claim(_iface(wan_ns, s.wan_if), where, f"{owner} (its WAN link)")
+    for path, what in ((s.config_path, "config"), (s.log_path, "log"),
+                       (s.control_path, "control socket"), (s.key_path, "key")):
+        names.claim(f'run file "{path}"', where, f"{owner} (its {what})")
+    if s.relay is not None:
+        for leg in (s.relay.gw_leg, s.relay.router_leg):
+            names.claim(_iface(wan_ns, leg), where, f"{owner} (its relay)")
+        names.claim(f'run file "{s.relay.log_path}"', where, f"{owner} (its relay log)")
 
 
 def _check_vxlan_links(scenario: Scenario) -> None:
@@ -540,18 +612,18 @@ def _steps(plan: Plan) -> Iterator[Step]:
     vlans = any(h.vlan is not None for s in sc.sites for h in s.hosts)
     for ns in plan.namespaces:
         yield AddNetns(ns)
-        yield SetLink(ns, "lo")
+        yield SetLink(ns, LOOPBACK)
     yield Sysctl(plan.wan_ns, "net.ipv4.ip_forward", "1")
     for s in plan.sites:
         yield from _wan_link_steps(plan, s)
-        yield AddBridge(s.sw_ns, "br0")
-        yield AddVeth(s.gw_ns, s.lan_ifname, s.sw_ns, "gw", sc.lan.mtu)
-        yield SetLink(s.sw_ns, "gw", master="br0")
+        yield AddBridge(s.sw_ns, SWITCH_BRIDGE)
+        yield AddVeth(s.gw_ns, s.lan_ifname, s.sw_ns, SWITCH_UPLINK, sc.lan.mtu)
+        yield SetLink(s.sw_ns, SWITCH_UPLINK, master=SWITCH_BRIDGE)
         yield SetLink(s.gw_ns, s.lan_ifname)
         for host in sc.site(s.name).hosts:
             node = plan.nodes[f"{s.name}.{host.name}"]
             yield AddVeth(node.ns, "eth0", s.sw_ns, host.name, sc.lan.mtu)
-            yield SetLink(s.sw_ns, host.name, master="br0")
+            yield SetLink(s.sw_ns, host.name, master=SWITCH_BRIDGE)
             if vlans:
                 yield VlanPort(s.sw_ns, host.name, host.vlan or 0)
             yield SetLink(node.ns, "eth0", mac=node.mac)

@@ -13,6 +13,11 @@ instant every lab namespace that exists is listed.  ``pid`` 0 means detached
 belongs to a process with a different start time (field 22 of /proc/PID/stat).
 Removal kills every process inside each listed namespace (SIGTERM, then SIGKILL),
 removes the namespace and then the directory.  Nothing not listed is touched.
+
+A state file is data, not authority: ``read_state`` takes only lab names (a path
+component, never a path), refuses a file that names another lab or is malformed,
+and ``destroy`` touches only namespaces named after the lab (``owns_namespace``),
+whatever the file lists.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -29,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pyroute2 import netns as pr_netns
 
 from netns.nsenter import netns_path
-from netns.plan import LAB_RUN_DIR, Plan, is_prefix
+from netns.plan import LAB_RUN_DIR, PREFIX_SHAPE, Plan, is_prefix
 
 STATE_FILE = "state.json"
 KILL_GRACE_S = 0.5
@@ -117,13 +123,33 @@ class Registry:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def owns_namespace(prefix: str, ns: str) -> bool:
+    """Whether ``ns`` is named as one of lab ``prefix``'s namespaces: the prefix itself or
+    ``prefix-`` and a plain name (never a path: ``netns_path`` takes those as they are)."""
+    return is_prefix(prefix) and re.fullmatch(rf"{prefix}(-[a-z0-9_-]+)?", ns) is not None
+
+
 def read_state(prefix: str, root: str = LAB_RUN_DIR) -> LabState | None:
+    """Lab ``prefix``'s state, or None when it has no state file that reads as its own.
+
+    ``prefix`` must be a lab name (``ValueError`` otherwise), so it stays one
+    directory under ``root``.  A file naming another lab, or not of the
+    expected shape, counts as unreadable.
+    """
+    if not is_prefix(prefix):
+        raise ValueError(f"{prefix!r} is not a lab name (expected {PREFIX_SHAPE})")
     try:
         with open(os.path.join(root, prefix, STATE_FILE)) as f:
-            data = json.load(f)
-        return LabState(**data)
+            state = LabState(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
+    namespaces, nodes = state.namespaces, state.nodes
+    if (state.prefix != prefix or not isinstance(namespaces, list)
+            or not all(isinstance(ns, str) for ns in namespaces)
+            or not isinstance(nodes, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in nodes.items())):
+        return None
+    return state
 
 
 def list_labs(root: str = LAB_RUN_DIR) -> list[LabState]:
@@ -162,9 +188,17 @@ def remove_namespace(ns: str) -> None:
 
 
 def destroy(state: LabState, root: str = LAB_RUN_DIR) -> list[str]:
-    """Remove the lab's processes, namespaces and directory; return problems (one line each)."""
-    problems = []
-    existing = [ns for ns in state.namespaces if os.path.exists(netns_path(ns))]
+    """Remove the lab's processes, namespaces and directory; return problems (one line each).
+
+    Only namespaces named as the lab's (``owns_namespace``) are touched; any other
+    one the state lists is left alone and reported.
+    """
+    if not is_prefix(state.prefix):
+        return [f"{state.prefix!r} is not a lab name; nothing removed"]
+    problems = [f"namespace {ns!r}: not one of the lab's ({state.prefix}-…); left alone"
+                for ns in state.namespaces if not owns_namespace(state.prefix, ns)]
+    owned = [ns for ns in state.namespaces if owns_namespace(state.prefix, ns)]
+    existing = [ns for ns in owned if os.path.exists(netns_path(ns))]
     kill_namespace_processes(existing)
     for ns in reversed(existing):
         try:

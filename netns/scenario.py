@@ -10,6 +10,9 @@ Every problem is a ``ScenarioError`` whose ``str()`` is one line:
 indexes as they appear in the file: ``site[1].host[0].ipv4``, ``check[2].to``.
 
 Invariants guaranteed to the planner:
+- nothing nests deeper than a flat array: the parser's own recursion is caught
+  (``RecursionError`` becomes a one-line error), and the only free-form table,
+  a site's ``l2bridge = {...}``, holds scalars and flat arrays of them;
 - at least two sites, unique site names, unique host names within a site;
 - names match ``NAME_RE`` (at most ``NAME_MAX`` chars) so derived interface names
   fit in 15 bytes;
@@ -415,6 +418,11 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(path, "-", f"TOML syntax error: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ScenarioError(
+            path, "-",
+            "nested too deeply to parse (arrays or inline tables inside each other); flatten it",
+        ) from None
     return _Parser(path).scenario(doc)
 
 
@@ -588,11 +596,14 @@ class _Parser:
                     )
                 hub_at = key
             extra = t["l2bridge"] or {}
-            for k in extra:
+            for k, v in extra.items():
                 if k in L2BRIDGE_OWNED:
                     raise self.fail(
                         f"{key}.l2bridge.{k}", f'"{k}" is set by the lab itself (remove it)'
                     )
+                problem = _daemon_value(v)
+                if problem:
+                    raise self.fail(f"{key}.l2bridge.{k}", problem)
             link: dict[str, Any] = {}
             if t["wan"] is not None:
                 given = self.table(t["wan"], f"{key}.wan", SITE_WAN_SCHEMA)
@@ -781,6 +792,21 @@ class _Parser:
             )
         if t["from"].split(".")[0] == t["to"].split(".")[0]:
             raise self.fail(f"{key}.to", f'expected a host at another site than {t["from"]}')
+
+
+def _daemon_value(value: Any) -> str | None:
+    """What is wrong with a value for the daemon's [site] table, or None.
+
+    The daemon's keys take scalars and flat arrays of them, so nothing nested
+    (a table, an array of arrays, however deep) ever reaches the config writer.
+    """
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, str | int | float):  # bool is an int
+            holding = "an array holding " if isinstance(value, list) else ""
+            return ("expected a string, a number, a boolean or an array of them, found "
+                    f"{holding}{describe_value(item)}")
+    return None
 
 
 def _describe_vlan(vlan: int | None) -> str:

@@ -12,7 +12,8 @@ Process flow (every tool):
  2. check that the namespace exists;
  3. start it with ``netns_preexec(ns)`` (only the child changes namespace),
     stdin from /dev/null, stdout and stderr into anonymous temporary files
-    (no pipe to drain, so no deadlock and no lost output);
+    (no pipe to drain, so no deadlock and no lost output), read only with
+    ``pread`` so the offset the child writes at never moves under it;
  4. wait for it under a deadline (readiness of daemons is polled from
     ``/proc/PID/net/{tcp,udp}`` or from the tool's own "listening" line);
  5. finally - normal exit, timeout, error or cancellation alike - kill it and
@@ -83,6 +84,7 @@ RECV_BUFFER_BYTES = 65_536 + 64  # largest frame we read whole (GRO can merge up
 SOCKET_RCVBUF_BYTES = 8 * 1024 * 1024
 MAX_KEPT_FRAMES = 10_000  # FrameCounter.frames keeps at most this many
 COUNTER_SETTLE_S = 0.3
+OUTPUT_READ_BYTES = 65_536  # one pread of a tool's captured output
 
 TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 
@@ -269,8 +271,19 @@ def _group_running(pgid: int) -> bool:
 
 
 def _read_all(f: IO[bytes]) -> str:
-    f.seek(0)
-    return f.read().decode(errors="replace")
+    """Everything written to ``f`` so far, read without moving its file offset.
+
+    The child writes through this same open file description: a seek (or a plain
+    read) would move the offset under it, and its next write would land there
+    instead of at the end, overwriting earlier output.  ``pread`` leaves it alone.
+    """
+    fd = f.fileno()
+    chunks: list[bytes] = []
+    offset = 0
+    while chunk := os.pread(fd, OUTPUT_READ_BYTES, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _socket_inodes(pid: int) -> set[str]:

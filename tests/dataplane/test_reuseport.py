@@ -26,7 +26,7 @@ from l2bridge.transport import (
 )
 from tests.dataplane.loopback import have_ipv6_loopback
 
-STEP_TIMEOUT_S = 5.0
+STEP_TIMEOUT_S = 20.0  # a wait for something that must happen: clearly broken past this
 GROUP_SIZE = 3
 CLIENTS = 4
 LANES = range(8)

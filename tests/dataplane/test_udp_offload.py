@@ -28,7 +28,7 @@ from l2bridge.transport import (
 )
 from tests.dataplane.loopback import have_ipv6_loopback
 
-STEP_TIMEOUT_S = 5.0
+STEP_TIMEOUT_S = 20.0  # a wait for something that must happen: clearly broken past this
 SO_NO_CHECK = 11  # asm-generic/socket.h: UDP/IPv4 without checksum, which GSO refuses
 
 

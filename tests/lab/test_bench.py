@@ -26,7 +26,7 @@ from netns.pytest_plugin import need_root
 # 0.204 (2.0-2.6 Gbit/s against 12.5-12.9 Gbit/s).  The floor is about half of
 # the typical 0.17, so noise does not fail it but losing the fast path does.
 L2BRIDGE_TCP1_FLOOR = 0.08
-QUICK_BOUND_S = 75.0  # the quick run takes about 35 s
+QUICK_BOUND_S = 300.0  # clearly broken past this; the quick run takes about 35 s
 
 
 async def test_quick_bench_keeps_encrypted_tcp_above_its_floor() -> None:

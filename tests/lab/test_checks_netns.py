@@ -79,7 +79,7 @@ async def test_ping_expect_fail() -> None:
         started = time.monotonic()
         right = await lab.check("ping", from_="london.h1", to="berlin.h1", expect="fail",
                                 count=2)
-        assert time.monotonic() - started < 3.0  # 2 echoes × 0.2 s + 1 s, not ping's 10 s
+        assert time.monotonic() - started < 8.0  # ping -w 2 (2 echoes × 0.2 s + 1 s), not 10 s
     assert right.ok, right.summary
     assert right.numbers["received"] == 0 and right.numbers["sent"] >= 2
 
@@ -143,7 +143,7 @@ async def test_command_check_status_output_and_timeout() -> None:
     assert wrong.summary.startswith("exit 1 (want 0); no output in ")
     assert not hung.ok and hung.numbers["timed_out"]
     assert hung.summary == "killed after 1 s (still running)"
-    assert elapsed < 3.0
+    assert elapsed < 30.0  # killed at 1.5 s, far from sleep's 60 s
 
 
 async def test_command_with_a_missing_program_fails_cleanly() -> None:

@@ -27,6 +27,7 @@ PROBE_PORT = 40000
 SEQ = struct.Struct("!I")
 RCVBUF_BYTES = 8 * 1024 * 1024
 SO_RCVBUFFORCE = 33
+BOUND_S = 30.0  # a wait for something that must happen: clearly broken past this
 
 
 def scenario(*links: str, seed: int = 1) -> Any:
@@ -48,9 +49,12 @@ def _udp_socket(ns: str, addr: str, port: int) -> socket.socket:
 
 
 async def udp_probe(lab: Any, src: str, dst: str, *, count: int, per_ms: int = 2,
-                    settle_s: float = 0.5) -> list[int]:
+                    settle_s: float = 0.5, expect: int = 0) -> list[int]:
     """Send ``count`` numbered datagrams ``src`` gw → ``dst`` gw (``per_ms`` per ms);
-    return the numbers received, in arrival order."""
+    return the numbers received, in arrival order.
+
+    After sending, receiving goes on until ``expect`` distinct numbers arrived (for
+    at most ``BOUND_S``; the caller asserts the result), then ``settle_s`` more."""
     s, d = lab.plan.site(src), lab.plan.site(dst)
     rx = trio.socket.from_stdlib_socket(
         await trio.to_thread.run_sync(_udp_socket, d.gw_ns, d.underlay, PROBE_PORT))
@@ -69,6 +73,9 @@ async def udp_probe(lab: Any, src: str, dst: str, *, count: int, per_ms: int = 2
                 await tx.sendto(SEQ.pack(i) + bytes(60), (d.underlay, PROBE_PORT))
                 if i % per_ms == per_ms - 1:
                     await trio.sleep(0.001)
+            with trio.move_on_after(BOUND_S):
+                while len(set(got)) < expect:
+                    await trio.sleep(0.01)
             await trio.sleep(settle_s)  # frames still held by the WAN
             nursery.cancel_scope.cancel()
     return got
@@ -92,18 +99,19 @@ def overtakers(order: list[int]) -> int:
 async def test_loss_is_the_configured_rate(lab_scenario) -> None:  # type: ignore[no-untyped-def]
     lab = await lab_scenario(scenario("", "loss_percent = 10"))
     n = 3000
-    got = await udp_probe(lab, "a", "b", count=n)
     lost_lo, lost_hi = binomial_bounds(n, 0.10)
+    least = n - math.floor(lost_hi)  # waited for: fewer would fail the bound
+    got = await udp_probe(lab, "a", "b", count=n, expect=least)
     assert len(set(got)) == len(got)  # loss never duplicates
     assert lost_lo <= n - len(got) <= lost_hi, (n - len(got), lost_lo, lost_hi)
-    back = await udp_probe(lab, "b", "a", count=n)  # the link loses in both directions
+    back = await udp_probe(lab, "b", "a", count=n, expect=least)  # lost both ways
     assert lost_lo <= n - len(back) <= lost_hi
 
 
 async def test_duplication_is_the_configured_rate(lab_scenario) -> None:  # type: ignore[no-untyped-def]
     lab = await lab_scenario(scenario("", "duplicate_percent = 10"))
     n = 3000
-    got = await udp_probe(lab, "a", "b", count=n)
+    got = await udp_probe(lab, "a", "b", count=n, expect=n)
     lo, hi = binomial_bounds(n, 0.10)
     assert sorted(set(got)) == list(range(n))  # nothing lost
     assert lo <= len(got) - n <= hi, (len(got) - n, lo, hi)
@@ -128,12 +136,12 @@ async def test_delay_and_jitter_are_measured_by_ping(lab_scenario) -> None:  # t
 async def test_reordering_is_the_configured_rate(lab_scenario) -> None:  # type: ignore[no-untyped-def]
     lab = await lab_scenario(scenario("", "delay_ms = 20, reorder_percent = 10"))
     n = 3000
-    got = await udp_probe(lab, "a", "b", count=n, per_ms=1)
+    got = await udp_probe(lab, "a", "b", count=n, per_ms=1, expect=n)
     assert sorted(got) == list(range(n))  # reordering neither loses nor copies
     lo, hi = binomial_bounds(n, 0.10)
     # ~20 datagrams are in flight, so each one sent at once overtakes some
     assert lo <= overtakers(got) <= hi, (overtakers(got), lo, hi)
-    plain = await udp_probe(lab, "b", "a", count=500, per_ms=1)
+    plain = await udp_probe(lab, "b", "a", count=500, per_ms=1, expect=500)
     assert plain != sorted(plain)  # the other direction of b's link reorders too
 
 
@@ -184,7 +192,7 @@ async def test_shipped_wan_scenarios_pass(name: str, lab_scenario) -> None:  # t
 async def test_periodic_loss_drops_every_nth_packet(lab_scenario) -> None:  # type: ignore[no-untyped-def]
     lab = await lab_scenario(scenario("", 'loss_percent = 10, loss_pattern = "periodic"'))
     n = 2000
-    got = set(await udp_probe(lab, "a", "b", count=n))
+    got = set(await udp_probe(lab, "a", "b", count=n, expect=n - (n // 10 + 5)))
     lost = sorted(set(range(n)) - got)
     # Every 10th packet through the rule goes; the gateways' own keepalives share the
     # counter, so a few gaps shift by one — but never more than a handful.

@@ -100,6 +100,24 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
+def wait_for_program(prefix: str, program: str, timeout_s: float = 20.0) -> None:
+    """Wait (bounded) until ``program`` runs in one of the lab's namespaces."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for ns in pr_netns.listnetns():
+            if not ns.startswith(prefix + "-"):
+                continue
+            for pid in pids_in_netns(ns):
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        if f.read().strip() == program:
+                            return
+                except OSError:
+                    continue
+        time.sleep(0.05)
+    raise AssertionError(f"{program} never ran in lab {prefix} within {timeout_s:g} s")
+
+
 @pytest.fixture
 def long_scenario(tmp_path: object) -> str:
     path = os.path.join(str(tmp_path), "long.toml")
@@ -115,7 +133,7 @@ def test_signal_during_checks_tears_down(long_scenario: str, sig: int, status: i
         lines = wait_for(proc, r"check iperf3 .* …$")
         prefix = prefix_of(lines)
         assert leftovers(prefix)
-        time.sleep(0.5)  # let iperf3 start: the teardown must also stop it
+        wait_for_program(prefix, "iperf3")  # the teardown must also stop it
         proc.send_signal(sig)
         _, raw_err = proc.communicate(timeout=15)
         err = raw_err.decode()
@@ -144,7 +162,7 @@ def test_clean_after_sigkill_removes_exactly_the_dead_lab(long_scenario: str) ->
         proc = lab_cli("run", long_scenario, *VXLAN)
         lines = wait_for(proc, r"check iperf3 .* …$")
         dead = prefix_of(lines)
-        time.sleep(0.5)
+        wait_for_program(dead, "iperf3")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         survivors = [pid for ns in leftovers(dead) if not ns.startswith("/")

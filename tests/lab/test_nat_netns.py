@@ -23,7 +23,7 @@ async def test_site_behind_nat_only_dials_out_and_the_lab_passes(lab_scenario) -
     # outbound works: home reaches london's underlay, by ping and by UDP
     out = await traffic.ping(home.gw_ns, london.underlay, count=3, interval_s=0.05)
     assert out.ok, out.output
-    assert sorted(await udp_probe(lab, "home", "london", count=50)) == list(range(50))
+    assert sorted(await udp_probe(lab, "home", "london", count=50, expect=50)) == list(range(50))
     # inbound does not: neither ping nor a new UDP flow reaches home's private address
     inbound = await traffic.ping(london.gw_ns, home.underlay, count=3, interval_s=0.05,
                                  deadline_s=1)

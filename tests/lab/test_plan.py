@@ -234,3 +234,64 @@ def test_lab_offload_from_env_names_a_bad_value(monkeypatch) -> None:
     monkeypatch.setenv("L2BRIDGE_LAB_OFFLOAD", "maybe")
     with pytest.raises(LabError, match=r"L2BRIDGE_LAB_OFFLOAD='maybe': expected on or off"):
         lab_offload_from_env()
+
+
+def sites_text(*sites: tuple[str, str, list[str]]) -> str:
+    """Sites as (name, extra lines of the [[site]] table, host names)."""
+    parts = []
+    for name, extra, hosts in sites:
+        parts.append(f'[[site]]\nname = "{name}"\n{extra}')
+        parts += [f'[[site.host]]\nname = "{host}"\n' for host in hosts]
+    return "\n".join(parts)
+
+
+P = "l2b0c0de"
+RUN = f"/run/l2bridge/lab/{P}"
+
+
+@pytest.mark.parametrize(
+    ("sites", "expected"),
+    [
+        # {prefix}-{site}-{host}: site "a" + host "b-c" = site "a-b" + host "c"
+        ((("a", "", ["b-c"]), ("a-b", "", ["c"])),
+         f'site[1].host[0].name: site[0].host[0] "b-c" and site[1].host[0] "c" would both be '
+         f'namespace "{P}-a-b-c"; rename one'),
+        # a host named like another site's gateway or switch namespace
+        ((("a", "", ["b-gw"]), ("a-b", "", ["h1"])),
+         f'site[1].name: site[0].host[0] "b-gw" and site[1] "a-b" (its gateway) would both be '
+         f'namespace "{P}-a-b-gw"; rename one'),
+        ((("a-b", "", ["h1"]), ("a", "", ["b-sw"])),
+         f'site[1].host[0].name: site[0] "a-b" (its LAN switch) and site[1].host[0] "b-sw" '
+         f'would both be namespace "{P}-a-b-sw"; rename one'),
+        # interfaces in one namespace: switch ports are named after hosts, WAN links after sites
+        ((("a", "", ["br0"]), ("b", "", ["h1"])),
+         f'site[0].host[0].name: site[0].host[0] "br0" (its switch port) would be interface '
+         f'"br0" in namespace "{P}-a-sw", which the lab uses for the LAN bridge; rename it'),
+        ((("a", "", ["h1", "lo"]), ("b", "", ["h1"])),
+         f'site[0].host[1].name: site[0].host[1] "lo" (its switch port) would be interface '
+         f'"lo" in namespace "{P}-a-sw", which the lab uses for the loopback; rename it'),
+        ((("a", "", ["h1"]), ("lo", "", ["h1"])),
+         f'site[1].name: site[1] "lo" (its WAN link) would be interface "lo" in namespace '
+         f'"{P}-wan", which the lab uses for the loopback; rename it'),
+        # run files: a relay's log is relay-<site>.log, a site's log <site>.log
+        ((("b", "wan = { delay_ms = 5 }\n", ["h1"]), ("relay-b", "", ["h1"])),
+         f'site[1].name: site[0] "b" (its relay log) and site[1] "relay-b" (its log) would both '
+         f'be run file "{RUN}/relay-b.log"; rename one'),
+    ],
+    ids=["host namespaces", "host = gateway", "switch = host", "host br0", "host lo",
+         "site lo", "relay log"],
+)
+@pytest.mark.parametrize("gateway", ["l2bridge", "vxlan"])
+def test_colliding_names_are_refused_at_plan_time_naming_both(
+        sites: tuple[tuple[str, str, list[str]], ...], expected: str, gateway: str) -> None:
+    scenario = parse_scenario(sites_text(*sites), "lab.toml")
+    with pytest.raises(ScenarioError) as info:
+        make_plan(scenario, prefix=P, gateway=gateway, wan_mtu=1550)
+    assert str(info.value) == f"lab.toml: {expected}"
+
+
+def test_a_site_named_wan_is_not_the_router() -> None:
+    plan = make_plan(parse_scenario(sites_text(("wan", "", ["h1"]), ("b", "", ["h1"]))),
+                     prefix=P)
+    assert plan.nodes["wan"].ns == f"{P}-wan" and plan.nodes["wan.gw"].ns == f"{P}-wan-gw"
+    assert len(set(plan.namespaces)) == len(plan.namespaces)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
-from netns.plan import make_plan
+import pytest
+from pyroute2 import netns as pr_netns
+
+from netns.nsenter import netns_preexec
+from netns.plan import make_plan, new_prefix
 from netns.registry import (
+    LabState,
     Registry,
+    destroy,
     list_labs,
     owner_alive,
+    owns_namespace,
     process_start_time,
     read_state,
+    remove_namespace,
 )
 from netns.scenario import parse_scenario
 
@@ -66,3 +76,62 @@ def test_list_ignores_foreign_directories(tmp_path: object) -> None:
     os.mkdir(os.path.join(str(tmp_path), "not-a-lab"))
     os.mkdir(os.path.join(str(tmp_path), "l2b12345"))  # no state file
     assert list_labs(str(tmp_path)) == []
+
+
+def test_read_state_takes_only_lab_names(tmp_path: object) -> None:
+    root = str(tmp_path)
+    for name in ("../x", "/tmp/x", "..", "", "l2b0000", "l2b0000g"):
+        with pytest.raises(ValueError, match="not a lab name"):
+            read_state(name, root)
+
+
+def test_a_state_file_naming_another_lab_or_malformed_is_unreadable(tmp_path: object) -> None:
+    root = str(tmp_path)
+    plan = make_plan(parse_scenario(TEXT, "x.toml"), prefix="l2b0c0de")
+    reg = Registry.create(plan, detached=True, root=root)
+    assert read_state("l2b0c0de", root) is not None
+    for damage in ({"prefix": "l2b0c0df"}, {"prefix": "../x"}, {"namespaces": "l2b0c0de-wan"},
+                   {"nodes": ["l2b0c0de-wan"]}, {"namespaces": [1]}):
+        with open(os.path.join(reg.dir, "state.json"), "w") as f:
+            json.dump({**asdict(reg.state), **damage}, f)
+        assert read_state("l2b0c0de", root) is None, damage
+
+
+@pytest.mark.parametrize(("ns", "owned"), [
+    ("l2b0c0de", True), ("l2b0c0de-wan", True), ("l2b0c0de-a-h1", True), ("l2b0c0de-mn", True),
+    ("l2b0c0df-wan", False), ("l2b0c0dewan", False), ("wan", False), ("", False),
+    ("/proc/1/ns/net", False), ("l2b0c0de-/../../proc/1/ns/net", False),
+    ("l2b0c0de-..", False), ("l2b0c0de-\x00", False), ("l2b0c0de-", False),
+])
+def test_a_lab_owns_only_namespaces_named_after_it(ns: str, owned: bool) -> None:
+    assert owns_namespace("l2b0c0de", ns) is owned
+    assert not owns_namespace("../x", "../x-wan")
+
+
+def test_destroy_touches_only_the_labs_own_namespaces(tmp_path: object) -> None:
+    """Whatever state.json lists: a namespace without the lab's prefix, and the process in
+    it, survive; removing the lab reports it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a network namespace")
+    bystander = f"l2bkeep-{os.getpid()}"
+    pr_netns.create(bystander)
+    sleeper = None
+    try:
+        sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=netns_preexec(bystander))
+        prefix = new_prefix()
+        state = LabState(prefix=prefix, scenario="x.toml", gateway="l2bridge", pid=0,
+                         start_time=None, namespaces=[f"{prefix}-wan", bystander])
+        problems = destroy(state, str(tmp_path))
+        assert problems == [f"namespace {bystander!r}: not one of the lab's ({prefix}-…); "
+                            "left alone"]
+        assert bystander in pr_netns.listnetns()
+        assert sleeper.poll() is None
+        bad = LabState(prefix="../x", scenario="x.toml", gateway="l2bridge", pid=0,
+                       start_time=None, namespaces=[bystander])
+        assert destroy(bad, str(tmp_path)) == ["'../x' is not a lab name; nothing removed"]
+        assert bystander in pr_netns.listnetns() and sleeper.poll() is None
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        remove_namespace(bystander)  # gone already if the test failed

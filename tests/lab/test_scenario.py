@@ -166,6 +166,52 @@ def test_errors_are_one_exact_line(text: str, expected: str) -> None:
     assert error_of(text) == expected
 
 
+DEEPLY_NESTED = {
+    "arrays": "a = " + "[" * 5000 + "]" * 5000 + "\n",
+    "inline tables": "a = " + "{ b = " * 5000 + "1" + " }" * 5000 + "\n",
+}
+
+
+@pytest.mark.parametrize("text", DEEPLY_NESTED.values(), ids=DEEPLY_NESTED.keys())
+def test_nesting_too_deep_for_the_parser_is_one_line(text: str) -> None:
+    assert error_of(text + TWO_SITES) == (
+        "lab.toml: -: nested too deeply to parse (arrays or inline tables inside each "
+        "other); flatten it")
+
+
+DAEMON_VALUE = "expected a string, a number, a boolean or an array of them"
+
+
+@pytest.mark.parametrize(
+    ("l2bridge", "expected"),
+    [
+        ("l2bridge = { extra = { x = 1 } }",
+         f"site[0].l2bridge.extra: {DAEMON_VALUE}, found a table"),
+        # Dotted keys nest tables without nesting brackets: the parser takes any depth.
+        ("l2bridge." + ".".join(["a"] * 3000) + " = 1",
+         f"site[0].l2bridge.a: {DAEMON_VALUE}, found a table"),
+        ("l2bridge = { x = " + "[" * 400 + "]" * 400 + " }",
+         f"site[0].l2bridge.x: {DAEMON_VALUE}, found an array holding an array"),
+        ("l2bridge = { x = [{ y = 1 }] }",
+         f"site[0].l2bridge.x: {DAEMON_VALUE}, found an array holding a table"),
+        ("l2bridge = { x = 1979-05-27 }",
+         f"site[0].l2bridge.x: {DAEMON_VALUE}, found a date/time (1979-05-27)"),
+    ],
+    ids=["table", "dotted keys 3000 deep", "arrays 400 deep", "array of tables", "date"],
+)
+def test_daemon_keys_take_only_what_a_daemon_config_can_hold(l2bridge: str,
+                                                             expected: str) -> None:
+    text = TWO_SITES.replace('name = "london"', f'name = "london"\n{l2bridge}')
+    assert error_of(text) == f"lab.toml: {expected}"
+
+
+def test_flat_daemon_values_pass() -> None:
+    text = TWO_SITES.replace('name = "london"', 'name = "london"\nl2bridge = { mss_clamp = '
+                             'true, pinned_macs = ["02:00:00:00:00:01"], ageing = 60.5 }')
+    assert dict(parse_scenario(text).sites[0].l2bridge) == {
+        "mss_clamp": True, "pinned_macs": ["02:00:00:00:00:01"], "ageing": 60.5}
+
+
 def test_missing_file_names_the_file(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "nope.toml")
     with pytest.raises(ScenarioError) as info:

@@ -39,7 +39,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,7 @@ RSS_GROWTH_MAX_BYTES = 5 * 1024 * 1024
 ROAM_RESUME_MAX_S = 1.0
 RESTART_WITHIN_S = 3.0
 SETTLE_S = 0.3  # frames still in flight after a sender stopped
+BOUND_S = 30.0  # a wait for something that must happen: clearly broken past this
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -112,7 +113,7 @@ async def peer_of(lab: Lab, site: str, peer: str) -> dict[str, Any]:
 
 
 async def sessions_settled(lab: Lab, sites: Sequence[str] = ("london", "berlin"),
-                           timeout_s: float = 8.0) -> None:
+                           timeout_s: float = BOUND_S) -> None:
     """Wait (bounded) until both start-up handshakes of every pair completed.
 
     Both sides initiate at start; one initiation may be lost while the other
@@ -298,30 +299,44 @@ def new_marker(lab: Lab, what: str) -> bytes:
 # ---------------------------------------------------------------- traffic helpers
 
 
-async def count_markers(lab: Lab, marker: bytes, action: Callable[[], Awaitable[None]]
-                        ) -> dict[str, int]:
-    """Incoming frames carrying ``marker`` at every host's ``eth0`` while ``action`` runs."""
+async def count_markers(lab: Lab, marker: bytes, action: Callable[[], Awaitable[None]],
+                        expect: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Incoming frames carrying ``marker`` at every host's ``eth0`` while ``action`` runs.
+
+    Afterwards counting goes on until every host in ``expect`` got at least that many
+    (for at most ``BOUND_S``; the caller asserts the counts), then ``SETTLE_S`` more,
+    so frames still in flight, wanted or not, are counted too.
+    """
     async with contextlib.AsyncExitStack() as stack:
         counters = {}
         for node in lab.hosts():
             counters[node.ref] = await stack.enter_async_context(
                 traffic.FrameCounter(node.ns, "eth0", marker, settle_s=0.0))
         await action()
+        with trio.move_on_after(BOUND_S):
+            while any(counters[ref].incoming < n for ref, n in (expect or {}).items()):
+                await trio.sleep(0.05)
         await trio.sleep(SETTLE_S)
     for ref, counter in counters.items():
         assert counter.dropped == 0, f"{ref}: capture dropped {counter.dropped} frames"
     return {ref: c.incoming for ref, c in counters.items()}
 
 
-async def markers_both_ways(lab: Lab, count: int = 20) -> dict[str, dict[str, int]]:
-    """``count`` marker broadcasts from london.h1 and from berlin.h1: who got them."""
+async def markers_both_ways(lab: Lab, count: int = 20, *, across: bool = True
+                            ) -> dict[str, dict[str, int]]:
+    """``count`` marker broadcasts from london.h1 and from berlin.h1: who got them.
+
+    The sender's site-mates are waited for, and with ``across`` the other site's hosts.
+    """
     seen = {}
     for ref in ("london.h1", "berlin.h1"):
         node = lab.node(ref)
         marker = new_marker(lab, ref)
         frames = marker_frames(node.mac or "", marker, count)
         send = functools.partial(traffic.send_frames, node.ns, "eth0", frames, interval_s=0.005)
-        seen[ref] = await count_markers(lab, marker, send)
+        expect = {h.ref: count for h in lab.hosts()
+                  if h.ref != ref and (across or h.site == node.site)}
+        seen[ref] = await count_markers(lab, marker, send, expect)
     return seen
 
 
@@ -556,6 +571,12 @@ async def replay(lab: Lab, captured: dict[str, list[bytes]], marker: bytes
                                       [with_udp_checksum(f) for f in frames], interval_s=0.001)
 
     at_hosts = await count_markers(lab, marker, write_back)
+    # Every replayed datagram is judged, each one an auth drop (the caller checks that).
+    with trio.move_on_after(BOUND_S):
+        for site, frames in captured.items():
+            while total(delta((await lab.show(site))["auth_drops"],
+                              before[site]["auth_drops"])) < len(frames):
+                await trio.sleep(0.05)
     drops, lan = {}, {}
     for site, other in (("berlin", "london"), ("london", "berlin")):
         after = await lab.show(site)
@@ -610,7 +631,7 @@ async def test_captured_datagrams_replayed_before_and_after_rekeys_are_all_dropp
     delivered: dict[str, int] = {}
 
     async def after_a_handshake() -> None:
-        await wait_rekeys(lab, await handshake_counts(lab), 1, timeout_s=6)
+        await wait_rekeys(lab, await handshake_counts(lab), 1, timeout_s=BOUND_S)
 
         async def send_both() -> None:
             async with trio.open_nursery() as nursery:
@@ -619,7 +640,9 @@ async def test_captured_datagrams_replayed_before_and_after_rekeys_are_all_dropp
                         traffic.send_frames, node.ns, "eth0",
                         marker_frames(node.mac or "", marker, count), interval_s=0.005))
 
-        delivered.update(await count_markers(lab, marker, send_both))
+        delivered.update(await count_markers(lab, marker, send_both, {
+            "london.h1": count, "london.h2": 2 * count,
+            "berlin.h1": count, "berlin.h2": 2 * count}))
 
     async def capture_berlin() -> None:
         captured["berlin"] = await capture_toward(lab, "berlin", 0.1, after_a_handshake)
@@ -637,7 +660,7 @@ async def test_captured_datagrams_replayed_before_and_after_rekeys_are_all_dropp
     report = {}
     for phase in ("before", "after"):
         if phase == "after":
-            await wait_rekeys(lab, handshakes, 2, timeout_s=12)
+            await wait_rekeys(lab, handshakes, 2, timeout_s=BOUND_S)
         drops, lan, at_hosts = await replay(lab, captured, marker)
         report[phase] = drops
         assert at_hosts == {node.ref: 0 for node in lab.hosts()}, (phase, at_hosts)
@@ -664,7 +687,7 @@ async def restart_with(lab: Lab, site: str, **changes: Any) -> None:
 
 
 async def wait_drops(lab: Lab, site: str, since: dict[str, int], reasons: Sequence[str],
-                     timeout_s: float = 8.0) -> dict[str, int]:
+                     timeout_s: float = BOUND_S) -> dict[str, int]:
     """Wait (bounded) until one of ``reasons`` grew in ``site``'s auth drops."""
     with trio.fail_after(timeout_s):
         while True:
@@ -719,7 +742,7 @@ async def test_peer_with_wrong_key_or_no_key_never_gets_a_frame_in_or_out(
         since = (await lab.show("london"))["auth_drops"]
         await restart_with(lab, "berlin", **changes)
         grown = await wait_drops(lab, "london", since, reasons)
-        seen = await markers_both_ways(lab, count)
+        seen = await markers_both_ways(lab, count, across=False)
         berlin = await lab.show("berlin")
         assert seen["london.h1"] == {"london.h1": 0, "london.h2": count,
                                      "berlin.h1": 0, "berlin.h2": 0}, (case, seen)
@@ -949,7 +972,7 @@ async def test_site_behind_nat_with_keys_learns_endpoints_only_from_authenticate
     sent = await send_udp(home.gw_ns, (london.underlay, PORT), junk + forged,
                           rate_per_s=5000, sport=PORT + 1)
     assert sent == 2000
-    with trio.fail_after(5):  # until London has judged all of them
+    with trio.fail_after(BOUND_S):  # until London has judged all of them
         while total(delta((await lab.show("london"))["auth_drops"], before["auth_drops"])) < sent:
             await trio.sleep(0.05)
     after = await lab.show("london")

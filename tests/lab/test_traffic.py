@@ -20,7 +20,8 @@ import secrets
 import signal
 import socket
 import struct
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -45,6 +46,7 @@ from netns.traffic import (
     FrameCounter,
     ToolMissing,
     TrafficError,
+    _spawn,
     dhcp_lease,
     iperf3,
     parse_iperf3_json,
@@ -376,13 +378,23 @@ def _marker() -> bytes:
 
 
 netns_test = pytest.mark.netns
+# Past this a test is clearly broken; every tool also has its own, shorter limit.
+BOUND_S = 30.0
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds, for at most ``BOUND_S`` (callers assert after)."""
+    with trio.move_on_after(BOUND_S):
+        while not condition():
+            await trio.sleep(0.01)
+
 
 # --- ping -----------------------------------------------------------------------
 
 
 @netns_test
 async def test_ping_ok(clean: Topo) -> None:
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND_S):
         r = await ping(clean.a, "10.250.0.2", count=3, interval_s=0.05)
     assert (r.sent, r.received, r.ok, r.errors) == (3, 3, True, 0), r.output
     assert r.rtt_min_ms is not None and r.rtt_avg_ms is not None and r.rtt_max_ms is not None
@@ -391,18 +403,17 @@ async def test_ping_ok(clean: Topo) -> None:
 
 @netns_test
 async def test_ping_unreachable_fails_in_bounded_time(clean: Topo) -> None:
-    start = trio.current_time()
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND_S):
         r = await ping(clean.a, "10.250.0.99", count=2, interval_s=0.2, deadline_s=2)
     assert not r.ok
     assert r.received == 0 and r.sent >= 1
     assert r.rtt_avg_ms is None
-    assert trio.current_time() - start < 4
+    assert "killed after" not in r.output  # ping stopped at its own deadline (-w 2)
 
 
 @netns_test
 async def test_ping_ipv6(clean: Topo) -> None:
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND_S):
         r = await ping(clean.b, "fd00:250::1", count=2, interval_s=0.05)
     assert (r.sent, r.received, r.ok) == (2, 2, True), r.output
     assert "fd00:250::1" in r.output
@@ -410,7 +421,7 @@ async def test_ping_ipv6(clean: Topo) -> None:
 
 @netns_test
 async def test_ping_dont_fragment_size(clean: Topo) -> None:
-    with trio.fail_after(15):
+    with trio.fail_after(BOUND_S):
         fits = await ping(
             clean.a, "10.250.0.2", count=2, interval_s=0.05, size=1472, dont_fragment=True
         )
@@ -442,19 +453,19 @@ async def test_ping_missing_namespace() -> None:
 
 @netns_test
 async def test_iperf3_tcp(clean: Topo) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(BOUND_S):
         r = await iperf3(clean.a, "10.250.0.1", clean.b, seconds=1)
     assert r.protocol == "TCP"
     assert r.mbit_s > 10
     assert isinstance(r.retransmits, int) and r.retransmits >= 0
     assert r.lost_percent is None
-    assert 0.9 < r.seconds < 1.5
+    assert 0.9 < r.seconds < 5
     assert r.raw["start"]["test_start"]["protocol"] == "TCP"
 
 
 @netns_test
 async def test_iperf3_udp(clean: Topo) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(BOUND_S):
         r = await iperf3(
             clean.a,
             "10.250.0.1",
@@ -474,7 +485,7 @@ async def test_iperf3_udp(clean: Topo) -> None:
 
 @netns_test
 async def test_iperf3_ipv6_parallel(clean: Topo) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(BOUND_S):
         r = await iperf3(clean.b, "fd00:250::2", clean.a, seconds=1, parallel=2)
     assert r.mbit_s > 10
     assert len(r.raw["end"]["streams"]) == 2
@@ -482,16 +493,15 @@ async def test_iperf3_ipv6_parallel(clean: Topo) -> None:
 
 @netns_test
 async def test_iperf3_timeout_kills_server_and_client(clean: Topo) -> None:
-    start = trio.current_time()
-    with trio.fail_after(10), pytest.raises(TrafficError, match="no result within 1 s"):
-        await iperf3(clean.a, "10.250.0.1", clean.b, seconds=5, timeout_s=1.0)
-    assert trio.current_time() - start < 3
+    # A 60 s run ends well inside BOUND_S only because timeout_s cut it short.
+    with trio.fail_after(BOUND_S), pytest.raises(TrafficError, match="no result within 1 s"):
+        await iperf3(clean.a, "10.250.0.1", clean.b, seconds=60, timeout_s=1.0)
     # the `clean` fixture asserts no iperf3 is left in either namespace
 
 
 @netns_test
 async def test_iperf3_no_server_address(clean: Topo) -> None:
-    with trio.fail_after(10), pytest.raises(TrafficError, match=r"iperf3 in .*-a: exited"):
+    with trio.fail_after(BOUND_S), pytest.raises(TrafficError, match=r"iperf3 in .*-a: exited"):
         await iperf3(clean.a, "10.250.0.77", clean.b, seconds=1)
 
 
@@ -500,7 +510,7 @@ async def test_iperf3_no_server_address(clean: Topo) -> None:
 
 @netns_test
 async def test_dhcp_lease_in_range(clean: Topo) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(BOUND_S):
         r = await dhcp_lease(
             clean.a,
             "eth0",
@@ -522,7 +532,7 @@ async def test_dhcp_lease_in_range(clean: Topo) -> None:
 @netns_test
 async def test_dhcp_no_lease_when_range_is_unreachable(clean: Topo) -> None:
     # dnsmasq serves only on lo of a: the client on c never hears an offer.
-    with trio.fail_after(15):
+    with trio.fail_after(BOUND_S):
         r = await dhcp_lease(
             clean.a,
             "lo",
@@ -539,7 +549,7 @@ async def test_dhcp_no_lease_when_range_is_unreachable(clean: Topo) -> None:
 
 @netns_test
 async def test_dhcp_bad_server_interface(clean: Topo) -> None:
-    with trio.fail_after(15), pytest.raises(TrafficError, match=r"dnsmasq in .*-a: exited"):
+    with trio.fail_after(BOUND_S), pytest.raises(TrafficError, match=r"dnsmasq in .*-a: exited"):
         await dhcp_lease(
             clean.a,
             "nosuch0",
@@ -563,13 +573,14 @@ async def test_broadcast_marker_frames_counted_exactly(clean: Topo) -> None:
         make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(marker, i))
         for i in range(n)
     ]
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND_S):
         async with (
             FrameCounter(clean.a, "eth0", marker, settle_s=0.1) as at_a,
             FrameCounter(clean.b, "eth0", marker, settle_s=0.1) as at_b,
             FrameCounter(clean.c, "eth0", marker, settle_s=0.1) as at_c,
         ):
             await send_frames(clean.a, "eth0", frames)
+            await until(lambda: min(at_a.outgoing, at_b.incoming, at_c.incoming) >= n)
     assert (at_a.incoming, at_a.outgoing, at_a.frames) == (0, n, [])
     assert (at_b.incoming, at_b.outgoing) == (n, 0)
     assert (at_c.incoming, at_c.outgoing) == (n, 0)
@@ -585,9 +596,10 @@ async def test_frame_counter_ignores_other_markers_and_keeps_vlan_tag(clean: Top
         BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(marker, 1), vlan=42
     )
     other = make_frame(BROADCAST_MAC, SRC, ETHERTYPE_EXPERIMENTAL, marker_payload(_marker(), 2))
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND_S):
         async with FrameCounter(clean.b, "eth0", marker, settle_s=0.1, max_frames=1) as at_b:
             await send_frames(clean.a, "eth0", [other, tagged, other, tagged], interval_s=0.01)
+            await until(lambda: at_b.incoming >= 2)
     assert (at_b.incoming, at_b.outgoing) == (2, 0)
     assert at_b.frames == [tagged]  # bounded by max_frames, tag restored from aux data
 
@@ -595,7 +607,7 @@ async def test_frame_counter_ignores_other_markers_and_keeps_vlan_tag(clean: Top
 @netns_test
 async def test_frame_counter_lets_the_block_error_through(clean: Topo) -> None:
     counter = FrameCounter(clean.b, "eth0", _marker())
-    with trio.fail_after(5), pytest.raises(KeyError, match="boom"):
+    with trio.fail_after(BOUND_S), pytest.raises(KeyError, match="boom"):
         async with counter:
             raise KeyError("boom")
     assert (counter.incoming, counter.outgoing) == (0, 0)
@@ -628,7 +640,7 @@ async def test_tcpdump_sees_frames_bytes_equal(clean: Topo) -> None:
     async def send() -> None:
         await send_frames(clean.a, "eth0", frames)
 
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND_S):
         captured = await tcpdump_count(
             clean.b,
             "eth0",
@@ -641,8 +653,40 @@ async def test_tcpdump_sees_frames_bytes_equal(clean: Topo) -> None:
 
 @netns_test
 async def test_tcpdump_bad_filter_is_named(clean: Topo) -> None:
-    with trio.fail_after(10), pytest.raises(TrafficError, match=r"tcpdump in .*-b: exited.*"):
+    with trio.fail_after(BOUND_S), pytest.raises(TrafficError, match=r"tcpdump in .*-b: exited.*"):
         await tcpdump_count(clean.b, "eth0", "ether proto nonsense(", duration_s=0.2)
+
+
+# --- output of a running tool ----------------------------------------------------
+
+# Writes numbered lines to stdout and stderr, one write(2) each, as fast as it can.
+NUMBERED_LINES = 50_000
+WRITER = f"""
+import os
+for i in range({NUMBERED_LINES}):
+    line = b"%d\\n" % i
+    os.write(1, line)
+    os.write(2, line)
+"""
+
+
+@netns_test
+async def test_reading_output_never_disturbs_the_writer(clean: Topo) -> None:
+    # The reader polls while the child writes through the same open file:
+    # every read is a prefix of what the child writes, and nothing is overwritten.
+    expected = "".join(f"{i}\n" for i in range(NUMBERED_LINES))
+    with trio.fail_after(BOUND_S):
+        async with _spawn(clean.a, [sys.executable, "-c", WRITER]) as child:
+            reads = 0
+            while child.running:
+                for seen in (child.stdout(), child.stderr()):
+                    assert expected.startswith(seen), f"read {reads}: not a prefix"
+                reads += 1
+                await trio.lowlevel.checkpoint()
+            assert await child.wait(10)
+            assert child.proc.returncode == 0
+            assert (child.stdout(), child.stderr()) == (expected, expected)
+    assert clean.leftovers() == {}
 
 
 # --- timeouts and cancellation kill the child ---------------------------------------
@@ -650,7 +694,7 @@ async def test_tcpdump_bad_filter_is_named(clean: Topo) -> None:
 
 @netns_test
 async def test_run_command_timeout_kills_child(clean: Topo) -> None:
-    with trio.fail_after(5):
+    with trio.fail_after(BOUND_S):
         r = await run_command(clean.a, ["sleep", "30"], timeout_s=0.3)
     assert r.timed_out
     assert r.returncode == -signal.SIGKILL
@@ -659,7 +703,7 @@ async def test_run_command_timeout_kills_child(clean: Topo) -> None:
 
 @netns_test
 async def test_timeout_kills_the_tools_own_children(clean: Topo) -> None:
-    with trio.fail_after(5):
+    with trio.fail_after(BOUND_S):
         r = await run_command(clean.a, ["sh", "-c", "sleep 30 & sleep 30"], timeout_s=0.3)
     assert r.timed_out
     assert clean.leftovers() == {}
@@ -687,7 +731,7 @@ async def test_iperf3_port_held_by_another_listener(clean: Topo) -> None:
     foreign = await trio.to_thread.run_sync(_listen_in, clean.a, "10.250.0.1", 5401)
     with (
         foreign,
-        trio.fail_after(10),
+        trio.fail_after(BOUND_S),
         pytest.raises(TrafficError, match=r"iperf3 in .*-a: exited before listening"),
     ):
         await iperf3(clean.a, "10.250.0.1", clean.b, seconds=1, port=5401)
@@ -695,7 +739,7 @@ async def test_iperf3_port_held_by_another_listener(clean: Topo) -> None:
 
 @netns_test
 async def test_run_command_output(clean: Topo) -> None:
-    with trio.fail_after(5):
+    with trio.fail_after(BOUND_S):
         r = await run_command(
             clean.b, ["busybox", "ip", "-o", "addr", "show", "dev", "eth0"], timeout_s=3
         )

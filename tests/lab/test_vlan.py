@@ -7,6 +7,7 @@ import os
 import struct
 
 import pytest
+import trio
 from pyroute2 import netns as pr_netns
 
 from netns import frames, traffic
@@ -171,6 +172,9 @@ async def test_a_host_cannot_hop_vlans_by_tagging_its_own_frames(gateway: str) -
                 traffic.FrameCounter(lab.ns("berlin.v10"), "eth0", marker) as v10, \
                 traffic.FrameCounter(lab.ns("berlin.plain"), "eth0", marker) as plain:
             await traffic.send_frames(src.ns, "eth0", sent, interval_s=0.002)
+            with trio.move_on_after(30):  # until the VLAN 10 host got them all (bounded)
+                while v10.incoming < len(sent):
+                    await trio.sleep(0.01)
     assert (v20.incoming, plain.incoming) == (0, 0)
     assert v10.incoming == 6
     # VLAN 10 delivers them with the access tag popped: the sender's own tag 20 is left.

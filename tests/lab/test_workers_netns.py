@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import pytest
 import trio
@@ -33,10 +34,26 @@ name = "h1"
 """
 
 
+BOUND_S = 30.0  # past this a wait is clearly broken
+
+
 @pytest.fixture(autouse=True)
 def root_only() -> None:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (network namespaces, veths, bridges)")
+
+
+async def show_after_follower_report(lab: Any, site: str) -> dict[str, Any]:
+    """``show`` of ``site`` once its follower reported frames both ways (followers report
+    their counters once a second); after ``BOUND_S`` the last one, for the assertions."""
+    with trio.move_on_after(BOUND_S):
+        while True:
+            show = await lab.show(site)
+            counters = [f["local"] for f in show["workers"]["followers"]]
+            if counters and all(c["frames_in"] > 0 and c["frames_out"] > 0 for c in counters):
+                return dict(show)
+            await trio.sleep(0.1)
+    return dict(await lab.show(site))
 
 
 def lab_for(text: str = SCENARIO):
@@ -57,9 +74,8 @@ async def test_flows_spread_over_two_workers_and_arrive_whole() -> None:
                   for site in ("west", "east")}
         run = await iperf3(east.ns, east.ip, west.ns, seconds=3, parallel=8)
         assert run.mbit_s > 0
-        await trio.sleep(1.2)  # followers report their counters once a second
         for site in ("west", "east"):
-            show = await lab.show(site)
+            show = await show_after_follower_report(lab, site)
             assert show["workers"]["count"] == 2
             [follower] = show["workers"]["followers"]
             assert follower["lane"] == 1 and follower["pid"] > 0
@@ -82,13 +98,13 @@ async def test_a_worker_that_dies_stops_its_site() -> None:
         [follower] = show["workers"]["followers"]
         gw = lab.gateways["west"]
         os.kill(follower["pid"], signal.SIGKILL)
-        with trio.fail_after(10):
+        with trio.fail_after(BOUND_S):
             status = await gw.process.wait()  # type: ignore[attr-defined]
         assert status != 0
         with open(gw.site.log_path) as f:  # type: ignore[attr-defined]
             log = f.read()
         assert f"worker 1 (pid {follower['pid']}) exited" in log
-        with trio.fail_after(10):
+        with trio.fail_after(BOUND_S):
             while pids_in_netns(lab.ns("west.gw")):
                 await trio.sleep(0.1)
     assert leftovers(prefix) == []

@@ -22,7 +22,7 @@ from netns.nsenter import in_netns
 
 IFF_UP = 0x1
 ETH_P_TEST = 0x88B5
-STEP_TIMEOUT_S = 5.0
+STEP_TIMEOUT_S = 20.0  # a wait for something that must happen: clearly broken past this
 
 
 # --- helpers ---------------------------------------------------------------------------

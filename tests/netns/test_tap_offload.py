@@ -46,7 +46,7 @@ from l2bridge.tap import (
 from netns.nsenter import in_netns
 from tests.netns.nshelpers import checksum, extra_ns, link_up
 
-STEP_TIMEOUT_S = 5.0
+STEP_TIMEOUT_S = 20.0  # a wait for something that must happen: clearly broken past this
 TRANSFER_TIMEOUT_S = 30.0
 TRANSFER_BYTES = 4 * 1024 * 1024
 MAX_RELAYED_ITEMS = 200_000
