@@ -1,3 +1,3 @@
-from l2bridge.cli import main
+from l2bridge.ops.cli import main
 
 raise SystemExit(main())

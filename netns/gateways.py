@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
-from l2bridge import keys
+from l2bridge.core import keys
 from netns.build import is_missing, netlink
 from netns.nsenter import netns_preexec
 from netns.plan import VXLAN_PORT, SitePlan

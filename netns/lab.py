@@ -96,9 +96,9 @@ def preflight(plan: Plan) -> None:
     if any(isinstance(step, NftRuleset) for step in plan.steps) and shutil.which("nft") is None:
         raise PreflightError("wan: loss, duplication and NAT need nft, which is not on PATH; "
                              "install it (apt-get install nftables)")
-    if plan.gateway == "l2bridge" and importlib.util.find_spec("l2bridge.cli") is None:
+    if plan.gateway == "l2bridge" and importlib.util.find_spec("l2bridge.ops.cli") is None:
         raise PreflightError(
-            "gateway l2bridge needs the l2bridge package (l2bridge.cli not importable); "
+            "gateway l2bridge needs the l2bridge package (l2bridge.ops.cli not importable); "
             "install it or use --gateway vxlan"
         )
 

@@ -46,7 +46,7 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from l2bridge import config, keys
+from l2bridge.core import config, keys
 from netns.impair import (
     AddTbf,
     NftRuleset,

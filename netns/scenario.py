@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2bridge.config import describe_value
+from l2bridge.core.config import describe_value
 
 NAME_MAX = 12
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")

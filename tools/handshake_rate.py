@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 import time
 
-from l2bridge import keys, noise
-from l2bridge.secure import PeerLink, Reply, SecureLinks
+from l2bridge.core import keys, noise
+from l2bridge.core.secure import PeerLink, Reply, SecureLinks
 
 PEERS = 64
 PEER_FLOOD_GAP_S = 0.1  # virtual time between initiations: past the per-peer flood guard

@@ -9,10 +9,10 @@ import pytest
 import trio
 import trio.testing
 
-from l2bridge import wire
-from l2bridge.bridge import Bridge
-from l2bridge.config import parse_config
-from l2bridge.testing import FakeNetwork, FakeTap
+from l2bridge.core import wire
+from l2bridge.core.config import parse_config
+from l2bridge.io.fakes import FakeNetwork, FakeTap
+from l2bridge.site.site import Bridge
 
 BCAST = b"\xff" * 6
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 import trio
 
-from l2bridge import control
+from l2bridge.ops import control
 
 
 def handler(cmd: str) -> object:

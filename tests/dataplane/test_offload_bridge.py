@@ -13,12 +13,12 @@ import struct
 import pytest
 import trio
 
-from l2bridge import keys, noise
-from l2bridge import offload as ol
-from l2bridge.bridge import Bridge
-from l2bridge.config import parse_config
-from l2bridge.report import format_show
-from l2bridge.testing import FakeNetwork, FakeTap
+from l2bridge.core import keys, noise
+from l2bridge.core import offload as ol
+from l2bridge.core.config import parse_config
+from l2bridge.io.fakes import FakeNetwork, FakeTap
+from l2bridge.ops.report import format_show
+from l2bridge.site.site import Bridge
 from tests.unit.test_offload import (
     final,
     ipv4_tcp_superframe,

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from l2bridge.config import Endpoint
-from l2bridge.transport import (
+from l2bridge.core.config import Endpoint
+from l2bridge.io.transport import (
     SOL_UDP,
     UDP_GRO,
     TransportError,

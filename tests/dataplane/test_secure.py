@@ -8,11 +8,11 @@ import random
 import pytest
 import trio
 
-from l2bridge import keys, noise
-from l2bridge.bridge import Bridge
-from l2bridge.config import parse_config
-from l2bridge.secure import Timers
-from l2bridge.testing import FakeNetwork, FakeTap
+from l2bridge.core import keys, noise
+from l2bridge.core.config import parse_config
+from l2bridge.core.secure import Timers
+from l2bridge.io.fakes import FakeNetwork, FakeTap
+from l2bridge.site.site import Bridge
 
 BCAST = b"\xff" * 6
 

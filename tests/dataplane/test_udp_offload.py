@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from l2bridge.config import Endpoint
-from l2bridge.transport import (
+from l2bridge.core.config import Endpoint
+from l2bridge.io.transport import (
     GSO_MAX_PAYLOAD_BYTES,
     GSO_MAX_SEGMENTS,
     SOL_UDP,

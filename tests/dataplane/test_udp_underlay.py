@@ -7,10 +7,10 @@ import socket
 import pytest
 import trio
 
-from l2bridge.bridge import Bridge
-from l2bridge.config import parse_config
-from l2bridge.testing import FakeTap
-from l2bridge.transport import TransportError, UdpTransport
+from l2bridge.core.config import parse_config
+from l2bridge.io.fakes import FakeTap
+from l2bridge.io.transport import TransportError, UdpTransport
+from l2bridge.site.site import Bridge
 from tests.dataplane.loopback import have_ipv6_loopback
 
 BCAST = b"\xff" * 6

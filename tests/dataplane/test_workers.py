@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from l2bridge.errors import sole_cause
-from l2bridge.workers import Leader, WorkerError
+from l2bridge.site.workers import Leader, WorkerError
 
 
 def leader_with(script: str) -> Leader:

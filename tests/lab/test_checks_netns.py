@@ -23,7 +23,7 @@ pytestmark = pytest.mark.netns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCEN = os.path.join(ROOT, "scenarios")
-HAVE_L2BRIDGE = importlib.util.find_spec("l2bridge.cli") is not None
+HAVE_L2BRIDGE = importlib.util.find_spec("l2bridge.ops.cli") is not None
 
 TWO_SITES = """
 [[site]]
@@ -154,7 +154,7 @@ async def test_command_with_a_missing_program_fails_cleanly() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_L2BRIDGE, reason="the l2bridge daemon (l2bridge.cli) is missing")
+@pytest.mark.skipif(not HAVE_L2BRIDGE, reason="the l2bridge daemon (l2bridge.ops.cli) is missing")
 async def test_shipped_mesh_12_passes_with_the_daemon() -> None:
     prefix = new_prefix()
     async with open_lab(os.path.join(SCEN, "mesh-12.toml"), prefix=prefix) as lab:

@@ -201,7 +201,7 @@ def test_nat_site_is_private_and_dials_out() -> None:
     assert endpoints("c") == [("a", "198.18.1.2:55555"), ("b", "198.18.2.2:55555")]
     assert "gateway a: l2bridge up -c /run/l2bridge/lab/l2b0c0de/a.toml in l2b0c0de-a-gw, " \
            "peers: b 198.18.2.2, c (dials in)" in plan.describe()
-    config = pytest.importorskip("l2bridge.config")
+    config = pytest.importorskip("l2bridge.core.config")
     for site in plan.sites:
         parsed = config.parse_config(site.config_text, site.config_path)
         assert [p.endpoint is None for p in parsed.peers] == [p.address is None

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from l2bridge import keys
+from l2bridge.core import keys
 from netns.lab import LabError, lab_offload_from_env
 from netns.plan import (
     IFNAME_MAX,
@@ -180,7 +180,7 @@ def test_site_config_extra_keys_pass_through() -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_site_configs_are_valid_daemon_configs(name: str) -> None:
-    config = pytest.importorskip("l2bridge.config")
+    config = pytest.importorskip("l2bridge.core.config")
     plan = plan_of(name)
     for site in plan.sites:
         parsed = config.parse_config(site.config_text, site.config_path)

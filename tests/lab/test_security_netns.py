@@ -47,7 +47,7 @@ import pytest
 import trio
 from pyroute2 import netns as pr_netns
 
-from l2bridge import keys, noise
+from l2bridge.core import keys, noise
 from netns import traffic
 from netns.build import netlink
 from netns.frames import BROADCAST_MAC, ETHERTYPE_EXPERIMENTAL, make_frame, marker_payload

@@ -19,11 +19,11 @@ from netns.vlanport import egress_program, ingress_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCEN = os.path.join(ROOT, "scenarios")
-HAVE_L2BRIDGE = importlib.util.find_spec("l2bridge.cli") is not None
+HAVE_L2BRIDGE = importlib.util.find_spec("l2bridge.ops.cli") is not None
 GATEWAYS = [
     "vxlan",
     pytest.param("l2bridge", marks=pytest.mark.skipif(
-        not HAVE_L2BRIDGE, reason="the l2bridge daemon (l2bridge.cli) is not available")),
+        not HAVE_L2BRIDGE, reason="the l2bridge daemon (l2bridge.ops.cli) is not available")),
 ]
 
 MIXED = """

@@ -7,7 +7,7 @@ import sys
 
 from pyroute2 import IPRoute
 
-from l2bridge.tap import tap_info
+from l2bridge.io.tap import tap_info
 from netns.nsenter import in_netns, netns_preexec
 
 

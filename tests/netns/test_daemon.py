@@ -19,8 +19,8 @@ import time
 import trio
 from pyroute2 import IPRoute
 
-from l2bridge import pmqos
-from l2bridge.config import default_workers
+from l2bridge.core.config import default_workers
+from l2bridge.io import pmqos
 from netns import traffic
 from netns.frames import ETHERTYPE_EXPERIMENTAL, make_frame, marker_payload
 from netns.nsenter import in_netns, netns_preexec

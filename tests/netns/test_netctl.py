@@ -1,4 +1,4 @@
-"""l2bridge.netctl.BridgePlumbing on real bridges, veths and taps in scratch namespaces.
+"""l2bridge.io.netctl.BridgePlumbing on real bridges, veths and taps in scratch namespaces.
 
 State is inspected with IPRoute(netns=...): IFLA_MASTER, IFLA_MTU, the IFF_UP flag.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from l2bridge.netctl import BridgePlumbing, NetctlError
-from l2bridge.tap import TapDevice, open_tap
+from l2bridge.io.netctl import BridgePlumbing, NetctlError
+from l2bridge.io.tap import TapDevice, open_tap
 from netns.nsenter import in_netns
 
 IFF_UP = 0x1

@@ -1,4 +1,4 @@
-"""l2bridge.tap on real /dev/net/tun devices inside scratch namespaces.
+"""l2bridge.io.tap on real /dev/net/tun devices inside scratch namespaces.
 
 Kernel-side peers: an AF_PACKET socket bound to the tap (raw frames both ways), the
 kernel's own ICMP echo on a tun address, and ``ping`` resolving a neighbour behind
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from l2bridge.tap import (
+from l2bridge.io.tap import (
     IFF_NO_PI,
     IFF_TAP,
     IFF_TUN,

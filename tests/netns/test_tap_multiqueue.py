@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 
-from l2bridge.tap import ALL_OFFLOADS, VNET_HDR_LEN, TapDevice, open_tap
+from l2bridge.io.tap import ALL_OFFLOADS, VNET_HDR_LEN, TapDevice, open_tap
 from netns.nsenter import in_netns
 from tests.netns.nshelpers import checksum, extra_ns, link_up
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from l2bridge.tap import (
+from l2bridge.io.tap import (
     ALL_OFFLOADS,
     TUN_F_CSUM,
     TUN_F_TSO4,

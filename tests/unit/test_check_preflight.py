@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from l2bridge import keys
-from l2bridge.cli import main
+from l2bridge.core import keys
+from l2bridge.ops.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2bridge.config import (
+from l2bridge.core.config import (
     PEER_KEYS,
     SITE_KEYS,
     ConfigError,

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from l2bridge import keys
-from l2bridge.cli import main
-from l2bridge.config import parse_config
-from l2bridge.daemon import KeyLoadError, load_secrets
+from l2bridge.core import keys
+from l2bridge.core.config import parse_config
+from l2bridge.ops.cli import main
+from l2bridge.ops.daemon import KeyLoadError, load_secrets
 
 
 def write_key(path, raw: bytes, mode: int = 0o600) -> str:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2bridge.ether import (
+from l2bridge.core.ether import (
     BROADCAST_MAC,
     ETH_ALEN,
     ETH_HLEN,

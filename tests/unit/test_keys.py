@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2bridge.keys import (
+from l2bridge.core.keys import (
     CURVE25519_P,
     KEY_LEN,
     KeyFormatError,

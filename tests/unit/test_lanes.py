@@ -16,8 +16,8 @@ import random
 
 import pytest
 
-from l2bridge import keys, noise
-from l2bridge.secure import (
+from l2bridge.core import keys, noise
+from l2bridge.core.secure import (
     Established,
     PeerLink,
     Received,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from l2bridge.cli import main
+from l2bridge.ops.cli import main
 
 
 def one_line(text: str) -> str:
@@ -57,7 +57,7 @@ def test_genkey_writes_a_0600_file_and_pubkey_derives_from_it(tmp_path, capsys, 
     import os
     import stat
 
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     path = tmp_path / "site.key"
     assert main(["genkey", str(path)]) == 0

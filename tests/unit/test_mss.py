@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2bridge.mss import clamp_mss, mss_for
+from l2bridge.core.mss import clamp_mss, mss_for
 
 MAC_DST = bytes.fromhex("020000000002")
 MAC_SRC = bytes.fromhex("020000000001")

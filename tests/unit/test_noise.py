@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2bridge.keys import KeyFormatError, generate_private_key, generate_psk, public_key
-from l2bridge.noise import (
+from l2bridge.core.keys import KeyFormatError, generate_private_key, generate_psk, public_key
+from l2bridge.core.noise import (
     CONSTRUCTION,
     DATA_HEADER_LEN,
     INITIATION_LEN,

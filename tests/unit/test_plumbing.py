@@ -1,8 +1,8 @@
-"""The plumbing rules (``l2bridge.plumbing.decide``), one case each, no kernel needed."""
+"""The plumbing rules (``l2bridge.core.plumbing.decide``), one case each, no kernel needed."""
 
 from __future__ import annotations
 
-from l2bridge.plumbing import Expected, LinkView, Repair, decide, status
+from l2bridge.core.plumbing import Expected, LinkView, Repair, decide, status
 
 BR, TAP, NIC = 10, 11, 12
 OURS = Expected("br0", "l2b0", ("eth1",), created=True)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from l2bridge import pmqos
+from l2bridge.io import pmqos
 
 
 def test_hold_writes_the_limit_and_keeps_the_file_open_until_the_end(tmp_path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2bridge.replay import REJECT_AFTER_MESSAGES, WINDOW_BITS, ReplayWindow
+from l2bridge.core.replay import REJECT_AFTER_MESSAGES, WINDOW_BITS, ReplayWindow
 
 WINDOW = WINDOW_BITS - 64  # 8128: the guaranteed window of an 8192-bit ring
 T_LIM = WINDOW + 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from l2bridge import keys, noise
-from l2bridge.secure import Established, PeerLink, Received, Reply, SecureLinks
+from l2bridge.core import keys, noise
+from l2bridge.core.secure import Established, PeerLink, Received, Reply, SecureLinks
 
 # The two session facts the rekey tests depend on, checked without I/O: only the side
 # that initiated the current keypair rekeys on time, and when handshakes crossed

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from l2bridge.ether import (
+from l2bridge.core.ether import (
     BROADCAST_MAC,
     PAUSE_MAC,
     TPID_8021AD,
@@ -24,7 +24,7 @@ from l2bridge.ether import (
     ZERO_MAC,
     vlan_id,
 )
-from l2bridge.switch import FLOOD, TAP, Drop, FdbEntry, Switch
+from l2bridge.core.switch import FLOOD, TAP, Drop, FdbEntry, Switch
 
 A = bytes.fromhex("020000000001")  # hosts behind the tap
 B = bytes.fromhex("020000000002")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2bridge.wire import (
+from l2bridge.core.wire import (
     Fragment,
     Fragmenter,
     Frame,

@@ -36,9 +36,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from l2bridge import keys, noise, wire
-    from l2bridge.config import ConfigError, parse_config
-    from l2bridge.replay import ReplayWindow
+    from l2bridge.core import keys, noise, wire
+    from l2bridge.core.config import ConfigError, parse_config
+    from l2bridge.core.replay import ReplayWindow
 
 # Fixed keys: the fuzzer is reproducible and seeds stay valid across runs.
 A_PRIVATE = bytes([0x41] * 32)

@@ -103,7 +103,7 @@ def _fail(message: str, status: int = EXIT_FAILED) -> int:
 
 
 def _load(path: str):
-    from l2bridge.config import load_config
+    from l2bridge.core.config import load_config
 
     return load_config(path)
 
@@ -111,13 +111,13 @@ def _load(path: str):
 def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
-    from l2bridge import daemon
-    from l2bridge.config import ConfigError
-    from l2bridge.netctl import NetctlError
-    from l2bridge.pmqos import PmQosError
-    from l2bridge.tap import TapError
-    from l2bridge.transport import TransportError
-    from l2bridge.workers import WorkerError
+    from l2bridge.core.config import ConfigError
+    from l2bridge.io.netctl import NetctlError
+    from l2bridge.io.pmqos import PmQosError
+    from l2bridge.io.tap import TapError
+    from l2bridge.io.transport import TransportError
+    from l2bridge.ops import daemon
+    from l2bridge.site.workers import WorkerError
 
     try:
         config = _load(args.config)
@@ -151,8 +151,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Every validation ``up`` makes before touching the system (``daemon.preflight``)."""
-    from l2bridge.config import ConfigError
-    from l2bridge.daemon import preflight
+    from l2bridge.core.config import ConfigError
+    from l2bridge.ops.daemon import preflight
 
     try:
         config = _load(args.config)
@@ -170,7 +170,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> str:
-    from l2bridge.control import find_socket
+    from l2bridge.ops.control import find_socket
 
     if args.socket:
         return args.socket
@@ -180,27 +180,27 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _query(args: argparse.Namespace, cmd: str) -> object:
-    from l2bridge.control import query
+    from l2bridge.ops.control import query
 
     return query(_socket_path(args), cmd)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from l2bridge.report import format_show
+    from l2bridge.ops.report import format_show
 
     return _print_query(args, "show", format_show)
 
 
 def cmd_fdb(args: argparse.Namespace) -> int:
-    from l2bridge.report import format_fdb
+    from l2bridge.ops.report import format_fdb
 
     return _print_query(args, "fdb", format_fdb)
 
 
 def _print_query(args: argparse.Namespace, cmd: str, render) -> int:
     """Ask the running site and print its answer, as JSON or for people."""
-    from l2bridge.config import ConfigError
-    from l2bridge.control import ControlError
+    from l2bridge.core.config import ConfigError
+    from l2bridge.ops.control import ControlError
 
     try:
         answer = _query(args, cmd)
@@ -213,7 +213,7 @@ def _print_query(args: argparse.Namespace, cmd: str, render) -> int:
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
-    from l2bridge.tap import TapError, delete_persistent, make_persistent
+    from l2bridge.io.tap import TapError, delete_persistent, make_persistent
 
     try:
         if args.tap_command == "add":
@@ -257,19 +257,19 @@ def _write_secret(text: str, path: str | None) -> int:
 
 
 def cmd_genkey(args: argparse.Namespace) -> int:
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     return _write_secret(keys.encode_key(keys.generate_private_key()), args.file)
 
 
 def cmd_genpsk(args: argparse.Namespace) -> int:
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     return _write_secret(keys.encode_key(keys.generate_psk()), args.file)
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     try:
         private = keys.decode_key(sys.stdin.read(), what="private key on stdin")

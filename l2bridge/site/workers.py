@@ -5,7 +5,7 @@ Layout (``workers = N`` > 1):
     plumbing, the control socket, every handshake, the peers' liveness and
     keepalives, and it forwards frames like any worker;
   - workers 1..N-1, the *followers*, are child processes (``python -m
-    l2bridge.worker``), each given one tap queue fd, one socket of the
+    l2bridge.site.worker``), each given one tap queue fd, one socket of the
     SO_REUSEPORT group and one end of a SOCK_SEQPACKET socketpair to the leader.
   - The kernel keeps each flow on one tap queue (its flow hash), and steers each
     inbound DATA datagram to the worker of its *lane* (the sending worker's
@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from l2bridge.bridge import Bridge
+from l2bridge.site.site import Bridge
 
 log = logging.getLogger("l2bridge")
 
@@ -106,7 +106,7 @@ class Leader:
 
     async def _spawn(self, lane: int, tap_fd: int, sock: socket.socket,
                      channel: socket.socket) -> trio.Process:
-        argv = [sys.executable, "-m", "l2bridge.worker", "--config", self.config_path,
+        argv = [sys.executable, "-m", "l2bridge.site.worker", "--config", self.config_path,
                 "--lane", str(lane), "--lanes", str(self.lanes), "--tap-fd", str(tap_fd),
                 "--sock-fd", str(sock.fileno()), "--channel-fd", str(channel.fileno())]
         return await trio.lowlevel.open_process(

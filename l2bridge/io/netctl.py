@@ -31,7 +31,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from l2bridge.plumbing import Expected, LinkView, Repair
+from l2bridge.core.plumbing import Expected, LinkView, Repair
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class BridgePlumbing:
                        index=created_index, ifalias=self.marker)
         return msg
 
-    # --- watching and repairing (l2bridge.plumbing decides) -------------------------
+    # --- watching and repairing (l2bridge.core.plumbing decides) -------------------------
 
     def expected(self) -> Expected:
         return Expected(self.bridge, self.tap, self.interfaces, self.created)

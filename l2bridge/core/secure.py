@@ -54,8 +54,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from l2bridge import noise
-from l2bridge.replay import REJECT_AFTER_MESSAGES, ReplayWindow
+from l2bridge.core import noise
+from l2bridge.core.replay import REJECT_AFTER_MESSAGES, ReplayWindow
 
 SessionSnapshot = dict[str, object]  # JSON-ready: see SecureLinks.snapshot
 

@@ -58,7 +58,7 @@ from typing import Protocol
 
 import trio
 
-from l2bridge.config import Endpoint
+from l2bridge.core.config import Endpoint
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM_BYTES = 65535

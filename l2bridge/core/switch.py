@@ -66,7 +66,7 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from l2bridge.ether import ETH_HLEN, PAUSE_MAC, VLAN_HLEN, VLAN_TPIDS, ZERO_MAC
+from l2bridge.core.ether import ETH_HLEN, PAUSE_MAC, VLAN_HLEN, VLAN_TPIDS, ZERO_MAC
 
 TAP = 0
 """Port number of the local tap."""

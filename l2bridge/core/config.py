@@ -60,9 +60,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from l2bridge.fsutil import FileProblem, read_regular_file
-from l2bridge.mss import mss_for
-from l2bridge.wire import HEADER_LEN, MAX_FRAGMENTS
+from l2bridge.core.files import FileProblem, read_regular_file
+from l2bridge.core.mss import mss_for
+from l2bridge.core.wire import HEADER_LEN, MAX_FRAGMENTS
 
 DEFAULT_PORT = 55555
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -589,7 +589,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
 
 def _macs(table: _Reader, name: str) -> list[bytes]:
     """An array of unicast MAC addresses written "02:00:00:00:00:01"."""
-    from l2bridge.ether import is_multicast, parse_mac
+    from l2bridge.core.ether import is_multicast, parse_mac
 
     value = table.raw(name, [], 'an array of MAC addresses like ["02:00:00:00:00:01"]')
     if not isinstance(value, list):
@@ -779,7 +779,7 @@ def _public_key(
             "missing; expected the peer's public key (on the peer: 'l2bridge pubkey"
             " < its.key'), or insecure = true in [site] for a cleartext lab link",
         )
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     text = peer.string("public_key", _MISSING, "a base64 public key")
     try:

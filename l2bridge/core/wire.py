@@ -8,7 +8,7 @@ Every datagram is a 4-byte header followed by a payload of at least one byte::
     0x12 FRAGMENT  b1 = index<<4 | (count-1)   b2b3 = fragment id  one slice of a frame
     0x13 HELLO     b1 = flags (bit0 WANT_REPLY,    b2b3 = 0           site name, UTF-8, 1..64 bytes
                            bit1 OFFLOAD)
-    0x14 SEGMENT   one chunk of an offloaded super-frame (l2bridge.offload)
+    0x14 SEGMENT   one chunk of an offloaded super-frame (l2bridge.core.offload)
 
 HELLO's OFFLOAD flag says the sender accepts SEGMENT bursts; a peer that never
 said so gets ordinary frames.

@@ -10,7 +10,7 @@ Start-up, each step's undo registered as soon as it succeeds:
   2. plumb it: bridge created if missing (marked as this site's), tap and LAN
      NICs enslaved, MTU set; from now on ``PlumbingWatch`` keeps it so;
   3. bind the UDP socket (a group of one per worker);
-  4. run the dataplane, start the other workers (``l2bridge.workers``), then
+  4. run the dataplane, start the other workers (``l2bridge.site.workers``), then
      open the control socket (its presence = ready).
 SIGINT/SIGTERM cancel everything; the undo stack then leaves the host as found.
 SIGHUP is logged and ignored (never fatal).
@@ -27,15 +27,17 @@ from collections.abc import Callable
 
 import trio
 
-from l2bridge import control, noise, pmqos
-from l2bridge.bridge import Bridge
-from l2bridge.config import SiteConfig
+from l2bridge.core import noise
+from l2bridge.core.config import SiteConfig
 from l2bridge.errors import EXIT_USAGE, L2bridgeError
-from l2bridge.netctl import BridgePlumbing
-from l2bridge.plumbwatch import PlumbingWatch
-from l2bridge.tap import TapDevice, open_tap, tap_info
-from l2bridge.transport import UdpTransport, open_group
-from l2bridge.workers import Leader
+from l2bridge.io import pmqos
+from l2bridge.io.netctl import BridgePlumbing
+from l2bridge.io.plumbwatch import PlumbingWatch
+from l2bridge.io.tap import TapDevice, open_tap, tap_info
+from l2bridge.io.transport import UdpTransport, open_group
+from l2bridge.ops import control
+from l2bridge.site.site import Bridge
+from l2bridge.site.workers import Leader
 
 log = logging.getLogger("l2bridge")
 
@@ -83,7 +85,7 @@ def load_secrets(config: SiteConfig) -> Secrets:
     """The site's identity and the peers' pre-shared keys (None, {} in cleartext mode)."""
     if config.insecure:
         return None, {}
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     try:
         private = keys.read_private_key_file(config.private_key_file)  # type: ignore[arg-type]
@@ -122,7 +124,7 @@ def log_identity(config: SiteConfig, secrets: Secrets) -> None:
     identity, psks = secrets
     if identity is None:
         return
-    from l2bridge import keys
+    from l2bridge.core import keys
 
     log.info("site %s identity %s", config.name, keys.fingerprint(identity.public))
     for peer in config.peers:
@@ -145,7 +147,7 @@ async def serve_site(
 
     With ``workers`` > 1 the tap gets one queue per worker and the port one
     socket per worker (an SO_REUSEPORT group); this process is worker 0 and
-    starts the others (``l2bridge.workers``).
+    starts the others (``l2bridge.site.workers``).
     """
     if secrets is None:
         secrets = preflight(config)

@@ -20,9 +20,9 @@ import socket
 
 import trio
 
-from l2bridge import plumbing
+from l2bridge.core import plumbing
 from l2bridge.errors import L2bridgeError
-from l2bridge.netctl import BridgePlumbing, NetctlError
+from l2bridge.io.netctl import BridgePlumbing, NetctlError
 
 log = logging.getLogger("l2bridge")
 

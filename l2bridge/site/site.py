@@ -31,14 +31,14 @@ the peer is the one whose keys opened it, and its endpoint follows it
 (roaming).  Cleartext mode (``insecure = true``) identifies peers by address.
 Keepalives are HELLOs (sealed in secure mode) carrying the OFFLOAD flag.
 
-Workers (``lane``/``lanes``/``follower``, see ``l2bridge.workers``): a follower
+Workers (``lane``/``lanes``/``follower``, see ``l2bridge.site.workers``): a follower
 takes peer state and keys from the leader, never handshakes and runs no
 liveness timers; its ``kicks`` ask the leader for a handshake.
 
 Invariants: the per-frame path never logs, never awaits between a table lookup
 and its update (switch methods are synchronous), and allocates only the
 datagrams it sends.  Tap and transport are passed in, so the same Bridge runs on
-real devices and on the in-memory fakes of ``l2bridge.testing``.
+real devices and on the in-memory fakes of ``l2bridge.io.fakes``.
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ from typing import Protocol
 
 import trio
 
-from l2bridge import noise, offload, wire
-from l2bridge.config import SiteConfig
-from l2bridge.ether import format_mac
-from l2bridge.mss import clamp_mss
-from l2bridge.peers import Peer, PeerTable
-from l2bridge.secure import Established, PeerLink, Reply, SecureLinks, Timers
-from l2bridge.switch import FLOOD, TAP, Drop, Switch
-from l2bridge.transport import Transport
+from l2bridge.core import noise, offload, wire
+from l2bridge.core.config import SiteConfig
+from l2bridge.core.ether import format_mac
+from l2bridge.core.mss import clamp_mss
+from l2bridge.core.peers import Peer, PeerTable
+from l2bridge.core.secure import Established, PeerLink, Reply, SecureLinks, Timers
+from l2bridge.core.switch import FLOOD, TAP, Drop, Switch
+from l2bridge.io.transport import Transport
 
 log = logging.getLogger("l2bridge")
 
@@ -119,7 +119,7 @@ class Bridge:
         follower: bool = False,
     ) -> None:
         self.config = config
-        # Worker ``lane`` of ``lanes`` (l2bridge.workers); a follower takes peer state
+        # Worker ``lane`` of ``lanes`` (l2bridge.site.workers); a follower takes peer state
         # and keys from the leader (worker 0) and never handshakes or keeps alive.
         self.lane = lane
         self.lanes = lanes
@@ -862,7 +862,7 @@ class Bridge:
         link = peer.link
         if link is None:
             return {}
-        from l2bridge.keys import fingerprint
+        from l2bridge.core.keys import fingerprint
 
         current = link.current
         return {

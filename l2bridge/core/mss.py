@@ -17,8 +17,8 @@ caller can test ``out is frame``; otherwise a new ``bytes`` of equal length.
 
 from __future__ import annotations
 
-from l2bridge.ether import ETH_HLEN, VLAN_HLEN, VLAN_TPIDS
-from l2bridge.wire import HEADER_LEN
+from l2bridge.core.ether import ETH_HLEN, VLAN_HLEN, VLAN_TPIDS
+from l2bridge.core.wire import HEADER_LEN
 
 # Specification constants.
 MAX_VLAN_TAGS = 2

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2bridge.wire import Reassembler
+from l2bridge.core.wire import Reassembler
 
 DOWN_RETRY_MAX_S = 1.0
 

@@ -1,4 +1,4 @@
-"""``python -m l2bridge.worker``: one follower worker of a site (started by its leader).
+"""``python -m l2bridge.site.worker``: one follower worker of a site (started by its leader).
 
 Not a user command: ``l2bridge up`` with ``workers = N`` starts N-1 of these,
 each with inherited fds (a tap queue, a socket of the SO_REUSEPORT group, a
@@ -19,13 +19,13 @@ import sys
 
 import trio
 
-from l2bridge.bridge import Bridge
-from l2bridge.config import ConfigError, SiteConfig, load_config
-from l2bridge.daemon import KeyLoadError, TrioTap, load_secrets
+from l2bridge.core.config import ConfigError, SiteConfig, load_config
 from l2bridge.errors import EXIT_FAILED, EXIT_USAGE
-from l2bridge.tap import TapDevice
-from l2bridge.transport import UdpTransport
-from l2bridge.workers import Follower, channel_from_fd
+from l2bridge.io.tap import TapDevice
+from l2bridge.io.transport import UdpTransport
+from l2bridge.ops.daemon import KeyLoadError, TrioTap, load_secrets
+from l2bridge.site.site import Bridge
+from l2bridge.site.workers import Follower, channel_from_fd
 
 log = logging.getLogger("l2bridge")
 
@@ -60,7 +60,7 @@ async def serve(config: SiteConfig, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m l2bridge.worker")
+    p = argparse.ArgumentParser(prog="python -m l2bridge.site.worker")
     p.add_argument("--config", required=True)
     for name in ("lane", "lanes", "tap-fd", "sock-fd", "channel-fd"):
         p.add_argument(f"--{name}", type=int, required=True)

@@ -29,7 +29,7 @@ import stat
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from l2bridge.fsutil import FileProblem, read_regular_file
+from l2bridge.core.files import FileProblem, read_regular_file
 
 # Specification constants.
 KEY_LEN = 32

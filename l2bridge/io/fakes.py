@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from l2bridge.config import Endpoint
+from l2bridge.core.config import Endpoint
 
 FAKE_QUEUE_DATAGRAMS = 4096
 FAKE_TAP_QUEUE_FRAMES = 4096

@@ -85,7 +85,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from l2bridge.keys import KEY_LEN, KeyFormatError, fingerprint, is_low_order
+from l2bridge.core.keys import KEY_LEN, KeyFormatError, fingerprint, is_low_order
 
 # Specification constants (Noise, WireGuard).
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"

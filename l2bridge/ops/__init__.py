@@ -1,0 +1,1 @@
+"""Operating a site: the command line, ``l2bridge up`` (the daemon), the control socket."""
