@@ -1,4 +1,21 @@
-"""Helpers for turning failures into one clear line at the command line."""
+"""The errors a user can see, and the exit statuses of every l2bridge command.
+
+One family: every error that reaches a person derives from ``L2bridgeError``,
+whose ``str()`` is one line naming what failed, where, and what to do, and whose
+``exit_status`` is what the command exits with.  A command catches that one type
+(``sole_cause`` first unwraps trio's exception groups):
+
+    L2bridgeError                 runtime failure (exit 1)
+    ├── UsageError                bad input: config, scenario, keys, paths (exit 2)
+    │     ConfigError, KeyFormatError, ControlPathError, ScenarioError, PreflightError
+    ├── KernelError               the kernel refused (errno attached)
+    │     TapError, NetctlError, TransportError, PmQosError
+    ├── PeerError                 a peer or its endpoint misbehaves
+    └── ControlError, WorkerError, PlumbingError, LabError, GatewayError, TrafficError, ...
+
+Errors that never reach a person (a malformed datagram: ``WireError``,
+``OffloadError``, ``HandshakeError``) are counted as drops and are not part of it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +32,24 @@ class L2bridgeError(Exception):
     """
 
     exit_status = EXIT_FAILED
+
+
+class UsageError(L2bridgeError):
+    """Bad input (a configuration, a scenario, a key file, a path): nothing was changed."""
+
+    exit_status = EXIT_USAGE
+
+
+class KernelError(L2bridgeError):
+    """The kernel refused an operation; ``errno`` is its error number when one is known."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+class PeerError(L2bridgeError):
+    """A peer, or the way to reach it, cannot be used (e.g. its endpoint does not resolve)."""
 
 
 def sole_cause(exc: BaseException) -> BaseException:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2bridge.core.caps import MAX_WORKERS
 from netns.report import columns
 
 # The variants, in the order of the table.  "vxlan" is the reference of the ratios,
@@ -60,7 +61,6 @@ LOSSY_VARIANTS = ("l2bridge", "vxlan")  # measured again through a lossy twin of
 MIN_SECONDS = 1.0
 MAX_SECONDS = 60.0
 MAX_ROUNDS = 20
-MAX_WORKERS = 16  # --workers: worker processes per l2bridge gateway
 
 
 @dataclass(frozen=True, slots=True)

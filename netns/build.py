@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from l2bridge.errors import L2bridgeError
 from netns.impair import AddTbf, NftRuleset
 from netns.nsenter import in_netns
 from netns.plan import (
@@ -45,7 +46,7 @@ from netns.wanctl import WanError, apply_tbf, load_nft
 IFA_F_NODAD = 0x02
 
 
-class BuildError(Exception):
+class BuildError(L2bridgeError):
     """A step failed; the message names the step, the cause and (when known) the fix."""
 
 

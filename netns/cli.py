@@ -21,10 +21,9 @@ from typing import Any, TextIO
 
 import trio
 
-from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, sole_cause
+from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, L2bridgeError, sole_cause
 from netns import bench, timing
-from netns.gateways import GatewayError
-from netns.lab import LabError, PreflightError, open_lab
+from netns.lab import PreflightError, open_lab
 from netns.nsenter import netns_path, netns_preexec
 from netns.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
 from netns.registry import clean, destroy, list_labs, owner_alive, owns_namespace, read_state
@@ -86,15 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             if cause is group:
                 raise
             raise cause from None
-    except ScenarioError as e:
+    except L2bridgeError as e:  # every error a user can see: one line, its exit status
         _err(str(e))
-        return EXIT_USAGE
-    except PreflightError as e:
-        _err(str(e))
-        return EXIT_USAGE
-    except (LabError, GatewayError) as e:
-        _err(str(e))
-        return EXIT_FAILED
+        return e.exit_status
 
 
 # ---------------------------------------------------------------- commands

@@ -30,6 +30,7 @@ import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.core import keys
+from l2bridge.errors import L2bridgeError
 from netns.build import is_missing, netlink
 from netns.nsenter import netns_preexec
 from netns.plan import VXLAN_PORT, SitePlan
@@ -43,7 +44,7 @@ CONTROL_MAX_BYTES = 4 * 1024 * 1024
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class GatewayError(Exception):
+class GatewayError(L2bridgeError):
     """A gateway did not start or answer; the message names the site and shows why."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from l2bridge.errors import EXIT_USAGE, L2bridgeError
 from netns import checks as checks_mod
 from netns.build import BuildError, build
 from netns.gateways import Gateway, GatewayError, make_gateway, peers_up
@@ -71,12 +72,14 @@ def command_programs(check: Check) -> tuple[str, ...]:
 Progress = Callable[[str], None]
 
 
-class LabError(Exception):
+class LabError(L2bridgeError):
     """The lab could not be built or its gateways did not come up (one line)."""
 
 
 class PreflightError(LabError):
     """Not root, or a program is missing: nothing was created."""
+
+    exit_status = EXIT_USAGE
 
 
 def preflight(plan: Plan) -> None:

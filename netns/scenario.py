@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2bridge.core.config import describe_value
+from l2bridge.errors import UsageError
 
 NAME_MAX = 12
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -56,7 +57,7 @@ DEFAULT_WAN_SEED = 1
 MAX_MTU = 9000
 
 
-class ScenarioError(Exception):
+class ScenarioError(UsageError):
     """A scenario problem; ``str()`` is ``FILE: key.path: message`` on one line."""
 
     def __init__(self, path: str, key: str, message: str) -> None:

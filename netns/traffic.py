@@ -45,6 +45,7 @@ from typing import IO, Any
 
 import trio
 
+from l2bridge.errors import L2bridgeError
 from netns.frames import ETH_HLEN, TPID_8021Q, insert_vlan_tag, parse_pcap
 from netns.nsenter import in_netns, netns_path, netns_preexec
 
@@ -89,7 +90,7 @@ OUTPUT_READ_BYTES = 65_536  # one pread of a tool's captured output
 TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 
 
-class TrafficError(Exception):
+class TrafficError(L2bridgeError):
     """A traffic primitive could not do its job; ``str()`` is one line naming the cause.
 
     Every expected failure of a primitive (missing tool or namespace, a daemon

@@ -22,6 +22,7 @@ import subprocess
 import trio
 from pyroute2 import IPRoute
 
+from l2bridge.errors import L2bridgeError
 from netns.impair import AddTbf, NftRuleset, RelayPlan
 from netns.nsenter import netns_preexec
 from netns.proclog import log_tail
@@ -34,7 +35,7 @@ LOG_TAIL_LINES = 6
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class WanError(Exception):
+class WanError(L2bridgeError):
     """An impairment could not be applied or a relay did not start (one line)."""
 
 

@@ -57,12 +57,15 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from l2bridge.core.budget import MtuBudget
+from l2bridge.core.caps import MAX_WORKERS, default_workers
 from l2bridge.core.files import FileProblem, read_regular_file
-from l2bridge.core.mss import mss_for
-from l2bridge.core.wire import HEADER_LEN, MAX_FRAGMENTS
+from l2bridge.core.keys import Secrets
+from l2bridge.core.wire import MAX_FRAGMENTS
+from l2bridge.errors import UsageError
 
 DEFAULT_PORT = 55555
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -90,23 +93,6 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path minus the NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_MAX_BYTES = 1 << 20  # a site config is a few kB; refuse to read more
 
-# Largest Ethernet frame for a given MTU: header plus two VLAN tags.
-FRAME_OVERHEAD = 14 + 2 * 4
-UNDERLAY_IPV4_UDP_LEN = 28
-UNDERLAY_IPV6_UDP_LEN = 48
-SEALED_OVERHEAD = 32  # a DATA packet's header and tag around the inner message (noise.py)
-
-MAX_WORKERS = 64
-
-
-def default_workers() -> int:
-    """One worker process per core this process may run on (at most MAX_WORKERS)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores))
-
 
 TOP_KEYS = ("site", "peer")
 SITE_KEYS = (
@@ -131,7 +117,7 @@ _NAME_RULE = f"1 to {NAME_MAX_LEN} characters from A-Z a-z 0-9 _ . -"
 _MISSING = object()
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """A configuration problem; ``str()`` is ``{path}: {key}: {message}`` on one line."""
 
     def __init__(self, path: str, key: str, message: str, line: int | None = None) -> None:
@@ -204,8 +190,11 @@ class SiteConfig:
     insecure: bool = False
     pinned_macs: frozenset[bytes] = frozenset()
     rekey_after_s: float = DEFAULT_REKEY_AFTER_S
-    workers: int = 1
+    workers: int = field(default_factory=default_workers)
     low_latency: bool = False
+    # The parsed TOML this config came from: what the leader hands its followers
+    # (they never read the file themselves), and what a reload compares.
+    document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------- endpoints
@@ -521,9 +510,10 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
     mtu = site.integer("mtu", DEFAULT_MTU, MTU_MIN, MTU_MAX)
     wan_mtu = site.integer("wan_mtu", DEFAULT_WAN_MTU, MTU_MIN, MTU_MAX)
     insecure = site.boolean("insecure", DEFAULT_INSECURE)
-    sealing = 0 if insecure else SEALED_OVERHEAD
-    _check_fragments(site, mtu, wan_mtu, listen, sealing)
-    mss_clamp = _mss_clamp(site, wan_mtu, listen, sealing)
+    budget = MtuBudget.of(mtu=mtu, wan_mtu=wan_mtu, ipv6_underlay=listen.is_ipv6,
+                          sealed=not insecure)
+    _check_fragments(site, budget)
+    mss_clamp = _mss_clamp(site, budget)
     ageing_s = site.seconds("ageing", DEFAULT_AGEING_S, 0.0, AGEING_MAX_S)
     max_entries = site.integer("max_entries", DEFAULT_MAX_ENTRIES, ENTRIES_MIN, ENTRIES_MAX)
     max_entries_per_peer = site.integer(
@@ -584,6 +574,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         insecure=insecure,
         pinned_macs=pinned_macs,
         rekey_after_s=rekey_after_s,
+        document=data,
     )
 
 
@@ -646,34 +637,25 @@ def _interfaces(site: _Reader, bridge: str, tap: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _underlay_len(listen: Endpoint) -> int:
-    return UNDERLAY_IPV6_UDP_LEN if listen.is_ipv6 else UNDERLAY_IPV4_UDP_LEN
-
-
-def _check_fragments(
-    site: _Reader, mtu: int, wan_mtu: int, listen: Endpoint, sealing: int
-) -> None:
+def _check_fragments(site: _Reader, budget: MtuBudget) -> None:
     """The largest LAN frame must fit in at most 16 fragments over the WAN."""
-    room = wan_mtu - _underlay_len(listen) - HEADER_LEN - sealing
-    largest = mtu + FRAME_OVERHEAD
-    if largest > MAX_FRAGMENTS * room:
-        needed = -(-largest // room)
-        highest = MAX_FRAGMENTS * room - FRAME_OVERHEAD
+    if budget.fragments > MAX_FRAGMENTS:
         raise site.error(
             "mtu",
-            f"frames of up to {largest} bytes need {needed} fragments at wan_mtu {wan_mtu}"
-            f" (the limit is {MAX_FRAGMENTS}); expected mtu <= {highest} or a larger wan_mtu",
+            f"frames of up to {budget.max_frame} bytes need {budget.fragments} fragments at"
+            f" wan_mtu {budget.wan_mtu} (the limit is {MAX_FRAGMENTS}); expected mtu <="
+            f" {budget.highest_mtu} or a larger wan_mtu",
         )
 
 
-def _mss_clamp(site: _Reader, wan_mtu: int, listen: Endpoint, sealing: int) -> int | None:
-    """false -> None; true -> computed from wan_mtu for any inner IP version; int -> itself."""
+def _mss_clamp(site: _Reader, budget: MtuBudget) -> int | None:
+    """false -> None; true -> the budget's MSS for any inner IP version; int -> itself."""
     rule = f"false, true or an integer from {MSS_MIN} to {MSS_MAX}"
     value = site.raw("mss_clamp", False, rule)
     if value is False:
         return None
     if value is True:
-        return mss_for(wan_mtu, listen.is_ipv6, True) - sealing
+        return budget.mss(ipv6_inner=True)
     if not isinstance(value, int):
         raise site.error("mss_clamp", f"expected {rule}, found {describe_value(value)}")
     if not MSS_MIN <= value <= MSS_MAX:
@@ -795,3 +777,37 @@ def _public_key(
         raise peer.error("public_key", f"the same key as {seen[raw]}; each peer has its own")
     seen[raw] = key
     return raw
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def load_secrets(config: SiteConfig) -> Secrets:
+    """The site's private key and its peers' pre-shared keys, read and checked.
+
+    Every key file is read as ``keys`` reads it (a regular file, mode 0600, one
+    base64 key; never waited on); a peer carrying this site's own public key is
+    refused.  Errors are ``KeyFormatError`` naming the config file.  Cleartext
+    sites (``insecure = true``) have none.
+    """
+    if config.insecure:
+        return Secrets(None, {})
+    from l2bridge.core import keys
+
+    try:
+        private = keys.read_private_key_file(config.private_key_file)  # type: ignore[arg-type]
+        psks = {
+            p.name: keys.read_psk_file(p.preshared_key_file)
+            for p in config.peers
+            if p.preshared_key_file is not None
+        }
+    except keys.KeyFormatError as exc:
+        raise keys.KeyFormatError(f"{config.path}: {exc}") from None
+    public = keys.public_key(private)
+    for peer in config.peers:
+        if peer.public_key == public:
+            raise keys.KeyFormatError(
+                f"{config.path}: peer {peer.name}: public_key is this site's own key;"
+                " expected the peer's key (l2bridge pubkey < the peer's key file)"
+            )
+    return Secrets(private, psks)

@@ -1,4 +1,5 @@
-"""Ethernet header helpers: constants, VLAN tags and MAC addresses.
+"""Frame headers: Ethernet constants, VLAN tags, MAC addresses, and the IP/TCP/UDP
+header facts the switch, the MSS clamp, offloads and the MTU budget share.
 
 Pure module: no I/O, no trio, no socket.
 
@@ -30,6 +31,15 @@ TPID_8021AD = 0x88A8
 TPID_QINQ_OLD = 0x9100
 VLAN_TPIDS = frozenset({TPID_8021Q, TPID_8021AD, TPID_QINQ_OLD})
 """Ethertypes that announce a VLAN tag at offset 12."""
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPV4_HLEN = 20  # without options
+IPV6_HLEN = 40  # the fixed header
+TCP_HLEN = 20  # without options
+UDP_HLEN = 8
 
 BROADCAST_MAC = b"\xff" * ETH_ALEN
 ZERO_MAC = b"\x00" * ETH_ALEN

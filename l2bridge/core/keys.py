@@ -26,10 +26,13 @@ import base64
 import binascii
 import secrets
 import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from l2bridge.core.files import FileProblem, read_regular_file
+from l2bridge.errors import UsageError
 
 # Specification constants.
 KEY_LEN = 32
@@ -65,7 +68,7 @@ _LOW_ORDER_U = frozenset(
 _PROBE_PRIVATE = X25519PrivateKey.from_private_bytes(bytes([0x40] * KEY_LEN))
 
 
-class KeyFormatError(ValueError):
+class KeyFormatError(UsageError, ValueError):
     """A key (text, bytes or file) that cannot be used; ``str()`` is one line."""
 
 
@@ -194,3 +197,27 @@ def read_private_key_file(path: str) -> bytes:
 def read_psk_file(path: str) -> bytes:
     """Read a pre-shared key file, under the same rules as a private key file."""
     return _read_key_file(path, "pre-shared key")
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """A site's private key (None in cleartext) and its peers' pre-shared keys, by name.
+
+    ``to_json``/``from_json`` carry them from a site's leader to its workers over
+    their private channel; nothing else ever serialises them.
+    """
+
+    private: bytes | None
+    psks: Mapping[str, bytes]
+
+    def to_json(self) -> dict:
+        return {
+            "private": None if self.private is None else encode_key(self.private),
+            "psks": {name: encode_key(psk) for name, psk in self.psks.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Secrets:
+        private = data["private"]
+        return cls(None if private is None else decode_key(private),
+                   {name: decode_key(psk) for name, psk in data["psks"].items()})

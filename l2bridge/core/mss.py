@@ -17,39 +17,25 @@ caller can test ``out is frame``; otherwise a new ``bytes`` of equal length.
 
 from __future__ import annotations
 
-from l2bridge.core.ether import ETH_HLEN, VLAN_HLEN, VLAN_TPIDS
-from l2bridge.core.wire import HEADER_LEN
+from l2bridge.core.budget import MAX_VLAN_TAGS
+from l2bridge.core.ether import (
+    ETH_HLEN,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    IPPROTO_TCP,
+    IPV6_HLEN,
+    VLAN_HLEN,
+    VLAN_TPIDS,
+)
+from l2bridge.core.ether import IPV4_HLEN as IPV4_HLEN_MIN
+from l2bridge.core.ether import TCP_HLEN as TCP_HLEN_MIN
 
 # Specification constants.
-MAX_VLAN_TAGS = 2
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-IPPROTO_TCP = 6
-IPV4_HLEN_MIN = 20
-IPV6_HLEN = 40
-TCP_HLEN_MIN = 20
 TCP_FLAG_SYN = 0x02
 TCPOPT_EOL = 0
 TCPOPT_NOP = 1
 TCPOPT_MSS = 2
 TCPOLEN_MSS = 4
-UDP_HLEN = 8
-
-# Overheads used by ``mss_for``.
-UNDERLAY_IPV4_UDP_LEN = IPV4_HLEN_MIN + UDP_HLEN  # 28
-UNDERLAY_IPV6_UDP_LEN = IPV6_HLEN + UDP_HLEN  # 48
-
-
-def mss_for(wan_mtu: int, ipv6_underlay: bool, ipv6_inner: bool) -> int:
-    """Return the MSS whose untagged TCP segment fits in one FRAME datagram.
-
-    wan_mtu - underlay IP/UDP (28 or 48) - wire header (4) - Ethernet (14)
-    - inner IP (20 or 40) - TCP (20). A VLAN-tagged segment of that size is
-    4 bytes over and gets fragmented, which still delivers it.
-    """
-    underlay = UNDERLAY_IPV6_UDP_LEN if ipv6_underlay else UNDERLAY_IPV4_UDP_LEN
-    inner = IPV6_HLEN if ipv6_inner else IPV4_HLEN_MIN
-    return wan_mtu - underlay - HEADER_LEN - ETH_HLEN - inner - TCP_HLEN_MIN
 
 
 def _checksum_update(checksum: int, old: int, new: int) -> int:

@@ -39,6 +39,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from l2bridge.core.ether import ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VLAN_TPIDS
+from l2bridge.core.ether import ETHERTYPE_IPV4 as ETH_P_IPV4
+from l2bridge.core.ether import ETHERTYPE_IPV6 as ETH_P_IPV6
+from l2bridge.core.wire import TYPE_SEGMENT
+
 # --- virtio_net_hdr (linux/virtio_net.h) -------------------------------------------
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size  # 10
@@ -53,7 +58,6 @@ GSO_ECN = 0x80
 PLAIN_VNET_HDR = bytes(VNET_HDR_LEN)
 
 # --- SEGMENT message -----------------------------------------------------------------
-TYPE_SEGMENT = 0x14
 SEGMENT_HEADER = struct.Struct("!BBHBBBxHHHHH")
 SEGMENT_HEADER_LEN = SEGMENT_HEADER.size  # 18
 MAX_CHUNKS = 255
@@ -64,18 +68,13 @@ MIN_CHUNK_BYTES = 64  # below this a burst would be mostly headers: segment inst
 BURST_HOLD_S = 0.003  # an incomplete burst waits this long after its latest chunk
 MAX_PENDING_BURSTS = 32  # per peer: at most 32 × 64 KB held
 
-ETH_P_IPV4 = 0x0800
-ETH_P_IPV6 = 0x86DD
-VLAN_TPIDS = (0x8100, 0x88A8)
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
 TCP_FIN = 0x01
 TCP_PSH = 0x08
 TCP_CWR = 0x80
 
 _TCP_GSO = (GSO_TCPV4, GSO_TCPV6)
 _GSO_TYPES = (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4)
-MIN_HDR_LEN = 14 + 20 + 8  # Ethernet + IPv4 + UDP, the smallest headers a burst carries
+MIN_HDR_LEN = ETH_HLEN + IPV4_HLEN + UDP_HLEN  # the smallest headers a burst carries
 _H16 = struct.Struct("!H")
 
 

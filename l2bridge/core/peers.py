@@ -56,8 +56,7 @@ class Peer:
     roamed: int = 0
     times_down: int = 0
     keepalive_s: float = 5.0  # the longest silence towards this peer
-    allowed_macs: frozenset[bytes] | None = None  # source MACs this peer may use
-    link: Any = None  # its secure.PeerLink (secure mode)
+    sessions: Any = None  # its secure.PeerSessions (secure mode)
     offload: bool | None = None  # it accepts SEGMENT bursts (from its HELLO); None: not heard
     bursts: Any = None  # its offload.BurstAssembler (SEGMENTs it sent us)
     bursts_out: int = 0

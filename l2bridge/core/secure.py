@@ -3,7 +3,7 @@
 Sans-I/O: the bridge hands datagrams and the time in, and sends what comes
 out.  Built on ``noise`` (Noise_IKpsk2 as WireGuard builds it) and ``replay``.
 
-Receive flow (``SecureLinks.receive``), cheapest checks first:
+Receive flow (``SessionTable.receive``), cheapest checks first:
   1. the first byte and the length decide the message type (reserved bytes zero);
   2. DATA: receiver index → keypair (unknown: dropped) → counter not too old
      (replay window, no state change) → AEAD open → replay window updated →
@@ -24,8 +24,8 @@ lane running far ahead of another (different flows, different workers) never
 pushes the other's counters out of the window.
 
 Leader and followers: worker 0 (the leader) does every handshake and owns the
-timers; after any change to a link's sessions it finds the link in
-``changed`` and hands ``snapshot(link, now)`` to the followers, which
+timers; after any change to a peer's sessions it finds the peer in
+``changed`` and hands ``snapshot(peer, now)`` to the followers, which
 ``apply_snapshot`` it. A follower (``follower=True``) drops handshake
 messages (counted ``not_leader``), never initiates, and only seals, opens and
 expires (reject-after-time, drop-keys) what the leader gave it. A snapshot
@@ -55,9 +55,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from l2bridge.core import noise
+from l2bridge.core.caps import MAX_WORKERS
 from l2bridge.core.replay import REJECT_AFTER_MESSAGES, ReplayWindow
 
-SessionSnapshot = dict[str, object]  # JSON-ready: see SecureLinks.snapshot
+SessionSnapshot = dict[str, object]  # JSON-ready: see SessionTable.snapshot
 
 # Specification constants (WireGuard, whitepaper §6).
 REKEY_AFTER_MESSAGES = 2**60
@@ -75,7 +76,6 @@ HANDSHAKES_PER_SOURCE_PER_S = 20.0
 HANDSHAKE_BURST = 5
 RATE_LIMIT_SOURCES = 4096  # tracked sources; the oldest is forgotten beyond this
 MIN_INITIATION_INTERVAL_S = 0.05  # per peer: a faster initiation flood is ignored
-MAX_LANES = 256  # the lane is one byte of the DATA header
 SNAPSHOT_VERSION = 1
 _SLOTS = ("current", "previous", "next")
 
@@ -121,7 +121,7 @@ class Session:
 
     keypair: noise.Keypair
     created: float
-    link: PeerLink
+    peer: PeerSessions
     send_counter: int = 0
     windows: dict[int, ReplayWindow] = field(default_factory=dict)
     confirmed: bool = False  # the initiator's keys are confirmed by the response
@@ -141,7 +141,7 @@ class Session:
 
 
 @dataclass(eq=False, slots=True)
-class PeerLink:
+class PeerSessions:
     """The crypto side of one peer: keys, sessions, handshake in flight, timestamps."""
 
     keys: noise.PeerKeys
@@ -199,7 +199,7 @@ class TokenBuckets:
 class Received:
     """An authenticated DATA packet: who sent it and its plaintext (b"" = keepalive)."""
 
-    link: PeerLink
+    peer: PeerSessions
     plaintext: bytes
 
 
@@ -207,31 +207,31 @@ class Received:
 class Reply:
     """A handshake message to send back to the source address."""
 
-    link: PeerLink
+    peer: PeerSessions
     datagram: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Established:
-    """A handshake completed with ``link``; ``datagram`` (if any) goes back to the source."""
+    """A handshake completed with ``peer``; ``datagram`` (if any) goes back to the source."""
 
-    link: PeerLink
+    peer: PeerSessions
     datagram: bytes | None
 
 
-class SecureLinks:
-    """All of a site's authenticated links, keyed by index and by public key.
+class SessionTable:
+    """All of a site's authenticated peers, keyed by index and by public key.
 
     ``lane``/``lanes``: this worker's lane and the site's number of workers
     (precondition ``0 <= lane < lanes <= 256``). ``follower``: a worker that
     gets its sessions from the leader's snapshots (``identity`` may be None).
-    ``changed``: links whose sessions changed since the daemon last drained it.
+    ``changed``: peers whose sessions changed since the daemon last drained it.
     """
 
     def __init__(
         self,
         identity: noise.Identity | None,
-        links: Iterable[PeerLink],
+        peers: Iterable[PeerSessions],
         *,
         timers: Timers = Timers(),
         clock_unix: Callable[[], float] | None = None,
@@ -240,22 +240,22 @@ class SecureLinks:
         lanes: int = 1,
         follower: bool = False,
     ) -> None:
-        if not 0 <= lane < lanes <= MAX_LANES:
+        if not 0 <= lane < lanes <= MAX_WORKERS:
             raise ValueError(
-                f"lane {lane} of {lanes}: expected 0 <= lane < lanes <= {MAX_LANES}"
+                f"lane {lane} of {lanes}: expected 0 <= lane < lanes <= {MAX_WORKERS}"
             )
         if identity is None and not follower:
-            raise ValueError("SecureLinks: the leader needs an identity (only a follower has none)")
+            raise ValueError("SessionTable: a leader needs an identity (only a follower has none)")
         self.identity = identity
         self.lane = lane
         self.lanes = lanes
         self.follower = follower
-        self.changed: set[PeerLink] = set()
+        self.changed: set[PeerSessions] = set()
         self.timers = timers
-        self.links = list(links)
-        self.by_public = {link.keys.public: link for link in self.links}
-        self.sessions: dict[int, Session] = {}  # local index → session (current, previous or next)
-        self.pending: dict[int, PeerLink] = {}  # local index of an initiation in flight → link
+        self.peers = list(peers)
+        self.by_public = {peer.keys.public: peer for peer in self.peers}
+        self.by_index: dict[int, Session] = {}  # local index → session (current, previous or next)
+        self.pending: dict[int, PeerSessions] = {}  # local index of an initiation in flight → peer
         self.rate = TokenBuckets(HANDSHAKES_PER_SOURCE_PER_S, HANDSHAKE_BURST, RATE_LIMIT_SOURCES)
         self.rng = rng or random.Random()
         self._clock_unix = clock_unix
@@ -269,7 +269,7 @@ class SecureLinks:
     def _new_index(self) -> int:
         while True:
             index = secrets.randbits(32)
-            if index not in self.sessions and index not in self.pending:
+            if index not in self.by_index and index not in self.pending:
                 return index
 
     def _timestamp(self, now: float) -> bytes:
@@ -277,13 +277,13 @@ class SecureLinks:
         return noise.tai64n(unix)
 
     def _install(
-        self, link: PeerLink, keypair: noise.Keypair, now: float, *, initiator: bool
+        self, peer: PeerSessions, keypair: noise.Keypair, now: float, *, initiator: bool
     ) -> None:
-        session = Session(keypair=keypair, created=now, link=link, send_counter=self.lane,
+        session = Session(keypair=keypair, created=now, peer=peer, send_counter=self.lane,
                           confirmed=initiator, initiator=initiator)
-        self.sessions[keypair.local_index] = session
+        self.by_index[keypair.local_index] = session
         if initiator:
-            current, previous = link.current, link.previous
+            current, previous = peer.current, peer.previous
             if (current is not None and previous is not None
                     and previous.last_received > current.last_received):
                 # Handshakes crossed: the peer still sends with the older keypair,
@@ -291,68 +291,69 @@ class SecureLinks:
                 self._retire(current)
             else:
                 self._retire(previous)
-                link.previous = current
-            link.current = session
+                peer.previous = current
+            peer.current = session
         else:
-            self._retire(link.next)
-            link.next = session
-        link.last_handshake = now
-        link.handshakes += 1
-        self.changed.add(link)
+            self._retire(peer.next)
+            peer.next = session
+        peer.last_handshake = now
+        peer.handshakes += 1
+        self.changed.add(peer)
 
     def _retire(self, session: Session | None) -> None:
         if session is not None:
-            self.sessions.pop(session.keypair.local_index, None)
-            self.changed.add(session.link)
+            self.by_index.pop(session.keypair.local_index, None)
+            self.changed.add(session.peer)
 
-    def _promote(self, link: PeerLink, session: Session) -> None:
+    def _promote(self, peer: PeerSessions, session: Session) -> None:
         """The responder's new keypair is confirmed by its first data packet."""
-        if link.next is session:
-            self._retire(link.previous)
-            link.previous = link.current
-            link.current = session
-            link.next = None
+        if peer.next is session:
+            self._retire(peer.previous)
+            peer.previous = peer.current
+            peer.current = session
+            peer.next = None
             session.confirmed = True
-            self.changed.add(link)
+            self.changed.add(peer)
 
     # ------------------------------------------------------------------ send
 
-    def initiation(self, link: PeerLink, now: float) -> bytes:
-        """A new INITIATION to ``link`` (the caller sends it to the peer's endpoint).
+    def initiation(self, peer: PeerSessions, now: float) -> bytes:
+        """A new INITIATION to ``peer`` (the caller sends it to the peer's endpoint).
 
         ``RuntimeError`` on a follower: only the leader handshakes.
         """
         if self.follower or self.identity is None:
-            raise RuntimeError(f"initiation to {link.name}: a follower never handshakes")
-        if link.pending_index is not None:
-            self.pending.pop(link.pending_index, None)
+            raise RuntimeError(f"initiation to {peer.name}: a follower never handshakes")
+        if peer.pending_index is not None:
+            self.pending.pop(peer.pending_index, None)
         index = self._new_index()
         message, state = noise.create_initiation(
-            self.identity, link.keys, index, self._timestamp(now)
+            self.identity, peer.keys, index, self._timestamp(now)
         )
-        link.pending = state
-        link.pending_index = index
-        if link.pending_since is None:
-            link.pending_since = now
-        link.last_initiation = now
-        self.pending[index] = link
+        peer.pending = state
+        peer.pending_index = index
+        if peer.pending_since is None:
+            peer.pending_since = now
+        peer.last_initiation = now
+        self.pending[index] = peer
         return message
 
-    def seal(self, link: PeerLink, plaintext: bytes, now: float) -> bytes | None:
-        """A DATA datagram for ``link`` on this worker's lane, or None when no usable session."""
-        session = link.sendable(now, self.timers)
+    def seal(self, peer: PeerSessions, plaintext: bytes, now: float) -> bytes | None:
+        """A DATA datagram for ``peer`` on this worker's lane, or None when no usable session."""
+        session = peer.sendable(now, self.timers)
         if session is None:
             return None
         counter = session.send_counter
         session.send_counter = counter + self.lanes
         return noise.seal(session.keypair, counter, plaintext, self.lane)
 
-    def seal_many(self, link: PeerLink, plaintexts: list[bytes], now: float) -> list[bytes] | None:
+    def seal_many(self, peer: PeerSessions, plaintexts: list[bytes], now: float
+                  ) -> list[bytes] | None:
         """DATA datagrams for a burst, one session lookup for all (None: no usable session).
 
         Counters ``c, c + lanes, ...``: all of them below the reject limit, or none is used.
         """
-        session = link.sendable(now, self.timers)
+        session = peer.sendable(now, self.timers)
         if session is None:
             return None
         counter = session.send_counter
@@ -391,8 +392,8 @@ class SecureLinks:
         opened = self.open(data, now)
         return None if opened is None else Received(*opened)
 
-    def open(self, data: bytes, now: float) -> tuple[PeerLink, bytes] | None:
-        """Authenticate one DATA datagram: (link, plaintext), or None (dropped, counted).
+    def open(self, data: bytes, now: float) -> tuple[PeerSessions, bytes] | None:
+        """Authenticate one DATA datagram: (peer, plaintext), or None (dropped, counted).
 
         The per-datagram path of ``receive``, callable directly when the first
         byte says DATA: header, session, age and the lane's replay check, one
@@ -410,7 +411,7 @@ class SecureLinks:
             # lives in one worker only; anything else is refused, never opened twice.
             self.count("wrong_lane")
             return None
-        session = self.sessions.get(index)
+        session = self.by_index.get(index)
         if session is None:
             self.count("unknown_index")
             return None
@@ -431,10 +432,10 @@ class SecureLinks:
             self.count("replay_or_expired")
             return None
         session.last_received = now
-        link = session.link
-        if session is link.next:
-            self._promote(link, session)
-        return link, plaintext
+        peer = session.peer
+        if session is peer.next:
+            self._promote(peer, session)
+        return peer, plaintext
 
     def _initiation(self, data: bytes, source: object, now: float) -> Reply | None:
         if len(data) != noise.INITIATION_LEN:
@@ -453,18 +454,18 @@ class SecureLinks:
         except noise.HandshakeError as exc:
             self.count(f"handshake_{exc.reason}")
             return None
-        link = self.by_public[state.peer.public]
-        if state.timestamp <= link.greatest_timestamp:
+        peer = self.by_public[state.peer.public]
+        if state.timestamp <= peer.greatest_timestamp:
             self.count("handshake_replay")
             return None
-        if now - link.last_received_initiation < MIN_INITIATION_INTERVAL_S:
+        if now - peer.last_received_initiation < MIN_INITIATION_INTERVAL_S:
             self.count("handshake_flood")
             return None
-        link.greatest_timestamp = state.timestamp
-        link.last_received_initiation = now
+        peer.greatest_timestamp = state.timestamp
+        peer.last_received_initiation = now
         response, keypair = state.create_response(self._new_index())
-        self._install(link, keypair, now, initiator=False)
-        return Reply(link, response)
+        self._install(peer, keypair, now, initiator=False)
+        return Reply(peer, response)
 
     def _response(self, data: bytes, now: float) -> Established | None:
         if len(data) != noise.RESPONSE_LEN:
@@ -475,58 +476,58 @@ class SecureLinks:
             self.count("bad_mac1")
             return None
         receiver = int.from_bytes(data[8:12], "little")
-        link = self.pending.get(receiver)
-        if link is None or link.pending is None:
+        peer = self.pending.get(receiver)
+        if peer is None or peer.pending is None:
             self.count("unknown_index")
             return None
         try:
-            keypair = link.pending.consume_response(data)
+            keypair = peer.pending.consume_response(data)
         except noise.HandshakeError as exc:
             self.count(f"handshake_{exc.reason}")
             return None
         del self.pending[receiver]
-        link.pending = None
-        link.pending_index = None
-        link.pending_since = None
-        if link.current is not None:
-            link.rekeys += 1
-        self._install(link, keypair, now, initiator=True)
-        return Established(link, None)
+        peer.pending = None
+        peer.pending_index = None
+        peer.pending_since = None
+        if peer.current is not None:
+            peer.rekeys += 1
+        self._install(peer, keypair, now, initiator=True)
+        return Established(peer, None)
 
     def _lookup(self, public: bytes) -> noise.PeerKeys | None:
-        link = self.by_public.get(public)
-        return None if link is None else link.keys
+        peer = self.by_public.get(public)
+        return None if peer is None else peer.keys
 
     # ---------------------------------------------------------------- timers
 
-    def due_initiations(self, now: float) -> list[PeerLink]:
+    def due_initiations(self, now: float) -> list[PeerSessions]:
         """Links that need an INITIATION now (start, retry, or rekey); none on a follower."""
         if self.follower:
             return []
         timers = self.timers
         due = []
-        for link in self.links:
+        for peer in self.peers:
             # A dial-in peer: we still rekey a keypair we initiated, never cold-start it.
-            if not link.has_endpoint and (link.current is None or not link.current.initiator):
+            if not peer.has_endpoint and (peer.current is None or not peer.current.initiator):
                 continue
-            if link.pending is not None:
-                started = link.pending_since if link.pending_since is not None else now
+            if peer.pending is not None:
+                started = peer.pending_since if peer.pending_since is not None else now
                 interval = timers.rekey_timeout_s
                 if now - started >= timers.rekey_attempt_time_s:
                     interval = timers.retry_max_s
                 jitter = self.rng.uniform(0.0, timers.retry_jitter_s)
-                if now - link.last_initiation >= interval + jitter:
-                    due.append(link)
+                if now - peer.last_initiation >= interval + jitter:
+                    due.append(peer)
                 continue
-            if self._needs_rekey(link, now):
-                due.append(link)
+            if self._needs_rekey(peer, now):
+                due.append(peer)
         return due
 
-    def _needs_rekey(self, link: PeerLink, now: float) -> bool:
+    def _needs_rekey(self, peer: PeerSessions, now: float) -> bool:
         timers = self.timers
-        session = link.current
+        session = peer.current
         if session is None:
-            return link.next is None or now - link.next.created >= timers.rekey_timeout_s
+            return peer.next is None or now - peer.next.created >= timers.rekey_timeout_s
         age = now - session.created
         if session.send_counter >= timers.rekey_after_messages:
             return True
@@ -534,36 +535,36 @@ class SecureLinks:
             return age >= timers.rekey_after_time_s
         return age >= timers.rekey_after_time_s + timers.responder_rekey_delay_s
 
-    def expire(self, now: float) -> list[PeerLink]:
-        """Drop dead keypairs; return links whose key material is all gone now."""
+    def expire(self, now: float) -> list[PeerSessions]:
+        """Drop dead keypairs; return peers whose key material is all gone now."""
         timers = self.timers
         cleared = []
-        for link in self.links:
+        for peer in self.peers:
             for attr in ("previous", "next", "current"):
-                session = getattr(link, attr)
+                session = getattr(peer, attr)
                 if session is not None and now - session.created >= timers.reject_after_time_s:
                     self._retire(session)
-                    setattr(link, attr, None)
+                    setattr(peer, attr, None)
             if (
-                link.last_handshake is not None
-                and now - link.last_handshake >= timers.drop_keys_after_s
+                peer.last_handshake is not None
+                and now - peer.last_handshake >= timers.drop_keys_after_s
             ):
                 for attr in ("previous", "next", "current"):
-                    self._retire(getattr(link, attr))
-                    setattr(link, attr, None)
-                if link.pending_index is not None:
-                    self.pending.pop(link.pending_index, None)
-                link.pending = None
-                link.pending_index = None
-                link.pending_since = None
-                link.last_handshake = None
-                cleared.append(link)
+                    self._retire(getattr(peer, attr))
+                    setattr(peer, attr, None)
+                if peer.pending_index is not None:
+                    self.pending.pop(peer.pending_index, None)
+                peer.pending = None
+                peer.pending_index = None
+                peer.pending_since = None
+                peer.last_handshake = None
+                cleared.append(peer)
         return cleared
 
     # ------------------------------------------------------ leader → followers
 
-    def snapshot(self, link: PeerLink, now: float) -> SessionSnapshot:
-        """The link's sessions for the followers, as a JSON-ready dict (holds keys: never log it).
+    def snapshot(self, peer: PeerSessions, now: float) -> SessionSnapshot:
+        """The peer's sessions for the followers, as a JSON-ready dict (holds keys: never log it).
 
         ``{"version": 1, "last_handshake_age_s": float | None, "current": S | None,
         "previous": S | None, "next": S | None}`` where each ``S`` is
@@ -574,11 +575,11 @@ class SecureLinks:
         snap: SessionSnapshot = {
             "version": SNAPSHOT_VERSION,
             "last_handshake_age_s": (
-                None if link.last_handshake is None else now - link.last_handshake
+                None if peer.last_handshake is None else now - peer.last_handshake
             ),
         }
         for slot in _SLOTS:
-            session: Session | None = getattr(link, slot)
+            session: Session | None = getattr(peer, slot)
             if session is None:
                 snap[slot] = None
                 continue
@@ -594,38 +595,38 @@ class SecureLinks:
             }
         return snap
 
-    def apply_snapshot(self, link: PeerLink, snap: SessionSnapshot, now: float) -> None:
-        """Follower: make ``link``'s sessions the leader's ones described by ``snap``.
+    def apply_snapshot(self, peer: PeerSessions, snap: SessionSnapshot, now: float) -> None:
+        """Follower: make ``peer``'s sessions the leader's ones described by ``snap``.
 
         A session this worker already holds (same local index and keys) is kept
         as it is, send counter and lane windows included, so applying a
         snapshot never reuses a nonce nor reopens a replay; a new one starts
         sealing at this worker's lane. Sessions absent from the snapshot leave
-        ``self.sessions``. Does not mark ``changed`` (snapshots flow one way).
+        ``self.by_index``. Does not mark ``changed`` (snapshots flow one way).
         The snapshot is authoritative: a ``next`` the follower promoted on its
         own (a DATA packet opened with it first here) goes back to where the
         leader has it, until the leader's promotion arrives in its turn.
-        ``ValueError`` (one line, naming the link) on a malformed snapshot,
+        ``ValueError`` (one line, naming the peer) on a malformed snapshot,
         which then changes nothing.
         """
         if not self.follower:
-            raise RuntimeError(f"snapshot for {link.name}: only a follower applies snapshots")
+            raise RuntimeError(f"snapshot for {peer.name}: only a follower applies snapshots")
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(
-                f"snapshot for {link.name}: version {snap.get('version')!r},"
+                f"snapshot for {peer.name}: version {snap.get('version')!r},"
                 f" expected {SNAPSHOT_VERSION}"
             )
-        parsed = {slot: _parse_session(link, snap.get(slot)) for slot in _SLOTS}
+        parsed = {slot: _parse_session(peer, snap.get(slot)) for slot in _SLOTS}
         age = snap.get("last_handshake_age_s")
         if age is not None and not isinstance(age, int | float):
-            raise ValueError(f"snapshot for {link.name}: last_handshake_age_s is not a number")
+            raise ValueError(f"snapshot for {peer.name}: last_handshake_age_s is not a number")
         known = {
             session.keypair.local_index: session
-            for session in (link.current, link.previous, link.next)
+            for session in (peer.current, peer.previous, peer.next)
             if session is not None
         }
         for index in known:
-            self.sessions.pop(index, None)
+            self.by_index.pop(index, None)
         for slot, entry in parsed.items():
             session = None
             if entry is not None:
@@ -636,22 +637,22 @@ class SecureLinks:
                     or session.keypair.send_key != keypair.send_key
                     or session.keypair.recv_key != keypair.recv_key
                 ):
-                    session = Session(keypair=keypair, created=now - age_s, link=link,
+                    session = Session(keypair=keypair, created=now - age_s, peer=peer,
                                       send_counter=self.lane, initiator=initiator)
                 session.confirmed = confirmed
-                self.sessions[keypair.local_index] = session
-            setattr(link, slot, session)
-        link.last_handshake = None if age is None else now - age
+                self.by_index[keypair.local_index] = session
+            setattr(peer, slot, session)
+        peer.last_handshake = None if age is None else now - age
 
 
 def _parse_session(
-    link: PeerLink, entry: object
+    peer: PeerSessions, entry: object
 ) -> tuple[noise.Keypair, float, bool, bool] | None:
     """One session of a snapshot: (keypair, age_s, initiator, confirmed); None for none."""
     if entry is None:
         return None
     if not isinstance(entry, dict):
-        raise ValueError(f"snapshot for {link.name}: a session is not an object")
+        raise ValueError(f"snapshot for {peer.name}: a session is not an object")
     try:
         keypair = noise.Keypair(
             bytes.fromhex(entry["send_key"]),
@@ -662,8 +663,8 @@ def _parse_session(
         )
         return keypair, float(entry["age_s"]), keypair.initiator, bool(entry["confirmed"])
     except KeyError as exc:
-        raise ValueError(f"snapshot for {link.name}: a session lacks {exc}") from None
+        raise ValueError(f"snapshot for {peer.name}: a session lacks {exc}") from None
     except (TypeError, ValueError):
         raise ValueError(
-            f"snapshot for {link.name}: a session has a malformed key, index or age"
+            f"snapshot for {peer.name}: a session has a malformed key, index or age"
         ) from None

@@ -10,10 +10,17 @@ Per-frame flow (``egress`` from the tap, ``ingress`` from peer ``port``):
   1. Validate, cheapest first: runt (< 14 bytes) -> oversize (> max_frame)
      -> bad source (group bit or all-zero) -> PAUSE destination.
      A frame dropped here teaches the table nothing.
-  2. Learn the source on the arrival port (insert after filtering, as the
-     Linux bridge does, so invalid frames cannot poison the table).  A new
-     source is always learned: when a cap is full, room is made by eviction
-     (below), so new and returning hosts always get through.
+  2. Layer-2 policy, then learning.  A source a peer port may not use is
+     refused: a MAC pinned as local (``pinned``: the site's own hosts; as
+     Linux ``br_fdb_update`` refuses to learn over a local address) or one
+     outside the port's allow-list (``set_port_policy``), as PINNED_MAC /
+     MAC_NOT_ALLOWED.  Otherwise the source is learned on the arrival port
+     (after filtering, as the Linux bridge does, so invalid frames cannot
+     poison the table).  A new source is always learned: when a cap is full,
+     room is made by eviction (below), so new and returning hosts always get
+     through.  The policy is checked where a source is learned, never on the
+     refresh of an entry already at its port: an entry exists only for a
+     source its port may use.
   3. Decide:
      egress:            group dst -> FLOOD; dst at peer p -> p;
                         dst at TAP -> LOCAL_DEST; unknown -> FLOOD
@@ -56,7 +63,8 @@ Table invariants:
   * A stored but expired entry for a source being learned again is removed
     (counted ``expired``) and the source learned as new (counted
     ``learned``, subject to the caps).
-  * ``ageing_s == 0``: nothing is ever learned, every unicast floods.
+  * ``ageing_s == 0``: nothing is ever learned, every unicast floods (the
+    policy is still checked, on every frame).
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ class Drop(enum.Enum):
     OVERSIZE = "oversize"  # longer than max_frame
     BAD_SOURCE = "bad_source"  # source MAC multicast/broadcast or all-zero
     PAUSE = "pause"  # 802.3x PAUSE (dst 01:80:c2:00:00:01), never forwarded
+    PINNED_MAC = "pinned_mac"  # a peer used a source MAC pinned as local to this site
+    MAC_NOT_ALLOWED = "mac_not_allowed"  # a peer used a source MAC outside its allow-list
     LOCAL_DEST = "local_dest"  # egress frame whose destination was learned on the tap
     HAIRPIN = "hairpin"  # hub: destination learned behind the ingress peer
 
@@ -107,6 +117,8 @@ _RUNT = Drop.RUNT
 _OVERSIZE = Drop.OVERSIZE
 _BAD_SOURCE = Drop.BAD_SOURCE
 _PAUSE = Drop.PAUSE
+_PINNED_MAC = Drop.PINNED_MAC
+_MAC_NOT_ALLOWED = Drop.MAC_NOT_ALLOWED
 _LOCAL_DEST = Drop.LOCAL_DEST
 _HAIRPIN = Drop.HAIRPIN
 _TAGGED_HLEN = ETH_HLEN + VLAN_HLEN
@@ -136,6 +148,8 @@ class Switch:
         "_max_entries",
         "_max_per_peer",
         "_port_caps",
+        "_allowed",
+        "_pinned",
         "_max_frame",
         "_table",
         "_counts",
@@ -152,6 +166,7 @@ class Switch:
         max_entries: int = FDB_MAX_ENTRIES,
         max_entries_per_peer: int = FDB_MAX_ENTRIES_PER_PEER,
         max_frame: int = MAX_FRAME_BYTES,
+        pinned: frozenset[bytes] = frozenset(),
     ) -> None:
         if ageing_s < 0:
             raise ValueError(f"ageing_s must be >= 0, got {ageing_s}")
@@ -166,6 +181,8 @@ class Switch:
         self._max_entries = max_entries
         self._max_per_peer = max_entries_per_peer
         self._port_caps: dict[int, int] = {}
+        self._allowed: dict[int, frozenset[bytes]] = {}  # peer port -> its allowed sources
+        self._pinned = frozenset(bytes(mac) for mac in pinned)
         self._max_frame = max_frame
         self._table: dict[_Key, list] = {}
         self._counts: dict[int, int] = {}
@@ -211,7 +228,7 @@ class Switch:
         if entry is not None and entry[0] == TAP and now - entry[1] < ageing:
             entry[1] = now
         else:
-            self._learn(key, vid, src, entry, TAP, now)
+            self._learn(key, vid, src, entry, TAP, now)  # the tap is never refused
         if group:
             return FLOOD
         dst = frame[:6]
@@ -245,7 +262,9 @@ class Switch:
         if entry is not None and entry[0] == port and now - entry[1] < ageing:
             entry[1] = now
         else:
-            self._learn(key, vid, src, entry, port, now)
+            refused = self._learn(key, vid, src, entry, port, now)
+            if refused is not None:
+                return refused
         if not self._hub:
             return TAP
         if group:
@@ -261,14 +280,21 @@ class Switch:
     # --- learning (off the common path) --------------------------------------
 
     def _learn(self, key: _Key, vid: int, mac: bytes, entry: list | None, port: int,
-               now: float) -> None:
-        """Learn ``key`` on ``port``, evicting to stay within the caps (module docstring).
+               now: float) -> Drop | None:
+        """Apply the port's policy, then learn ``key`` on ``port`` within the caps.
 
-        Called when the source is unknown, expired, or known on another port.
+        Called when the source is unknown, expired, or known on another port;
+        returns the policy's refusal, or None (module docstring, steps 2).
         """
+        if port != TAP:
+            if mac in self._pinned:
+                return _PINNED_MAC
+            allowed = self._allowed.get(port)
+            if allowed is not None and mac not in allowed:
+                return _MAC_NOT_ALLOWED
         ageing = self._ageing_s
         if not ageing:
-            return
+            return None
         counts = self._counts
         table = self._table
         if entry is not None:
@@ -282,7 +308,7 @@ class Switch:
                 entry[1] = now
                 self._push(port, now, vid, mac)
                 self.counters["moved"] += 1
-                return
+                return None
             # 2. Stored but expired: remove it, then learn as new.
             del table[key]
             counts[entry[0]] -= 1
@@ -301,6 +327,7 @@ class Switch:
         expiry = now + ageing
         if expiry < self._stale_from:
             self._stale_from = expiry
+        return None
 
     def _make_room(self, port: int, now: float) -> None:
         """One free place under ``port``'s cap: purge expired entries, else evict its LRU."""
@@ -356,11 +383,24 @@ class Switch:
             self.counters["evicted"] += 1
             return
 
+    def set_port_policy(self, port: int, *, allowed: frozenset[bytes] | None = None,
+                        cap: int | None = None) -> None:
+        """A peer port's policy: the sources it may use (None: any) and its cap of entries
+        (None: ``max_entries_per_peer``).  Entries it holds already are not re-judged."""
+        if port <= TAP or (cap is not None and cap < 1):
+            raise ValueError(f"port {port} cap {cap}: expected a peer port and a cap >= 1")
+        if allowed is None:
+            self._allowed.pop(port, None)
+        else:
+            self._allowed[port] = frozenset(bytes(mac) for mac in allowed)
+        if cap is None:
+            self._port_caps.pop(port, None)
+        else:
+            self._port_caps[port] = cap
+
     def set_port_cap(self, port: int, cap: int) -> None:
         """Cap the entries of one peer port (instead of ``max_entries_per_peer``)."""
-        if port <= TAP or cap < 1:
-            raise ValueError(f"port {port} cap {cap}: expected a peer port and a cap >= 1")
-        self._port_caps[port] = cap
+        self.set_port_policy(port, allowed=self._allowed.get(port), cap=cap)
 
     def _cap(self, port: int) -> int:
         return self._port_caps.get(port, self._max_per_peer)

@@ -20,6 +20,8 @@ Outbound flow (per frame):
 Inbound flow (per datagram):
   1. ``decode``: first byte selects the type, then the header is checked; any
      malformed input raises ``WireError`` whose ``reason`` is a counter name.
+     (The site's inbound path unwraps FRAME, the per-frame case, itself: a
+     FRAME is ``HEADER_LEN`` bytes of header and at least one byte of frame.)
   2. FRAGMENTs go to the peer's ``Reassembler``, which returns the whole frame
      once every piece has arrived, in any order.
 
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 TYPE_FRAME = 0x11
 TYPE_FRAGMENT = 0x12
 TYPE_HELLO = 0x13
+TYPE_SEGMENT = 0x14  # its header and rules: l2bridge.core.offload
 HEADER_LEN = 4
 MAX_FRAGMENTS = 16
 HELLO_WANT_REPLY = 0x01

@@ -32,6 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.core.plumbing import Expected, LinkView, Repair
+from l2bridge.errors import KernelError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,10 @@ _GONE = (errno.ENODEV, errno.ENOENT)
 Undo = Callable[[IPRoute], None]
 
 
-class NetctlError(Exception):
+class NetctlError(KernelError):
     """A bridge plumbing step failed; ``str()`` is one line naming the interface,
     the namespace, the cause and the fix.  ``errno`` is set when the kernel refused.
     """
-
-    def __init__(self, message: str, errno_: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno_
 
 
 def _ename(err: int) -> str:

@@ -18,11 +18,13 @@ import os
 import struct
 from collections.abc import Iterator
 
+from l2bridge.errors import KernelError
+
 CPU_LATENCY_DEVICE = "/dev/cpu_dma_latency"
 LOW_LATENCY_US = 0
 
 
-class PmQosError(Exception):
+class PmQosError(KernelError):
     """The latency request could not be made; the message names the file, errno and fix."""
 
 

@@ -13,10 +13,11 @@ A transient device lives as long as its fd.  A persistent device
 (``make_persistent``, as ``tunctl``/``openvpn --mktun`` do) survives without an
 fd; its owner and group may attach to it without privileges.
 
-``TapDevice`` does no async I/O itself.  The daemon waits with
-``trio.lowlevel.wait_readable(tap.fd)``, drains with ``read_batch`` until it returns
-fewer frames than asked, and calls ``trio.lowlevel.notify_closing(tap.fd)`` before
-``close()``.
+``TapDevice`` does no async I/O itself; ``TrioTap`` makes it awaitable for a site
+(the ``Tap`` protocol, which ``l2bridge.io.fakes.FakeTap`` also implements): it
+waits with ``trio.lowlevel.wait_readable(fd)``, the site drains with
+``read_batch`` until it returns fewer frames than asked, and ``close`` calls
+``trio.lowlevel.notify_closing(fd)`` first.
 
 Devices are created in the network namespace of the calling thread.  Their state
 is read back over rtnetlink (``IFLA_INFO_DATA`` of kind "tun"), never from
@@ -29,14 +30,20 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import functools
 import grp
 import os
 import pwd
 import struct
+from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
+import trio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from l2bridge.errors import KernelError
 
 # --- specification constants (linux/if_tun.h) -------------------------------------
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
@@ -86,15 +93,11 @@ assert struct.calcsize(IFREQ_FORMAT) == IFREQ_SIZE
 assert struct.calcsize(VNET_HDR_FORMAT) == VNET_HDR_LEN
 
 
-class TapError(Exception):
+class TapError(KernelError):
     """A tap/tun operation failed; ``str()`` is one line naming the device, cause and fix.
 
     ``errno`` is the OS error number when one caused the failure, else None.
     """
-
-    def __init__(self, message: str, errno_: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno_
 
 
 def _ename(err: int) -> str:
@@ -544,3 +547,41 @@ def delete_persistent(name: str, *, dev_path: str = DEFAULT_DEV_PATH) -> None:
         ) from None
     finally:
         os.close(fd)
+
+
+class Tap(Protocol):
+    """What a site needs from a tap device (a real one through ``TrioTap``, or a fake).
+
+    With ``vnet_hdr`` every read starts with a virtio_net_hdr and every write
+    must start with one.
+    """
+
+    name: str
+    vnet_hdr: bool
+
+    async def wait_readable(self) -> None: ...
+
+    def read_batch(self, max_frames: int) -> list[bytes]: ...
+
+    def write(self, frame: bytes) -> object: ...
+
+
+class TrioTap:
+    """A ``TapDevice`` made awaitable: readiness from trio, reads and writes non-blocking."""
+
+    def __init__(self, device: TapDevice) -> None:
+        self.device = device
+        self.name = device.name
+        self.fd = device.fd
+        self.vnet_hdr = device.vnet_hdr
+        self.read_batch = device.read_batch
+        # Per-frame path: a bare os.write (an OSError is counted by the site).
+        self.write: Callable[[bytes], object] = functools.partial(os.write, device.fd)
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self.fd)
+
+    def close(self) -> None:
+        if self.device.fd >= 0:
+            trio.lowlevel.notify_closing(self.fd)
+        self.device.close()

@@ -16,16 +16,18 @@ Steering (the program sees the UDP payload at offset 0): a DATA datagram
 The kernel keeps indexes dense: when a member closes, the last one takes its
 index, and while fewer than N sockets remain, an index past the end falls back to
 the kernel's flow hash; so a group is rebuilt whole, never one member replaced.
-Steering is per buffer, not per datagram: with UDP GRO the kernel may merge
-same-sized datagrams of several lanes from one peer address into one buffer,
-which goes to the owner of the first one's lane, so a worker must expect DATA of
-other lanes.  A worker wraps its socket with ``UdpTransport.from_socket``.
+Steering is per buffer, not per datagram: with UDP GRO the kernel would merge
+same-sized datagrams of several lanes from one peer address into one buffer for
+the owner of the first one's lane.  That is why a group never uses GRO
+(``l2bridge.core.caps.gro_allowed``, the one place that rule is made).  A worker
+wraps its inherited socket with ``UdpTransport.from_socket``.
 
-The bridge drives it in batches: ``wait_readable`` once, then ``recv_batch``
+A site drives it in batches: ``wait_readable`` once, then ``recv_batch``
 drains until EAGAIN.  ``send`` never blocks: it returns False when the socket
 buffer is full so the caller can ``wait_writable`` and retry.
 
-Kernel offloads (``open(..., offload=True)``), each probed and optional:
+Kernel offloads, each asked for by the caller and probed (``gso``/``gro`` say
+what the kernel granted):
 
 Outbound flow of ``send_batch``:
   1. cut the batch into runs: consecutive datagrams of one size, optionally
@@ -58,7 +60,9 @@ from typing import Protocol
 
 import trio
 
+from l2bridge.core.caps import MAX_WORKERS, gro_allowed
 from l2bridge.core.config import Endpoint
+from l2bridge.errors import KernelError, PeerError
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM_BYTES = 65535
@@ -80,7 +84,6 @@ BPF_MOD_K = 0x94  # A %= k
 BPF_RET_A = 0x16  # return A
 BPF_RET_K = 0x06  # return k
 MSG_DATA = 4  # l2bridge/noise.py: byte 0 of a DATA datagram; byte 1 is its lane
-MAX_GROUP_SOCKETS = 256  # lanes are one byte: more workers than lanes could never be used
 _SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 _SOCK_FPROG = struct.Struct("@HP")  # struct sock_fprog: length, pointer to the filters
 
@@ -106,14 +109,22 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
-class TransportError(Exception):
+class TransportError(KernelError):
     """The socket could not be set up; the message names the address and the fix."""
 
 
 class Transport(Protocol):
-    """What the bridge needs from a datagram transport (UDP or an in-memory fake)."""
+    """What a site needs from a datagram transport (UDP or an in-memory fake).
+
+    ``gso``/``gro``: whether sends are cut and receives merged by the kernel
+    (``gso`` may turn False by itself when the kernel refuses a GSO send);
+    ``errors``: transient receive errors survived.  ``resolve`` raises
+    ``PeerError`` when an endpoint cannot be resolved.
+    """
 
     errors: int
+    gso: bool
+    gro: bool
 
     async def wait_readable(self) -> None: ...
 
@@ -152,29 +163,27 @@ class UdpTransport:
 
     @classmethod
     def open(cls, listen: Endpoint, *, offload: bool = True) -> UdpTransport:
-        """Bind a socket on ``listen``; with ``offload`` probe UDP GSO and enable GRO.
+        """Bind one socket on ``listen``; with ``offload`` ask for UDP GSO and GRO.
 
         A kernel without either offload is not an error: the flag stays False.
         """
-        [sock] = open_group(listen, 1, offload=offload)
-        return cls.from_socket(sock, offload=offload)
+        gro = gro_allowed(offload=offload, sockets=1)
+        [sock] = open_group(listen, 1, gro=gro)
+        return cls.from_socket(sock, gso=offload, gro=gro)
 
     @classmethod
-    def from_socket(
-        cls, sock: socket.socket, *, offload: bool = True, gro: bool | None = None
-    ) -> UdpTransport:
+    def from_socket(cls, sock: socket.socket, *, gso: bool, gro: bool) -> UdpTransport:
         """Wrap a bound UDP socket (e.g. ``socket.socket(fileno=fd)`` inherited by a worker).
 
-        With ``offload`` probe UDP GSO and enable GRO, as ``open`` does (``gro``
-        overrides the latter: a worker of a group passes False); without it GRO
-        is switched off, so a socket that ``open_group`` prepared with GRO
-        never hands this transport merged buffers it would not split.  The
+        Asks the kernel for UDP GSO and GRO as told and records what it granted;
+        without ``gro`` GRO is switched off, so a socket that ``open_group``
+        prepared with it never hands this transport merged buffers.  The
         transport owns ``sock`` from now on and makes it non-blocking.
         """
         transport = cls(sock)
-        if offload:
+        if gso:
             transport.gso = _try_setsockopt(sock, UDP_SEGMENT, 0)
-        if offload if gro is None else gro:
+        if gro:
             transport.gro = _try_setsockopt(sock, UDP_GRO, 1)
         else:
             _try_setsockopt(sock, UDP_GRO, 0)  # a kernel without UDP_GRO never merges
@@ -305,15 +314,18 @@ class UdpTransport:
         return len(datagrams)
 
     async def resolve(self, endpoint: Endpoint) -> object:
-        """The socket address for ``endpoint`` in this socket's family."""
+        """The socket address for ``endpoint`` in this socket's family (``PeerError`` if none)."""
         flags = socket.AI_V4MAPPED if self.family == socket.AF_INET6 else 0
         with trio.move_on_after(RESOLVE_TIMEOUT_S):
-            infos = await trio.socket.getaddrinfo(
-                endpoint.host, endpoint.port, self.family, socket.SOCK_DGRAM, 0, flags
-            )
+            try:
+                infos = await trio.socket.getaddrinfo(
+                    endpoint.host, endpoint.port, self.family, socket.SOCK_DGRAM, 0, flags
+                )
+            except OSError as exc:
+                raise PeerError(f"cannot resolve {endpoint}: {exc.strerror or exc}") from None
             if infos:
                 return infos[0][4]
-        raise OSError(errno.ETIMEDOUT, f"resolving {endpoint.host!r} timed out")
+        raise PeerError(f"cannot resolve {endpoint}: no answer within {RESOLVE_TIMEOUT_S:g} s")
 
     def format_addr(self, addr: object) -> str:
         host, port = addr[0], addr[1]  # type: ignore[index]
@@ -327,20 +339,22 @@ class UdpTransport:
         self.sock.close()
 
 
-def open_group(listen: Endpoint, count: int, *, offload: bool = True) -> list[socket.socket]:
+def open_group(listen: Endpoint, count: int, *, gro: bool = False) -> list[socket.socket]:
     """Bind ``count`` UDP sockets on ``listen``; socket k receives the lanes ``k mod count``.
 
     ``count == 1`` is one plain socket (no SO_REUSEPORT, no program): a
     single-process site behaves as it always did.  For ``count > 1`` see the flow
     in the module docstring.  Every socket gets the transport's options (socket
-    buffers, V6ONLY off on IPv6) and, with ``offload``, UDP GRO before it is
-    bound, so the whole group merges alike from the first datagram.  The
-    sockets are blocking and not inheritable; ``UdpTransport.from_socket`` wraps
-    one.  Raises TransportError (one line: address, errno, fix) after closing
-    every socket it opened.
+    buffers, V6ONLY off on IPv6) and, with ``gro`` (a lone socket only: see
+    ``gro_allowed``), UDP GRO before it is bound, so it merges from the first
+    datagram.  The sockets are blocking and not inheritable;
+    ``UdpTransport.from_socket`` wraps one.  Raises TransportError (one line:
+    address, errno, fix) after closing every socket it opened.
     """
-    if not 1 <= count <= MAX_GROUP_SOCKETS:
-        raise ValueError(f"a socket group has 1..{MAX_GROUP_SOCKETS} sockets, not {count}")
+    if not 1 <= count <= MAX_WORKERS:
+        raise ValueError(f"a socket group has 1..{MAX_WORKERS} sockets, not {count}")
+    if gro and not gro_allowed(offload=True, sockets=count):
+        raise ValueError(f"a group of {count} sockets never uses UDP GRO (see gro_allowed)")
     family = socket.AF_INET6 if listen.is_ipv6 else socket.AF_INET
     sockets: list[socket.socket] = []
     port = listen.port
@@ -348,10 +362,7 @@ def open_group(listen: Endpoint, count: int, *, offload: bool = True) -> list[so
         for index in range(count):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sockets.append(sock)
-            # A group never merges (GRO): one merged buffer could carry several
-            # lanes and reach one worker, and each lane's replay window lives in
-            # exactly one worker.
-            _set_options(sock, offload=offload and count == 1)
+            _set_options(sock, gro=gro)
             if count > 1:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if index == 0:
@@ -409,7 +420,7 @@ def _attach_steering(sock: socket.socket, listen: Endpoint, count: int) -> None:
         ) from None
 
 
-def _set_options(sock: socket.socket, *, offload: bool) -> None:
+def _set_options(sock: socket.socket, *, gro: bool) -> None:
     """The options every l2bridge UDP socket has, set before bind."""
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -421,7 +432,7 @@ def _set_options(sock: socket.socket, *, offload: bool) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
-    if offload:
+    if gro:
         _try_setsockopt(sock, UDP_GRO, 1)
 
 

@@ -74,23 +74,23 @@ def _parser() -> argparse.ArgumentParser:
     genpsk.add_argument("file", nargs="?", help="write here (refuses to overwrite); default stdout")
     sub.add_parser("pubkey", help="the public key of the private key on stdin")
 
-    sub.add_parser("lab", help="network-namespace labs (l2bridge lab --help)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["lab"]:
-        from netns.cli import main as lab_main
+    """The site's commands (``l2bridge lab`` is dispatched by ``netns.main``).
 
-        return lab_main(args_list[1:])
+    Every error a user can see is an ``L2bridgeError``: one line, its exit status.
+    """
     parser = _parser()
-    args = parser.parse_args(args_list)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
+    except L2bridgeError as exc:
+        return _fail(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -111,38 +111,22 @@ def _load(path: str):
 def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
-    from l2bridge.core.config import ConfigError
-    from l2bridge.io.netctl import NetctlError
-    from l2bridge.io.pmqos import PmQosError
-    from l2bridge.io.tap import TapError
-    from l2bridge.io.transport import TransportError
     from l2bridge.ops import daemon
-    from l2bridge.site.workers import WorkerError
 
-    try:
-        config = _load(args.config)
-        secrets = daemon.preflight(config)  # the same checks as `l2bridge check`, first
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except L2bridgeError as exc:
-        return _fail(str(exc), exc.exit_status)
+    config = _load(args.config)
+    secrets = daemon.preflight(config)  # the same checks as `l2bridge check`, first
     level = (args.log_level or config.log_level).upper()
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
     )
-    known = (TapError, NetctlError, TransportError, WorkerError, PmQosError, L2bridgeError)
     try:
         trio.run(daemon.run, config, secrets)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
         cause = sole_cause(exc)
-        if isinstance(cause, daemon.KeyLoadError):
-            return _fail(str(cause), EXIT_USAGE)
         if isinstance(cause, L2bridgeError):
             return _fail(f"site {config.name}: {cause}", cause.exit_status)
-        if isinstance(cause, known):
-            return _fail(f"site {config.name}: {cause}")
         if isinstance(cause, KeyboardInterrupt):
             return 130
         raise
@@ -151,16 +135,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Every validation ``up`` makes before touching the system (``daemon.preflight``)."""
-    from l2bridge.core.config import ConfigError
     from l2bridge.ops.daemon import preflight
 
-    try:
-        config = _load(args.config)
-        preflight(config)
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except L2bridgeError as exc:
-        return _fail(str(exc), exc.exit_status)
+    config = _load(args.config)
+    preflight(config)
     peers = ", ".join(
         f"{p.name} ({p.endpoint or 'dial-in'})" for p in config.peers
     ) or "none"
@@ -199,35 +177,24 @@ def cmd_fdb(args: argparse.Namespace) -> int:
 
 def _print_query(args: argparse.Namespace, cmd: str, render) -> int:
     """Ask the running site and print its answer, as JSON or for people."""
-    from l2bridge.core.config import ConfigError
-    from l2bridge.ops.control import ControlError
-
-    try:
-        answer = _query(args, cmd)
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except ControlError as exc:
-        return _fail(str(exc))
+    answer = _query(args, cmd)
     print(json.dumps(answer, indent=2) if args.json else render(answer))
     return 0
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
-    from l2bridge.io.tap import TapError, delete_persistent, make_persistent
+    from l2bridge.io.tap import delete_persistent, make_persistent
 
-    try:
-        if args.tap_command == "add":
-            make_persistent(args.name, args.mode, user=args.user, group=args.group,
-                            multi_queue=args.multi_queue)
-            owner = f" owned by {args.user or '-'}:{args.group or '-'}" if (
-                args.user or args.group) else ""
-            queues = ", multi-queue" if args.multi_queue else ""
-            print(f"persistent {args.mode} device {args.name} created{owner}{queues}")
-        else:
-            delete_persistent(args.name)
-            print(f"persistent device {args.name} deleted")
-    except TapError as exc:
-        return _fail(str(exc))
+    if args.tap_command == "add":
+        make_persistent(args.name, args.mode, user=args.user, group=args.group,
+                        multi_queue=args.multi_queue)
+        owner = f" owned by {args.user or '-'}:{args.group or '-'}" if (
+            args.user or args.group) else ""
+        queues = ", multi-queue" if args.multi_queue else ""
+        print(f"persistent {args.mode} device {args.name} created{owner}{queues}")
+    else:
+        delete_persistent(args.name)
+        print(f"persistent device {args.name} deleted")
     return 0
 
 
@@ -271,10 +238,7 @@ def cmd_genpsk(args: argparse.Namespace) -> int:
 def cmd_pubkey(args: argparse.Namespace) -> int:
     from l2bridge.core import keys
 
-    try:
-        private = keys.decode_key(sys.stdin.read(), what="private key on stdin")
-    except keys.KeyFormatError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+    private = keys.decode_key(sys.stdin.read(), what="private key on stdin")
     print(keys.encode_key(keys.public_key(private)))
     return 0
 

@@ -21,22 +21,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import signal
-from collections.abc import Callable
 
 import trio
 
-from l2bridge.core import noise
-from l2bridge.core.config import SiteConfig
-from l2bridge.errors import EXIT_USAGE, L2bridgeError
+from l2bridge.core import keys, noise
+from l2bridge.core.caps import Capabilities, gro_allowed
+from l2bridge.core.config import SiteConfig, load_secrets
+from l2bridge.core.keys import Secrets
 from l2bridge.io import pmqos
 from l2bridge.io.netctl import BridgePlumbing
 from l2bridge.io.plumbwatch import PlumbingWatch
-from l2bridge.io.tap import TapDevice, open_tap, tap_info
+from l2bridge.io.tap import TrioTap, open_tap, tap_info
 from l2bridge.io.transport import UdpTransport, open_group
 from l2bridge.ops import control
-from l2bridge.site.site import Bridge
+from l2bridge.site.site import Site
 from l2bridge.site.workers import Leader
 
 log = logging.getLogger("l2bridge")
@@ -49,61 +48,6 @@ CLEARTEXT_WARNING = (
     "path can read it and anyone who can spoof a peer's address can inject frames into "
     "this LAN. Use it only in labs."
 )
-
-
-class TrioTap:
-    """A TapDevice made awaitable: readiness from trio, reads and writes non-blocking."""
-
-    def __init__(self, device: TapDevice) -> None:
-        self.device = device
-        self.name = device.name
-        self.fd = device.fd
-        self.vnet_hdr: bool = getattr(device, "vnet_hdr", False)
-        self.read_batch = device.read_batch
-        # Per-frame path: a bare os.write (an OSError is counted by the bridge).
-        self.write: Callable[[bytes], object] = functools.partial(os.write, device.fd)
-
-    async def wait_readable(self) -> None:
-        await trio.lowlevel.wait_readable(self.fd)
-
-    def close(self) -> None:
-        if self.device.fd >= 0:
-            trio.lowlevel.notify_closing(self.fd)
-        self.device.close()
-
-
-class KeyLoadError(L2bridgeError):
-    """A key file could not be used; the message names the file and the fix."""
-
-    exit_status = EXIT_USAGE
-
-
-Secrets = tuple[noise.Identity | None, dict[str, bytes]]
-
-
-def load_secrets(config: SiteConfig) -> Secrets:
-    """The site's identity and the peers' pre-shared keys (None, {} in cleartext mode)."""
-    if config.insecure:
-        return None, {}
-    from l2bridge.core import keys
-
-    try:
-        private = keys.read_private_key_file(config.private_key_file)  # type: ignore[arg-type]
-        psks = {
-            p.name: keys.read_psk_file(p.preshared_key_file)
-            for p in config.peers
-            if p.preshared_key_file is not None
-        }
-    except keys.KeyFormatError as exc:
-        raise KeyLoadError(f"{config.path}: {exc}") from None
-    identity = noise.Identity(private)
-    for peer in config.peers:
-        if peer.public_key == identity.public:
-            raise KeyLoadError(
-                f"{config.path}: peer {peer.name}: public_key is this site's own key;"
-                " expected the peer's key (l2bridge pubkey < the peer's key file)"
-            )
-    return identity, psks
 
 
 def preflight(config: SiteConfig) -> Secrets:
@@ -121,15 +65,13 @@ def preflight(config: SiteConfig) -> Secrets:
 
 def log_identity(config: SiteConfig, secrets: Secrets) -> None:
     """The site's and its peers' key fingerprints (never the keys)."""
-    identity, psks = secrets
-    if identity is None:
+    if secrets.private is None:
         return
-    from l2bridge.core import keys
-
-    log.info("site %s identity %s", config.name, keys.fingerprint(identity.public))
+    log.info("site %s identity %s", config.name,
+             keys.fingerprint(keys.public_key(secrets.private)))
     for peer in config.peers:
         log.info("peer %s key %s%s", peer.name, keys.fingerprint(peer.public_key),  # type: ignore[arg-type]
-                 " + pre-shared key" if peer.name in psks else "")
+                 " + pre-shared key" if peer.name in secrets.psks else "")
 
 
 def bridge_marker(config: SiteConfig) -> str:
@@ -141,7 +83,7 @@ async def serve_site(
     config: SiteConfig,
     secrets: Secrets | None = None,
     *,
-    task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Site] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bring the site up on real devices and run it until cancelled.
 
@@ -151,7 +93,6 @@ async def serve_site(
     """
     if secrets is None:
         secrets = preflight(config)
-    identity, psks = secrets
     log_identity(config, secrets)
     workers = config.workers
     with contextlib.ExitStack() as undo:
@@ -184,51 +125,55 @@ async def serve_site(
             )
         )
         watch = PlumbingWatch(plumb)
-        socks = open_group(config.listen, workers, offload=config.offload)
+        gro = gro_allowed(offload=config.offload, sockets=workers)
+        socks = open_group(config.listen, workers, gro=gro)
         for sock in socks[1:]:
             undo.callback(sock.close)
-        transport = UdpTransport.from_socket(socks[0], offload=config.offload,
-                                             gro=config.offload and workers == 1)
+        transport = UdpTransport.from_socket(socks[0], gso=config.offload, gro=gro)
         undo.callback(transport.close)
-        bridge = Bridge(config, tap=tap, transport=transport, identity=identity, psks=psks,
-                        lanes=workers)
-        bridge.status_sections["plumbing"] = watch.status
+        caps = Capabilities.decide(offload=config.offload, vnet_hdr=device.vnet_hdr,
+                                   tap_offloads=device.offloads, udp_gso=transport.gso,
+                                   udp_gro=transport.gro, lanes=workers)
+        identity = None if secrets.private is None else noise.Identity(secrets.private)
+        site = Site(config, tap=tap, transport=transport, caps=caps, identity=identity,
+                    psks=dict(secrets.psks))
+        site.state.status_sections["plumbing"] = watch.status
         async with trio.open_nursery() as nursery:
-            await nursery.start(bridge.run)
+            await nursery.start(site.run)
             if workers > 1:
-                leader = Leader(bridge, config.path, workers)
+                leader = Leader(site, secrets)
                 await nursery.start(leader.run, [q.fd for q in queues], socks)
-                bridge.worker_status = leader.status
+                site.state.status_sections["workers"] = leader.status
                 for queue, sock in zip(queues[1:], socks[1:], strict=True):
                     queue.close()  # the followers hold them now
                     sock.close()
             await nursery.start(watch.run)
             await nursery.start(
-                functools.partial(control.serve, claim=claim), config.control, _handler(bridge)
+                functools.partial(control.serve, claim=claim), config.control, _handler(site)
             )
             log.info(
                 "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s; offload %s%s",
                 config.name, config.listen, config.bridge, config.tap, len(config.peers),
-                ", hub" if config.hub else "", _offload_summary(device, transport),
+                ", hub" if config.hub else "", _offload_summary(caps),
                 f"; {workers} workers" if workers > 1 else "",
             )
-            task_status.started(bridge)
+            task_status.started(site)
 
 
-def _offload_summary(device: TapDevice, transport: UdpTransport) -> str:
-    if not device.vnet_hdr:
+def _offload_summary(caps: Capabilities) -> str:
+    if not caps.vnet_hdr:
         return "off"
-    parts = [f"tap 0x{device.offloads:x}", f"UDP GSO {'on' if transport.gso else 'off'}",
-             f"GRO {'on' if transport.gro else 'off'}"]
+    parts = [f"tap 0x{caps.tap_offloads:x}", f"UDP GSO {'on' if caps.udp_gso else 'off'}",
+             f"GRO {'on' if caps.udp_gro else 'off'}"]
     return ", ".join(parts)
 
 
-def _handler(bridge: Bridge):
+def _handler(site: Site):
     def handle(cmd: str) -> object:
         if cmd == "show":
-            return bridge.status()
+            return site.status()
         if cmd == "fdb":
-            return bridge.fdb()
+            return site.fdb()
         raise LookupError(f"unknown command {cmd!r} (known: show, fdb)")
 
     return handle

@@ -14,10 +14,15 @@ Layout (``workers = N`` > 1):
   - Every worker seals with the same keypair; nonces never collide because
     worker k's counters are k, k+N, k+2N, ... (``SecureLinks(lane=k, lanes=N)``).
 
-Leader → follower messages (JSON): ``{"op": "peer", name, addr, up, offload}`` when
-a peer's endpoint, liveness or offload changes; ``{"op": "keys", "peer", "snapshot"}``
-when its sessions change.  Follower → leader: ``{"op": "kick", "peer"}`` (data is
-waiting for keys), ``{"op": "status", ...}`` every STATUS_EVERY_S.
+Leader → follower messages (JSON): first ``{"op": "setup", path, document,
+secrets, caps, lanes}`` - the leader's parsed config, keys and capabilities, so a
+follower never reads a file of its own and runs exactly the leader's site; then
+``{"op": "peer", name, addr, up, offload}`` when a peer's endpoint, liveness or
+offload changes, and ``{"op": "keys", "peer", "snapshot"}`` when its sessions
+change.  Follower → leader: ``{"op": "ready"}`` once its site runs,
+``{"op": "kick", "peer"}`` (data is waiting for keys), ``{"op": "status", ...}``
+every STATUS_EVERY_S.  A follower changes peer state only through the site's
+event hooks (``events.peer_up``, ``events.peer_down``), as the leader does.
 
 Lifetime: the leader waits for every follower's "ready" before it reports the
 site up; a follower that exits stops the whole site (its flows would be lost);
@@ -26,6 +31,7 @@ a follower exits when its channel to the leader closes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +41,12 @@ from typing import Any
 
 import trio
 
-from l2bridge.site.site import Bridge
+from l2bridge.core.caps import Capabilities
+from l2bridge.core.config import SiteConfig, config_from_dict
+from l2bridge.core.keys import Secrets
+from l2bridge.errors import L2bridgeError
+from l2bridge.site import events
+from l2bridge.site.site import Site
 
 log = logging.getLogger("l2bridge")
 
@@ -46,7 +57,7 @@ STOP_GRACE_S = 3.0
 MAX_MESSAGE_BYTES = 1 << 20
 
 
-class WorkerError(Exception):
+class WorkerError(L2bridgeError):
     """A worker could not start or stopped; the message names it and the cause."""
 
 
@@ -66,10 +77,10 @@ def peer_message(peer: Any) -> dict:
 class Leader:
     """Worker 0's side of the followers: start them, keep them in sync, watch them."""
 
-    def __init__(self, bridge: Bridge, config_path: str, lanes: int) -> None:
-        self.bridge = bridge
-        self.config_path = config_path
-        self.lanes = lanes
+    def __init__(self, site: Site, secrets: Secrets) -> None:
+        self.site = site
+        self.secrets = secrets
+        self.lanes = site.state.caps.lanes
         self.channels: dict[int, trio.socket.SocketType] = {}
         self.processes: dict[int, trio.Process] = {}
         self.statuses: dict[int, dict] = {}
@@ -86,11 +97,13 @@ class Leader:
                 finally:
                     theirs.close()
                 self.processes[lane] = process
-                self.channels[lane] = trio.socket.from_stdlib_socket(mine)
+                self.channels[lane] = channel = trio.socket.from_stdlib_socket(mine)
                 nursery.start_soon(self._watch, lane, process)
+                with contextlib.suppress(OSError):  # it is exiting: its watcher names it
+                    await channel.send(encode(self._setup()))
             with trio.move_on_after(READY_TIMEOUT_S) as waiting:
                 for lane, channel in self.channels.items():
-                    data = await channel.recv(MAX_MESSAGE_BYTES)
+                    data = await _recv(channel)
                     if not data:  # it is exiting: its watcher names it and the status
                         await trio.sleep_forever()
                     if decode(data).get("op") != "ready":
@@ -104,11 +117,16 @@ class Leader:
             nursery.start_soon(self._sync)
             task_status.started()
 
+    def _setup(self) -> dict:
+        state = self.site.state
+        return {"op": "setup", "path": state.config.path, "document": state.config.document,
+                "secrets": self.secrets.to_json(), "caps": state.caps.to_json()}
+
     async def _spawn(self, lane: int, tap_fd: int, sock: socket.socket,
                      channel: socket.socket) -> trio.Process:
-        argv = [sys.executable, "-m", "l2bridge.site.worker", "--config", self.config_path,
-                "--lane", str(lane), "--lanes", str(self.lanes), "--tap-fd", str(tap_fd),
-                "--sock-fd", str(sock.fileno()), "--channel-fd", str(channel.fileno())]
+        argv = [sys.executable, "-m", "l2bridge.site.worker", "--lane", str(lane),
+                "--tap-fd", str(tap_fd), "--sock-fd", str(sock.fileno()),
+                "--channel-fd", str(channel.fileno())]
         return await trio.lowlevel.open_process(
             argv, pass_fds=(tap_fd, sock.fileno(), channel.fileno()), start_new_session=True
         )
@@ -133,9 +151,9 @@ class Leader:
             channel.close()
 
     async def _listen(self, lane: int, channel: trio.socket.SocketType) -> None:
-        bridge = self.bridge
+        state = self.site.state
         while True:
-            data = await channel.recv(MAX_MESSAGE_BYTES)
+            data = await _recv(channel)
             if not data:
                 return
             message = decode(data)
@@ -143,42 +161,41 @@ class Leader:
             if op == "status":
                 self.statuses[lane] = message
             elif op == "kick":
-                peer = bridge.peers.by_name.get(message.get("peer", ""))
+                peer = state.peers.by_name.get(message.get("peer", ""))
                 if peer is not None:
-                    bridge.now = trio.current_time()
-                    bridge._kick(peer)
+                    events.kick(state, peer, trio.current_time())
 
     def _full_state(self) -> list[dict]:
-        bridge = self.bridge
+        state = self.site.state
         messages = []
-        for peer in bridge.peers:
+        for peer in state.peers:
             self._sent[peer.name] = (peer.addr, peer.up, peer.offload)
             messages.append(peer_message(peer))
-        if bridge.secure is not None:
+        if state.sessions is not None:
             now = trio.current_time()
-            bridge.secure.changed.clear()
-            for peer in bridge.peers:
+            state.sessions.changed.clear()
+            for peer in state.peers:
                 messages.append({"op": "keys", "peer": peer.name,
-                                 "snapshot": bridge.secure.snapshot(peer.link, now)})
+                                 "snapshot": state.sessions.snapshot(peer.sessions, now)})
         return messages
 
     async def _sync(self) -> None:
         """Push what changed: peer state, then keys (a peer coming up finds its keys)."""
-        bridge = self.bridge
-        secure = bridge.secure
+        state = self.site.state
+        table = state.sessions
         while True:
             messages = []
-            for peer in bridge.peers:
+            for peer in state.peers:
                 view = (peer.addr, peer.up, peer.offload)
                 if self._sent.get(peer.name) != view:
                     self._sent[peer.name] = view
                     messages.append(peer_message(peer))
-            if secure is not None and secure.changed:
+            if table is not None and table.changed:
                 now = trio.current_time()
-                for link in list(secure.changed):
-                    messages.append({"op": "keys", "peer": link.name,
-                                     "snapshot": secure.snapshot(link, now)})
-                secure.changed.clear()
+                for sessions in list(table.changed):
+                    messages.append({"op": "keys", "peer": sessions.name,
+                                     "snapshot": table.snapshot(sessions, now)})
+                table.changed.clear()
             if messages:
                 await self._send_all(messages)
             await trio.sleep(SYNC_EVERY_S)
@@ -188,17 +205,18 @@ class Leader:
             for message in messages:
                 await channel.send(encode(message))
 
-    def status(self) -> list[dict]:
-        """What each follower last reported (for ``l2bridge show``)."""
-        return [self.statuses.get(lane, {"lane": lane, "state": "starting"})
-                for lane in range(1, self.lanes)]
+    def status(self) -> dict:
+        """The ``workers`` section of ``l2bridge show``: what each follower last reported."""
+        return {"count": self.lanes,
+                "followers": [self.statuses.get(lane, {"lane": lane, "state": "starting"})
+                              for lane in range(1, self.lanes)]}
 
 
 class Follower:
     """A follower's side of its channel: apply the leader's messages, report back."""
 
-    def __init__(self, bridge: Bridge, channel: trio.socket.SocketType, lane: int) -> None:
-        self.bridge = bridge
+    def __init__(self, site: Site, channel: trio.socket.SocketType, lane: int) -> None:
+        self.site = site
         self.channel = channel
         self.lane = lane
 
@@ -217,36 +235,35 @@ class Follower:
                 self.apply(decode(data))
 
     def apply(self, message: dict) -> None:
-        bridge = self.bridge
-        peer = bridge.peers.by_name.get(message.get("peer") or message.get("name") or "")
+        state = self.site.state
+        peer = state.peers.by_name.get(message.get("peer") or message.get("name") or "")
         if peer is None:
             return
         now = trio.current_time()
         if message["op"] == "peer":
             addr = message["addr"]
             if addr is not None and tuple(addr) != peer.addr:
-                bridge.peers.bind(peer, tuple(addr))
-            peer.offload = message["offload"]
+                state.peers.bind(peer, tuple(addr))
             if message["up"] and not peer.up:
-                bridge.peers.seen(peer, now)
+                events.peer_up(state, peer, now)
             elif not message["up"] and peer.up:
-                bridge.peers.mark_down(peer)
-                bridge.switch.flush_port(peer.port)
-        elif message["op"] == "keys" and bridge.secure is not None:
-            bridge.secure.apply_snapshot(peer.link, message["snapshot"], now)
+                events.peer_down(state, peer)
+            peer.offload = message["offload"]
+        elif message["op"] == "keys" and state.sessions is not None:
+            state.sessions.apply_snapshot(peer.sessions, message["snapshot"], now)
 
     async def _kicks(self) -> None:
-        bridge = self.bridge
+        state = self.site.state
         while True:
             await trio.sleep(SYNC_EVERY_S)
-            for name in sorted(bridge.kicks):
+            for name in sorted(state.kicks):
                 await self.channel.send(encode({"op": "kick", "peer": name}))
-            bridge.kicks.clear()
+            state.kicks.clear()
 
     async def _report(self) -> None:
-        bridge = self.bridge
+        site = self.site
         while True:
-            status = bridge.status()
+            status = site.status()
             summary = {
                 "op": "status", "lane": self.lane, "pid": os.getpid(),
                 "local": status["local"],
@@ -259,10 +276,26 @@ class Follower:
             await trio.sleep(STATUS_EVERY_S)
 
 
+async def _recv(channel: trio.socket.SocketType) -> bytes:
+    """One message from a worker; b"" when it is gone (closed, or reset while exiting)."""
+    try:
+        return await channel.recv(MAX_MESSAGE_BYTES)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
 def channel_from_fd(fd: int) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(
         socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=fd)
     )
 
 
-__all__ = ["Follower", "Leader", "WorkerError", "channel_from_fd"]
+def setup_of(message: dict) -> tuple[SiteConfig, Secrets, Capabilities]:
+    """The follower's view of the leader's ``setup`` message."""
+    if message.get("op") != "setup":
+        raise WorkerError(f"expected the leader's setup, found {str(message)[:80]!r}")
+    config = config_from_dict(message["document"], message["path"])
+    return config, Secrets.from_json(message["secrets"]), Capabilities.from_json(message["caps"])
+
+
+__all__ = ["Follower", "Leader", "WorkerError", "channel_from_fd", "setup_of"]

@@ -12,7 +12,7 @@ import trio.testing
 from l2bridge.core import wire
 from l2bridge.core.config import parse_config
 from l2bridge.io.fakes import FakeNetwork, FakeTap
-from l2bridge.site.site import Bridge
+from l2bridge.site.site import Site
 
 BCAST = b"\xff" * 6
 
@@ -54,16 +54,16 @@ class Lab:
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.net = FakeNetwork()
-        self.sites: dict[str, Bridge] = {}
+        self.sites: dict[str, Site] = {}
         self.taps: dict[str, FakeTap] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
 
-    async def start(self, config) -> Bridge:
+    async def start(self, config) -> Site:
         tap = FakeTap()
         host, port = str(config.listen).rsplit(":", 1)
         self.net.transports.pop((host, int(port)), None)  # a restart rebinds the address
         transport = self.net.transport(host, int(port))
-        bridge = Bridge(config, tap=tap, transport=transport)
+        bridge = Site(config, tap=tap, transport=transport)
         scope = trio.CancelScope()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED):
@@ -78,7 +78,7 @@ class Lab:
 
     def stop(self, name: str) -> None:
         self.scopes[name].cancel()
-        self.sites[name].transport.close()
+        self.sites[name].state.transport.close()
 
     async def settle(self, seconds: float = 0.5) -> None:
         await trio.sleep(seconds)
@@ -107,7 +107,7 @@ async def test_peers_come_up_within_one_round_trip(lab, autojump_clock):
     await lab.start(b)
     await lab.settle(0.1)
     for site in lab.sites.values():
-        assert [p.state for p in site.peers] == ["up"]
+        assert [p.state for p in site.state.peers] == ["up"]
 
 
 async def test_broadcast_floods_then_unicast_is_learned(lab, autojump_clock):
@@ -122,9 +122,9 @@ async def test_broadcast_floods_then_unicast_is_learned(lab, autojump_clock):
     lab.taps["b"].inject(reply)
     await lab.settle(0.01)
     assert lab.taps["a"].delivered == [reply]
-    b_to_a = lab.sites["b"].peers.by_name["a"]
+    b_to_a = lab.sites["b"].state.peers.by_name["a"]
     assert (b_to_a.unicast_out, b_to_a.flooded_out) == (1, 0)
-    a_to_b = lab.sites["a"].peers.by_name["b"]
+    a_to_b = lab.sites["a"].state.peers.by_name["b"]
     assert (a_to_b.unicast_out, a_to_b.flooded_out) == (0, 1)
     assert [(e["mac"], e["peer"]) for e in lab.sites["b"].fdb()] == [
         ("02:00:00:00:00:01", "a"),
@@ -144,7 +144,7 @@ async def test_mesh_broadcast_reaches_each_site_once_and_never_returns(lab, auto
     assert data_frames(lab.taps["a"], b"bcast") == []
     # Split horizon: b and c never sent a frame to anyone.
     for name in ("b", "c"):
-        assert all(p.frames_out == 0 for p in lab.sites[name].peers)
+        assert all(p.frames_out == 0 for p in lab.sites[name].state.peers)
 
 
 async def test_unicast_after_learning_is_not_seen_at_third_site(lab, autojump_clock):
@@ -153,13 +153,13 @@ async def test_unicast_after_learning_is_not_seen_at_third_site(lab, autojump_cl
     await lab.settle()
     lab.taps["b"].inject(frame(BCAST, mac(2), b"announce" + b"\0" * 38))
     await lab.settle(0.01)
-    c_before = lab.sites["c"].peers.by_name["a"].frames_in
+    c_before = lab.sites["c"].state.peers.by_name["a"].frames_in
     for i in range(20):
         lab.taps["a"].inject(frame(mac(2), mac(1), b"uni%03d" % i + b"\0" * 40))
     await lab.settle(0.05)
     assert len(data_frames(lab.taps["b"], b"uni")) == 20
     assert data_frames(lab.taps["c"], b"uni") == []
-    assert lab.sites["c"].peers.by_name["a"].frames_in == c_before
+    assert lab.sites["c"].state.peers.by_name["a"].frames_in == c_before
 
 
 async def test_hub_relays_between_spokes(lab, autojump_clock):
@@ -180,7 +180,7 @@ async def test_hub_relays_between_spokes(lab, autojump_clock):
     assert len(data_frames(lab.taps["s"], b"reply")) == 1
     assert data_frames(lab.taps["u"], b"reply") == []
     assert data_frames(lab.taps["h"], b"reply") == []
-    hub_s = lab.sites["h"].peers.by_name["s"]
+    hub_s = lab.sites["h"].state.peers.by_name["s"]
     assert hub_s.unicast_out == 1
 
 
@@ -191,12 +191,12 @@ async def test_silent_peer_goes_down_is_flushed_and_comes_back(lab, autojump_clo
     await lab.settle()
     lab.taps["b"].inject(frame(BCAST, mac(2)))
     await lab.settle(0.01)
-    assert a.switch.lookup(0, mac(2), trio.current_time()) == 1
+    assert a.state.switch.lookup(0, mac(2), trio.current_time()) == 1
     lab.stop("b")
     await trio.sleep(a_cfg.dead_after_s + a_cfg.keepalive_s + 0.1)
-    peer = a.peers.by_name["b"]
+    peer = a.state.peers.by_name["b"]
     assert peer.state == "down" and peer.times_down == 1
-    assert a.switch.lookup(0, mac(2), trio.current_time()) is None
+    assert a.state.switch.lookup(0, mac(2), trio.current_time()) is None
     # No flooding to a dead peer.
     sent = lab.net.sent
     lab.taps["a"].inject(frame(BCAST, mac(1)))
@@ -223,9 +223,9 @@ async def test_frames_fragment_to_fit_a_small_wan_mtu(lab, autojump_clock):
     lab.taps["a"].inject(big)
     await lab.settle(0.01)
     assert lab.taps["b"].delivered == [big]
-    a_to_b = lab.sites["a"].peers.by_name["b"]
+    a_to_b = lab.sites["a"].state.peers.by_name["b"]
     assert a_to_b.datagrams_out == 3  # 1298 bytes over 600-byte datagrams
-    assert lab.sites["b"].peers.by_name["a"].reassembler.counters["reassembled"] == 1
+    assert lab.sites["b"].state.peers.by_name["a"].reassembler.counters["reassembled"] == 1
 
 
 async def test_lost_fragment_times_out_and_is_counted(lab, autojump_clock):
@@ -255,8 +255,8 @@ async def test_strangers_and_garbage_are_counted_never_fatal(lab, autojump_clock
         ta.inject(g, ("192.0.2.66", 4444))
     ta.inject(wire.encode_frame(frame(BCAST, mac(9))), ("192.0.2.66", 4444))
     await lab.settle(0.01)
-    assert a.unknown_source == len(garbage) + 1
-    drops = a.peers.by_name["b"].drops
+    assert a.state.counters.unknown_source == len(garbage) + 1
+    drops = a.state.peers.by_name["b"].drops
     assert sum(drops.values()) == len(garbage), drops
     assert drops["wrong_name"] == 1
     assert lab.taps["a"].delivered == []
@@ -278,7 +278,7 @@ async def test_dial_in_peer_is_bound_by_its_hello(lab, autojump_clock):
     a = await lab.start(server)
     await lab.start(client)
     await lab.settle()
-    peer = a.peers.by_name["b"]
+    peer = a.state.peers.by_name["b"]
     assert peer.state == "up" and peer.addr == ("10.0.0.98", 55555)
     lab.taps["a"].inject(frame(BCAST, mac(1), b"down" + b"\0" * 42))
     await lab.settle(0.01)
@@ -294,7 +294,7 @@ async def test_table_cap_evicts_instead_of_dropping_new_sources(lab, autojump_cl
     await lab.settle(0.01)
     a = lab.sites["a"]
     assert len(data_frames(lab.taps["a"], b"x" * 46)) == 10  # every new host gets through
-    assert "peer_full" not in a.peers.by_name["b"].drops
+    assert "peer_full" not in a.state.peers.by_name["b"].drops
     status = a.status()
     assert status["peers"][0]["mac_entries"] == 4
     assert status["fdb"]["evicted"] == 6
@@ -309,7 +309,7 @@ async def test_entries_age_out(lab, autojump_clock):
     a = lab.sites["a"]
     assert len(a.fdb()) == 1
     await trio.sleep(10.5)
-    assert a.fdb() == [] and a.switch.counters["expired"] == 1
+    assert a.fdb() == [] and a.state.switch.counters["expired"] == 1
     assert not math.isnan(a.status()["uptime_s"])
 
 
@@ -319,7 +319,7 @@ async def test_transient_send_errors_are_counted_and_survived(lab, autojump_cloc
     for cfg in mesh(["a", "b"]):
         await lab.start(cfg)
     await lab.settle()
-    transport = lab.sites["a"].transport
+    transport = lab.sites["a"].state.transport
     real_send = transport.send
     failures = iter([OSError(errno.ENETUNREACH, "unreachable")] * 2)
 
@@ -336,7 +336,7 @@ async def test_transient_send_errors_are_counted_and_survived(lab, autojump_cloc
     # The five frames leave in one batch: each error is counted, then the batch is
     # tried again; the third try goes through.
     assert len(data_frames(lab.taps["b"], b"flaky")) == 5
-    assert lab.sites["a"].peers.by_name["b"].drops == {"send_enetunreach": 2}
+    assert lab.sites["a"].state.peers.by_name["b"].drops == {"send_enetunreach": 2}
 
 
 async def test_persistent_send_errors_give_the_batch_up(lab, autojump_clock):
@@ -345,7 +345,7 @@ async def test_persistent_send_errors_give_the_batch_up(lab, autojump_clock):
     for cfg in mesh(["a", "b"]):
         await lab.start(cfg)
     await lab.settle()
-    transport = lab.sites["a"].transport
+    transport = lab.sites["a"].state.transport
 
     def failing_send(data, addr):
         raise OSError(errno.ENETUNREACH, "unreachable")
@@ -355,14 +355,14 @@ async def test_persistent_send_errors_give_the_batch_up(lab, autojump_clock):
         lab.taps["a"].inject(frame(BCAST, mac(1), b"lost%d" % i + b"\0" * 40))
     await lab.settle(0.01)
     assert data_frames(lab.taps["b"], b"lost") == []
-    assert lab.sites["a"].peers.by_name["b"].drops == {"send_enetunreach": 3}
+    assert lab.sites["a"].state.peers.by_name["b"].drops == {"send_enetunreach": 3}
 
 
 async def test_full_socket_buffer_waits_instead_of_dropping(lab, autojump_clock):
     for cfg in mesh(["a", "b"]):
         await lab.start(cfg)
     await lab.settle()
-    transport = lab.sites["a"].transport
+    transport = lab.sites["a"].state.transport
     real_send = transport.send
     blocked = iter([False] * 5)
 
@@ -373,4 +373,4 @@ async def test_full_socket_buffer_waits_instead_of_dropping(lab, autojump_clock)
     lab.taps["a"].inject(frame(BCAST, mac(1), b"waited" + b"\0" * 40))
     await lab.settle(0.01)
     assert len(data_frames(lab.taps["b"], b"waited")) == 1
-    assert lab.sites["a"].peers.by_name["b"].drops == {}
+    assert lab.sites["a"].state.peers.by_name["b"].drops == {}

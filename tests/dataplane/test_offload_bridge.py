@@ -18,7 +18,7 @@ from l2bridge.core import offload as ol
 from l2bridge.core.config import parse_config
 from l2bridge.io.fakes import FakeNetwork, FakeTap
 from l2bridge.ops.report import format_show
-from l2bridge.site.site import Bridge
+from l2bridge.site.site import Site
 from tests.unit.test_offload import (
     final,
     ipv4_tcp_superframe,
@@ -58,7 +58,7 @@ class Sites:
         self.nursery = nursery
         self.net = FakeNetwork()
         self.taps: dict[str, FakeTap] = {}
-        self.bridges: dict[str, Bridge] = {}
+        self.bridges: dict[str, Site] = {}
         self.sent: list[bytes] = []
         self.lose: set[int] = set()  # indexes (into self.sent) of datagrams to lose
         self.net.drop = self._drop
@@ -67,12 +67,12 @@ class Sites:
         self.sent.append(data)
         return len(self.sent) - 1 in self.lose
 
-    async def start(self, cfg, *, vnet: bool = True, private: bytes | None = None) -> Bridge:
+    async def start(self, cfg, *, vnet: bool = True, private: bytes | None = None) -> Site:
         tap = FakeTap()
         tap.vnet_hdr = vnet
         transport = self.net.transport(*addr_of(cfg.name))
         identity = noise.Identity(private) if private is not None else None
-        bridge = Bridge(cfg, tap=tap, transport=transport, identity=identity,
+        bridge = Site(cfg, tap=tap, transport=transport, identity=identity,
                         clock_unix=lambda: 1.7e9 + trio.current_time())
         await self.nursery.start(bridge.run)
         self.taps[cfg.name], self.bridges[cfg.name] = tap, bridge
@@ -116,13 +116,13 @@ def delivered_stream(tap: FakeTap, base_seq: int = 1000) -> dict[int, bytes]:
 async def test_both_sides_offload_a_super_frame_crosses_whole(sites, autojump_clock):
     await pair(sites)
     a, b = sites.bridges["a"], sites.bridges["b"]
-    assert a.peers.by_name["b"].offload is True and b.peers.by_name["a"].offload is True
+    assert a.state.peers.by_name["b"].offload is True and b.state.peers.by_name["a"].offload is True
     meta, frame = ipv4_tcp_superframe(payload_of(60000))
     before = len(sites.sent)
     sites.taps["a"].inject(meta.pack() + frame)
     await trio.sleep(0.01)
     assert sites.taps["b"].delivered == [meta.pack() + frame]
-    chunk = ol.chunk_size_for(a.max_plaintext, meta.hdr_len)
+    chunk = ol.chunk_size_for(a.state.budget.max_plaintext, meta.hdr_len)
     assert len(sites.sent) - before == -(-60000 // chunk)  # one datagram per chunk
     assert a.status()["peers"][0]["bursts_out"] == 1
     assert b.status()["peers"][0]["bursts_in"] == 1
@@ -135,7 +135,7 @@ async def test_both_sides_offload_a_super_frame_crosses_whole(sites, autojump_cl
 async def test_a_peer_without_offload_gets_ordinary_frames(sites, autojump_clock, b_vnet,
                                                            b_offload):
     await pair(sites, b_vnet=b_vnet, b_offload=b_offload)
-    assert sites.bridges["a"].peers.by_name["b"].offload is False
+    assert sites.bridges["a"].state.peers.by_name["b"].offload is False
     payload = payload_of(20000)
     meta, frame = ipv4_tcp_superframe(payload)
     sites.taps["a"].inject(meta.pack() + frame)
@@ -153,8 +153,8 @@ async def test_a_peer_without_offload_gets_ordinary_frames(sites, autojump_clock
 
 async def test_a_tap_without_vnet_sends_plain_frames_to_an_offload_peer(sites, autojump_clock):
     await pair(sites, a_vnet=False)
-    assert sites.bridges["b"].peers.by_name["a"].offload is False
-    assert sites.bridges["a"].peers.by_name["b"].offload is True
+    assert sites.bridges["b"].state.peers.by_name["a"].offload is False
+    assert sites.bridges["a"].state.peers.by_name["b"].offload is True
     plain = BCAST + bytes.fromhex("020000000009") + b"\x88\xb5" + b"p" * 100
     sites.taps["a"].inject(plain)
     await trio.sleep(0.01)
@@ -171,7 +171,7 @@ async def test_one_lost_datagram_costs_one_chunk(sites, autojump_clock):
     tap = sites.taps["b"]
     assert len(tap.delivered) == 2  # the runs before and after the hole
     got = delivered_stream(tap)
-    chunk = ol.chunk_size_for(sites.bridges["a"].max_plaintext, meta.hdr_len)
+    chunk = ol.chunk_size_for(sites.bridges["a"].state.budget.max_plaintext, meta.hdr_len)
     assert sum(map(len, got.values())) == 50000 - chunk
     for at, data in got.items():
         assert data == payload[at:at + len(data)]
@@ -212,7 +212,7 @@ async def test_encrypted_bursts_cross_and_nothing_is_in_the_clear(sites, autojum
     await trio.sleep(0.01)
     assert sites.taps["b"].delivered == [meta.pack() + frame]
     assert not any(b"SECRET" in d for d in sites.sent)
-    assert sites.bridges["a"].peers.by_name["b"].offload is True
+    assert sites.bridges["a"].state.peers.by_name["b"].offload is True
 
 
 @pytest.mark.parametrize("b_vnet", [True, False], ids=["offload-peer", "plain-peer"])
@@ -239,9 +239,9 @@ async def test_show_reports_offload_and_workers(sites, autojump_clock):
     sites.taps["a"].inject(meta.pack() + frame)
     await trio.sleep(0.01)
     a = sites.bridges["a"]
-    a.lanes = 2
-    a.worker_status = lambda: [{"lane": 1, "pid": 4242, "local": {"frames_in": 7,
-                                                                   "frames_out": 9}}]
+    a.state.status_sections["workers"] = lambda: {
+        "count": 2, "followers": [{"lane": 1, "pid": 4242,
+                                   "local": {"frames_in": 7, "frames_out": 9}}]}
     text = format_show(a.status())
     assert "  offload: super-frames in 1, out 0; UDP GSO off, GRO off" in text
     assert "  bursts: 0 received, 1 sent (peer accepts bursts)" in text

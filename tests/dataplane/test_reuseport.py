@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from l2bridge.core.caps import MAX_WORKERS
 from l2bridge.core.config import Endpoint
 from l2bridge.io.transport import (
     SOL_UDP,
@@ -123,10 +124,10 @@ def send_to_group(group: list[socket.socket], target_host: str) -> list[list[byt
 
 
 def test_a_group_of_one_is_a_plain_socket() -> None:
-    [sock] = open_group(Endpoint("127.0.0.1", 0), 1)
+    [sock] = open_group(Endpoint("127.0.0.1", 0), 1, gro=True)
     with sock:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
-        assert sock.getsockopt(SOL_UDP, UDP_GRO) == 1  # offload on by default
+        assert sock.getsockopt(SOL_UDP, UDP_GRO) == 1  # a lone socket may merge
         # no steering program: a second plain socket cannot share the port
         with pytest.raises(TransportError, match="EADDRINUSE"):
             open_group(Endpoint("127.0.0.1", sock.getsockname()[1]), 1)
@@ -180,7 +181,7 @@ def test_a_failed_group_closes_every_socket_it_opened() -> None:
         with pytest.raises(TransportError, match=refused):
             open_group(Endpoint("127.0.0.1", port), GROUP_SIZE)
         assert set(os.listdir("/proc/self/fd")) == before
-    with pytest.raises(ValueError, match="1..256 sockets, not 0"):
+    with pytest.raises(ValueError, match=f"1..{MAX_WORKERS} sockets, not 0"):
         open_group(Endpoint("127.0.0.1", 0), 0)
 
 
@@ -199,9 +200,11 @@ async def test_a_worker_wraps_its_inherited_socket_with_from_socket() -> None:
     group = open_group(Endpoint("127.0.0.1", 0), 2)
     port = group[0].getsockname()[1]
     # a worker process receives the fd number and wraps it; here: a dup of member 1
-    worker = UdpTransport.from_socket(socket.socket(fileno=os.dup(group[1].fileno())))
+    # from_socket does what it is told (the rule that a group never merges is core.caps')
+    worker = UdpTransport.from_socket(socket.socket(fileno=os.dup(group[1].fileno())),
+                                      gso=True, gro=True)
     plain = UdpTransport.from_socket(
-        socket.socket(fileno=os.dup(group[0].fileno())), offload=False
+        socket.socket(fileno=os.dup(group[0].fileno())), gso=False, gro=False
     )
     try:
         assert worker.gro and worker.gso

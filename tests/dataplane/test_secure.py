@@ -12,7 +12,7 @@ from l2bridge.core import keys, noise
 from l2bridge.core.config import parse_config
 from l2bridge.core.secure import Timers
 from l2bridge.io.fakes import FakeNetwork, FakeTap
-from l2bridge.site.site import Bridge
+from l2bridge.site.site import Site
 
 BCAST = b"\xff" * 6
 
@@ -29,7 +29,7 @@ def addr_of(name: str) -> tuple[str, int]:
     return (f"10.0.0.{ord(name[0])}", 55555)
 
 
-class Site:
+class SiteKeys:
     def __init__(self, name: str) -> None:
         self.name = name
         self.private = keys.generate_private_key()
@@ -37,7 +37,8 @@ class Site:
 
 
 def config_for(
-    site: Site, peers: list[Site], *, dial_in: tuple[str, ...] = (), extra: dict | None = None
+    site: SiteKeys, peers: list[SiteKeys], *, dial_in: tuple[str, ...] = (),
+    extra: dict | None = None,
 ):
     extra = extra or {}
     host, port = addr_of(site.name)
@@ -62,7 +63,7 @@ class Lab:
         self.nursery = nursery
         self.net = FakeNetwork()
         self.timers = timers or Timers()
-        self.bridges: dict[str, Bridge] = {}
+        self.bridges: dict[str, Site] = {}
         self.taps: dict[str, FakeTap] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
         self.captured: list[tuple[bytes, tuple, tuple]] = []
@@ -72,12 +73,12 @@ class Lab:
         self.captured.append((data, src, dst))
         return False
 
-    async def start(self, site: Site, config, psks=None, addr=None) -> Bridge:
+    async def start(self, site: SiteKeys, config, psks=None, addr=None) -> Site:
         host, port = addr or addr_of(site.name)
         self.net.transports.pop((host, port), None)
         transport = self.net.transport(host, port)
         tap = FakeTap()
-        bridge = Bridge(config, tap=tap, transport=transport,
+        bridge = Site(config, tap=tap, transport=transport,
                         identity=noise.Identity(site.private), psks=psks, timers=self.timers,
                         clock_unix=lambda: 1.7e9 + trio.current_time())
         scope = trio.CancelScope()
@@ -92,12 +93,12 @@ class Lab:
 
     def stop(self, name: str) -> None:
         self.scopes[name].cancel()
-        self.bridges[name].transport.close()
+        self.bridges[name].state.transport.close()
 
 
 @pytest.fixture
 def sites():
-    return Site("a"), Site("b"), Site("c")
+    return SiteKeys("a"), SiteKeys("b"), SiteKeys("c")
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ async def lab(nursery):
     nursery.cancel_scope.cancel()
 
 
-async def pair(lab: Lab, a: Site, b: Site):
+async def pair(lab: Lab, a: SiteKeys, b: SiteKeys):
     await lab.start(a, config_for(a, [b]))
     await lab.start(b, config_for(b, [a]))
     await trio.sleep(0.5)
@@ -133,7 +134,7 @@ async def test_sites_handshake_at_start_and_carry_frames(lab, sites, autojump_cl
 async def test_wrong_key_never_gets_a_frame_in_or_out(lab, sites, autojump_clock):
     a, b, mallory = sites
     mallory.name = "b"  # claims b's name and address, but has its own key
-    await lab.start(a, config_for(a, [Site("b")]))  # a expects the real b's (unknown) key
+    await lab.start(a, config_for(a, [SiteKeys("b")]))  # a expects the real b's (unknown) key
     await lab.start(mallory, config_for(mallory, [a]))
     await trio.sleep(5)
     lab.taps["a"].inject(frame(BCAST, mac(1), b"private" + b"\0" * 39))
@@ -158,8 +159,8 @@ async def test_replayed_datagrams_are_never_accepted(nursery, sites, autojump_cl
         await trio.sleep(0.01)
     before_rekey = [(d, s, t) for d, s, t in lab.captured if t == addr_of("b")]
     await trio.sleep(5)  # at least one rekey happens
-    assert lab.bridges["a"].peers.by_name["b"].link.rekeys + \
-        lab.bridges["b"].peers.by_name["a"].link.rekeys >= 1
+    assert lab.bridges["a"].state.peers.by_name["b"].sessions.rekeys + \
+        lab.bridges["b"].state.peers.by_name["a"].sessions.rekeys >= 1
     for i in range(5, 10):
         lab.taps["a"].inject(frame(BCAST, mac(1), b"orig%d" % i + b"\0" * 41))
         await trio.sleep(0.01)
@@ -181,11 +182,11 @@ async def test_forged_and_random_datagrams_change_nothing(lab, sites, autojump_c
     await pair(lab, a, b)
     ta = lab.net.transports[addr_of("a")]
     bridge = lab.bridges["a"]
-    link = bridge.peers.by_name["b"].link
+    link = bridge.state.peers.by_name["b"].sessions
     session = link.current or link.next
     index = session.keypair.local_index
     window_before = repr(vars(session.window)) if hasattr(session.window, "__dict__") else None
-    endpoint_before = bridge.peers.by_name["b"].addr
+    endpoint_before = bridge.state.peers.by_name["b"].addr
     rng = random.Random(1)
     attacker = ("192.0.2.66", 4444)
     sent_before = len(lab.captured)
@@ -200,7 +201,7 @@ async def test_forged_and_random_datagrams_change_nothing(lab, sites, autojump_c
     assert lab.taps["a"].delivered == []
     replies = [d for d, s, t in lab.captured[sent_before:] if t == attacker]
     assert replies == []
-    assert bridge.peers.by_name["b"].addr == endpoint_before
+    assert bridge.state.peers.by_name["b"].addr == endpoint_before
     if window_before is not None:
         assert repr(vars(session.window)) == window_before
     lab.taps["b"].inject(frame(BCAST, mac(2), b"still" + b"\0" * 41))
@@ -217,7 +218,7 @@ async def test_rekeys_under_steady_traffic_lose_no_frame(nursery, sites, autojum
         lab.taps["b"].inject(frame(BCAST, mac(2), b"rev%05d" % i + b"\0" * 38))
         await trio.sleep(0.005)
     await trio.sleep(0.1)
-    rekeys = sum(br.peers.by_port[1].link.rekeys for br in lab.bridges.values())
+    rekeys = sum(br.state.peers.by_port[1].sessions.rekeys for br in lab.bridges.values())
     assert rekeys >= 5
     assert got(lab.taps["b"], b"seq") == 2000
     assert got(lab.taps["a"], b"rev") == 2000
@@ -235,7 +236,7 @@ async def test_roaming_peer_is_followed_after_authentication(lab, sites, autojum
     lab.taps["b"].inject(frame(BCAST, mac(2), b"moved" + b"\0" * 41))
     await trio.sleep(0.01)
     assert got(lab.taps["a"], b"moved") == 1
-    assert bridge_a.peers.by_name["b"].addr == new
+    assert bridge_a.state.peers.by_name["b"].addr == new
     lab.taps["a"].inject(frame(mac(2), mac(1), b"back" + b"\0" * 42))
     await trio.sleep(0.01)
     assert got(lab.taps["b"], b"back") == 1
@@ -246,7 +247,7 @@ async def test_dial_in_peer_is_bound_by_its_authenticated_handshake(lab, sites, 
     await lab.start(a, config_for(a, [b], dial_in=("b",)))
     await lab.start(b, config_for(b, [a]))
     await trio.sleep(0.5)
-    assert lab.bridges["a"].peers.by_name["b"].addr == addr_of("b")
+    assert lab.bridges["a"].state.peers.by_name["b"].addr == addr_of("b")
     lab.taps["a"].inject(frame(BCAST, mac(1), b"hi" + b"\0" * 44))
     await trio.sleep(0.01)
     assert got(lab.taps["b"], b"hi") == 1
@@ -261,7 +262,7 @@ async def test_handshake_retries_back_off_and_never_stop(lab, sites, autojump_cl
     assert 20 <= len(inits) <= 30, len(inits)
     await lab.start(b, config_for(b, [a]))
     await trio.sleep(31)
-    assert lab.bridges["a"].peers.by_name["b"].state == "up"
+    assert lab.bridges["a"].state.peers.by_name["b"].state == "up"
 
 
 async def test_restarted_peer_with_the_same_key_is_back_within_3_s(lab, sites, autojump_clock):
@@ -282,9 +283,9 @@ async def test_keys_are_dropped_after_540_s_without_handshake(lab, sites, autoju
     await pair(lab, a, b)
     lab.stop("b")
     await trio.sleep(541)
-    link = lab.bridges["a"].peers.by_name["b"].link
+    link = lab.bridges["a"].state.peers.by_name["b"].sessions
     assert link.current is None and link.previous is None and link.next is None
-    assert lab.bridges["a"].secure.sessions == {}
+    assert lab.bridges["a"].state.sessions.by_index == {}
 
 
 async def test_layer2_protections_on_authenticated_peers(lab, sites, autojump_clock):

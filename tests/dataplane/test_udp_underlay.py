@@ -10,7 +10,7 @@ import trio
 from l2bridge.core.config import parse_config
 from l2bridge.io.fakes import FakeTap
 from l2bridge.io.transport import TransportError, UdpTransport
-from l2bridge.site.site import Bridge
+from l2bridge.site.site import Site
 from tests.dataplane.loopback import have_ipv6_loopback
 
 BCAST = b"\xff" * 6
@@ -52,10 +52,10 @@ async def test_frames_cross_a_real_udp_underlay(listen_host, peer_host):
         async with trio.open_nursery() as nursery:
             for cfg in (a_cfg, b_cfg):
                 transport = UdpTransport.open(cfg.listen)
-                sites[cfg.name] = Bridge(cfg, tap=taps[cfg.name], transport=transport)
+                sites[cfg.name] = Site(cfg, tap=taps[cfg.name], transport=transport)
                 await nursery.start(sites[cfg.name].run)
             with trio.fail_after(20):  # clearly broken past this
-                while not all(p.up for s in sites.values() for p in s.peers):
+                while not all(p.up for s in sites.values() for p in s.state.peers):
                     await trio.sleep(0.01)
                 payload = bytes(range(256)) * 5 + b"!" * 220
                 big = BCAST + bytes([2, 0, 0, 0, 0, 1]) + b"\x88\xb5" + payload
@@ -66,7 +66,7 @@ async def test_frames_cross_a_real_udp_underlay(listen_host, peer_host):
             nursery.cancel_scope.cancel()
     finally:
         for site in sites.values():
-            site.transport.close()
+            site.state.transport.close()
     assert taps["b"].delivered == [big]
     status = sites["b"].status()["peers"][0]
     assert status["reassembled"] == 1 and status["state"] == "up"

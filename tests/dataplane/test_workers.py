@@ -10,14 +10,19 @@ import types
 import pytest
 import trio
 
+from l2bridge.core.caps import Capabilities
+from l2bridge.core.keys import Secrets
 from l2bridge.errors import sole_cause
 from l2bridge.site.workers import Leader, WorkerError
 
 
 def leader_with(script: str) -> Leader:
     """A Leader whose followers are ``python -c script`` given the channel as fd 3."""
-    bridge = types.SimpleNamespace(peers=[], secure=None)  # no peers, cleartext
-    leader = Leader(bridge=bridge, config_path="unused.toml", lanes=2)  # type: ignore[arg-type]
+    config = types.SimpleNamespace(path="unused.toml", document={})
+    state = types.SimpleNamespace(peers=[], sessions=None, caps=Capabilities(lanes=2),
+                                  config=config)  # no peers, cleartext
+    site = types.SimpleNamespace(state=state)
+    leader = Leader(site, Secrets(None, {}))  # type: ignore[arg-type]
 
     async def spawn(lane: int, tap_fd: int, sock: object, channel: socket.socket):
         return await trio.lowlevel.open_process(

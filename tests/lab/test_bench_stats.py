@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from l2bridge.core.caps import MAX_WORKERS
 from netns import bench
 from netns import benchstats as bs
 from netns.plan import make_plan
@@ -339,7 +340,7 @@ def test_settings() -> None:
     with pytest.raises(ValueError, match=r"--seconds: expected 1\.\.60, found 0\.5"):
         bs.make_settings(seconds=0.5)
     assert bs.make_settings(workers=2).workers == 2
-    with pytest.raises(ValueError, match=r"--workers: expected 1\.\.16, found 0"):
+    with pytest.raises(ValueError, match=rf"--workers: expected 1\.\.{MAX_WORKERS}, found 0"):
         bs.make_settings(workers=0)
 
 

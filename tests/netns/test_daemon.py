@@ -19,7 +19,7 @@ import time
 import trio
 from pyroute2 import IPRoute
 
-from l2bridge.core.config import default_workers
+from l2bridge.core.caps import default_workers
 from l2bridge.io import pmqos
 from netns import traffic
 from netns.frames import ETHERTYPE_EXPERIMENTAL, make_frame, marker_payload

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from l2bridge.core.caps import default_workers
 from l2bridge.core.config import (
     PEER_KEYS,
     SITE_KEYS,
@@ -19,7 +20,6 @@ from l2bridge.core.config import (
     PeerConfig,
     SiteConfig,
     config_from_dict,
-    default_workers,
     load_config,
     parse_config,
     parse_endpoint,

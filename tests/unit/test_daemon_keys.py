@@ -7,9 +7,9 @@ import os
 import pytest
 
 from l2bridge.core import keys
-from l2bridge.core.config import parse_config
+from l2bridge.core.config import load_secrets, parse_config
+from l2bridge.core.keys import KeyFormatError
 from l2bridge.ops.cli import main
-from l2bridge.ops.daemon import KeyLoadError, load_secrets
 
 
 def write_key(path, raw: bytes, mode: int = 0o600) -> str:
@@ -34,15 +34,15 @@ def test_good_keys_give_an_identity_and_psks(tmp_path):
     psk = keys.generate_psk()
     cfg = parse_config(config_text(write_key(tmp_path / "a.key", private), peer,
                                    write_key(tmp_path / "b.psk", psk)), "a.toml")
-    identity, psks = load_secrets(cfg)
-    assert identity.public == keys.public_key(private)
-    assert psks == {"b": psk}
+    secrets = load_secrets(cfg)
+    assert secrets.private == private
+    assert secrets.psks == {"b": psk}
 
 
 def test_group_readable_private_key_is_refused(tmp_path):
     key_file = write_key(tmp_path / "a.key", keys.generate_private_key(), 0o640)
     cfg = parse_config(config_text(key_file, keys.public_key(keys.generate_private_key())))
-    with pytest.raises(KeyLoadError) as info:
+    with pytest.raises(KeyFormatError) as info:
         load_secrets(cfg)
     message = str(info.value)
     assert key_file in message and "chmod 600" in message and "\n" not in message
@@ -53,7 +53,7 @@ def test_malformed_private_key_is_refused(tmp_path):
     path.write_text("this is not a key\n")
     os.chmod(path, 0o600)
     cfg = parse_config(config_text(str(path), keys.public_key(keys.generate_private_key())))
-    with pytest.raises(KeyLoadError, match="a.key"):
+    with pytest.raises(KeyFormatError, match="a.key"):
         load_secrets(cfg)
 
 
@@ -61,7 +61,7 @@ def test_own_public_key_as_a_peer_is_refused(tmp_path):
     private = keys.generate_private_key()
     cfg = parse_config(config_text(write_key(tmp_path / "a.key", private),
                                    keys.public_key(private)), "a.toml")
-    with pytest.raises(KeyLoadError, match="this site's own key"):
+    with pytest.raises(KeyFormatError, match="this site's own key"):
         load_secrets(cfg)
 
 

@@ -17,21 +17,22 @@ import random
 import pytest
 
 from l2bridge.core import keys, noise
+from l2bridge.core.caps import MAX_WORKERS
 from l2bridge.core.secure import (
     Established,
-    PeerLink,
+    PeerSessions,
     Received,
     Reply,
-    SecureLinks,
     Session,
     SessionSnapshot,
+    SessionTable,
 )
 
 LANES = 2
 PER_LANE = 10_000
 
 
-def handshake(i: SecureLinks, i_link: PeerLink, r: SecureLinks, now: float) -> bytes:
+def handshake(i: SessionTable, i_link: PeerSessions, r: SessionTable, now: float) -> bytes:
     """``i`` initiates, ``r`` answers, ``i`` completes; returns ``i``'s first keepalive."""
     reply = r.receive(i.initiation(i_link, now), ("i", 1), now)
     assert isinstance(reply, Reply)
@@ -48,14 +49,14 @@ class Sites:
         a_private, b_private = keys.generate_private_key(), keys.generate_private_key()
         a_id, b_id = noise.Identity(a_private), noise.Identity(b_private)
         b_public, a_public = keys.public_key(b_private), keys.public_key(a_private)
-        self.a_link = PeerLink(keys=noise.PeerKeys(a_id, b_public), name="b", has_endpoint=True)
-        self.f_link = PeerLink(keys=noise.PeerKeys(a_id, b_public), name="b", has_endpoint=True)
-        self.b_link = PeerLink(keys=noise.PeerKeys(b_id, a_public), name="a", has_endpoint=True)
+        self.a_link = PeerSessions(keys=noise.PeerKeys(a_id, b_public), name="b", has_endpoint=True)
+        self.f_link = PeerSessions(keys=noise.PeerKeys(a_id, b_public), name="b", has_endpoint=True)
+        self.b_link = PeerSessions(keys=noise.PeerKeys(b_id, a_public), name="a", has_endpoint=True)
         clock = iter(range(1_700_000_000, 1_800_000_000))
-        self.a = SecureLinks(a_id, [self.a_link], clock_unix=lambda: float(next(clock)),
+        self.a = SessionTable(a_id, [self.a_link], clock_unix=lambda: float(next(clock)),
                              lane=0, lanes=LANES)
-        self.f = SecureLinks(None, [self.f_link], lane=1, lanes=LANES, follower=True)
-        self.b = SecureLinks(b_id, [self.b_link], clock_unix=lambda: float(next(clock)))
+        self.f = SessionTable(None, [self.f_link], lane=1, lanes=LANES, follower=True)
+        self.b = SessionTable(b_id, [self.b_link], clock_unix=lambda: float(next(clock)))
         keepalive = handshake(self.a, self.a_link, self.b, 0.0)
         assert isinstance(self.b.receive(keepalive, ("a", 1), 0.0), Received)
         self.push(0.0)
@@ -68,7 +69,7 @@ class Sites:
         self.a.changed.clear()
 
 
-def sealed(links: SecureLinks, link: PeerLink, count: int, now: float) -> list[bytes]:
+def sealed(links: SessionTable, link: PeerSessions, count: int, now: float) -> list[bytes]:
     out = []
     for n in range(count):
         packet = links.seal(link, b"lane %d packet %d" % (links.lane, n), now)
@@ -81,7 +82,7 @@ def counters_of(packets: list[bytes]) -> list[int]:
     return [noise.parse_data_header_lane(p)[1] for p in packets]
 
 
-def accept_all(receiver: SecureLinks, packets: list[bytes], now: float) -> None:
+def accept_all(receiver: SessionTable, packets: list[bytes], now: float) -> None:
     for packet in packets:
         got = receiver.open(packet, now)
         assert got is not None, receiver.counters
@@ -90,12 +91,13 @@ def accept_all(receiver: SecureLinks, packets: list[bytes], now: float) -> None:
 
 def test_lane_and_lanes_are_checked() -> None:
     identity = noise.Identity(keys.generate_private_key())
-    for lane, lanes in ((0, 0), (1, 1), (-1, 2), (0, 257), (256, 256)):
-        with pytest.raises(ValueError, match="expected 0 <= lane < lanes <= 256"):
-            SecureLinks(identity, [], lane=lane, lanes=lanes)
-    SecureLinks(identity, [], lane=255, lanes=256)
+    top = MAX_WORKERS  # the one bound on workers and lanes (core/caps.py)
+    for lane, lanes in ((0, 0), (1, 1), (-1, 2), (0, top + 1), (top, top)):
+        with pytest.raises(ValueError, match=f"expected 0 <= lane < lanes <= {top}"):
+            SessionTable(identity, [], lane=lane, lanes=lanes)
+    SessionTable(identity, [], lane=top - 1, lanes=top)
     with pytest.raises(ValueError, match="only a follower"):
-        SecureLinks(None, [])
+        SessionTable(None, [])
 
 
 def test_two_workers_never_share_a_nonce() -> None:
@@ -212,7 +214,7 @@ def test_each_lane_opens_only_at_its_worker() -> None:
 
 def test_follower_drops_handshakes_and_never_initiates() -> None:
     sites = Sites()
-    b2 = SecureLinks(sites.b.identity, [sites.b_link])
+    b2 = SessionTable(sites.b.identity, [sites.b_link])
     # An INITIATION and a RESPONSE that would be valid at the leader.
     init = b2.initiation(sites.b_link, 2.0)
     assert sites.f.receive(init, ("b", 1), 2.0) is None
@@ -235,7 +237,7 @@ def test_snapshot_round_trip_keeps_counters_and_windows() -> None:
     first = sites.f_link.current
     assert first is not None
     assert first.keypair.local_index == sites.a_link.current.keypair.local_index  # type: ignore[union-attr]
-    assert set(f.sessions) == set(a.sessions)
+    assert set(f.by_index) == set(a.by_index)
     sealed(f, sites.f_link, 3, 1.0)  # counters 1, 3, 5
     from_b = b_lane(sites, 1, 1, b"lane 1 to the follower")
     assert f.open(from_b, 1.0) is not None
@@ -257,7 +259,7 @@ def test_snapshot_round_trip_keeps_counters_and_windows() -> None:
     assert second.send_counter == 1 and second.windows == {}
     assert second.confirmed and second.initiator
     assert second.created == pytest.approx(3.0)
-    assert set(f.sessions) == set(a.sessions) == {
+    assert set(f.by_index) == set(a.by_index) == {
         first.keypair.local_index, second.keypair.local_index}
     sealed_now = sealed(f, sites.f_link, 2, 3.0)
     assert counters_of(sealed_now) == [1, 3]
@@ -267,7 +269,7 @@ def test_snapshot_round_trip_keeps_counters_and_windows() -> None:
     assert a.changed == {sites.a_link}
     sites.push(3.0 + a.timers.reject_after_time_s - 0.5)
     assert sites.f_link.previous is None and sites.f_link.current is second
-    assert set(f.sessions) == {second.keypair.local_index}
+    assert set(f.by_index) == {second.keypair.local_index}
 
 
 def test_follower_expires_on_its_own_clock() -> None:
@@ -277,7 +279,7 @@ def test_follower_expires_on_its_own_clock() -> None:
     assert f.expire(reject_s - 0.01) == []
     assert f.changed == set() and sites.f_link.current is not None
     assert f.expire(reject_s) == []
-    assert sites.f_link.current is None and f.sessions == {}
+    assert sites.f_link.current is None and f.by_index == {}
     assert f.changed == {sites.f_link}
     assert f.seal(sites.f_link, b"late", reject_s) is None
     f.changed.clear()
@@ -315,7 +317,7 @@ def test_snapshot_is_json_and_keys_stay_out_of_reprs() -> None:
 def test_malformed_snapshot_is_one_line_and_changes_nothing() -> None:
     sites = Sites()
     good = sites.a.snapshot(sites.a_link, 1.0)
-    before = (sites.f_link.current, dict(sites.f.sessions))
+    before = (sites.f_link.current, dict(sites.f.by_index))
     bad_cases: list[tuple[SessionSnapshot, str]] = [
         ({**good, "version": 9}, "version 9"),
         ({**good, "next": {"local_index": 1}}, "lacks 'send_key'"),
@@ -330,7 +332,7 @@ def test_malformed_snapshot_is_one_line_and_changes_nothing() -> None:
         with pytest.raises(ValueError, match=f"^snapshot for b: .*{message}") as info:
             sites.f.apply_snapshot(sites.f_link, snap, 1.0)
         assert "\n" not in str(info.value)
-        assert (sites.f_link.current, dict(sites.f.sessions)) == before
+        assert (sites.f_link.current, dict(sites.f.by_index)) == before
 
 
 def test_session_window_property_before_any_packet() -> None:

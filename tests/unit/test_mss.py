@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2bridge.core.mss import clamp_mss, mss_for
+from l2bridge.core.budget import MtuBudget
+from l2bridge.core.mss import clamp_mss
+
+
+def mss_for(wan_mtu: int, v6_underlay: bool, v6_inner: bool) -> int:
+    budget = MtuBudget.of(mtu=1500, wan_mtu=wan_mtu, ipv6_underlay=v6_underlay, sealed=False)
+    return budget.mss(ipv6_inner=v6_inner)
 
 MAC_DST = bytes.fromhex("020000000002")
 MAC_SRC = bytes.fromhex("020000000001")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from l2bridge.core import keys, noise
-from l2bridge.core.secure import Established, PeerLink, Received, Reply, SecureLinks
+from l2bridge.core.secure import Established, PeerSessions, Received, Reply, SessionTable
 
 # The two session facts the rekey tests depend on, checked without I/O: only the side
 # that initiated the current keypair rekeys on time, and when handshakes crossed
@@ -11,20 +11,20 @@ from l2bridge.core.secure import Established, PeerLink, Received, Reply, SecureL
 # handshake keeps the keypair the peer is still sending with.
 
 
-def secure_pair() -> tuple[SecureLinks, PeerLink, SecureLinks, PeerLink]:
+def secure_pair() -> tuple[SessionTable, PeerSessions, SessionTable, PeerSessions]:
     a_private, b_private = keys.generate_private_key(), keys.generate_private_key()
     a_id, b_id = noise.Identity(a_private), noise.Identity(b_private)
-    a_link = PeerLink(keys=noise.PeerKeys(a_id, keys.public_key(b_private)), name="b",
+    a_link = PeerSessions(keys=noise.PeerKeys(a_id, keys.public_key(b_private)), name="b",
                       has_endpoint=True)
-    b_link = PeerLink(keys=noise.PeerKeys(b_id, keys.public_key(a_private)), name="a",
+    b_link = PeerSessions(keys=noise.PeerKeys(b_id, keys.public_key(a_private)), name="a",
                       has_endpoint=True)
     clock = iter(range(1_700_000_000, 1_800_000_000))  # strictly newer TAI64N each time
-    a = SecureLinks(a_id, [a_link], clock_unix=lambda: float(next(clock)))
-    b = SecureLinks(b_id, [b_link], clock_unix=lambda: float(next(clock)))
+    a = SessionTable(a_id, [a_link], clock_unix=lambda: float(next(clock)))
+    b = SessionTable(b_id, [b_link], clock_unix=lambda: float(next(clock)))
     return a, a_link, b, b_link
 
 
-def handshake(i: SecureLinks, i_link: PeerLink, r: SecureLinks, now: float) -> bytes:
+def handshake(i: SessionTable, i_link: PeerSessions, r: SessionTable, now: float) -> bytes:
     """``i`` initiates, ``r`` answers, ``i`` completes; returns ``i``'s first keepalive."""
     reply = r.receive(i.initiation(i_link, now), ("i", 1), now)
     assert isinstance(reply, Reply)
@@ -116,7 +116,7 @@ def test_rekey_retire_marks() -> None:
         b.changed.clear()
         assert isinstance(b.receive(handshake(a, a_link, b, now), ("a", 1), now), Received)
         assert a.changed == {a_link} and b.changed == {b_link}
-    assert first_index not in a.sessions and len(a.sessions) == 2
+    assert first_index not in a.by_index and len(a.by_index) == 2
 
 
 def test_expire_and_drop_keys_mark() -> None:
@@ -127,10 +127,10 @@ def test_expire_and_drop_keys_mark() -> None:
     reject_s = a.timers.reject_after_time_s
     assert a.expire(reject_s - 0.01) == [] and a.changed == set()
     assert a.expire(reject_s) == [] and a.changed == {a_link}
-    assert a_link.current is None and a.sessions == {}
+    assert a_link.current is None and a.by_index == {}
     # Drop-keys (b never ran expire before): its sessions go, the link is marked.
     assert b.expire(b.timers.drop_keys_after_s) == [b_link]
-    assert b.changed == {b_link} and b.sessions == {}
+    assert b.changed == {b_link} and b.by_index == {}
     # Nothing left to change: no mark.
     b.changed.clear()
     assert b.expire(2 * b.timers.drop_keys_after_s) == [] and b.changed == set()

@@ -120,6 +120,8 @@ def test_drop_values_are_counter_names() -> None:
         "oversize",
         "bad_source",
         "pause",
+        "pinned_mac",
+        "mac_not_allowed",
         "local_dest",
         "hairpin",
     }

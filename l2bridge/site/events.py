@@ -1,0 +1,240 @@
+"""Peer events: what happens to a peer, as named hooks, and the timers that drive them.
+
+The hooks are the only way the rooms and the workers change a peer's state
+(wireguard-go's ``timersAnyAuthenticatedPacketReceived`` pattern):
+
+  authenticated(state, peer, addr, now)  a datagram proved it came from ``peer`` (its keys
+                                         opened it; in cleartext, its address and a valid
+                                         message): the endpoint follows it (roaming), it
+                                         is alive, and a peer that was down is up
+  handshake(state, event, addr, now)     a handshake completed: answer it, or confirm our keys
+  hello(state, peer, message, now)       a HELLO (the keepalive) arrived
+  stranger(state, datagram, addr, now)   cleartext: a datagram from no peer's address
+  keepalive(state, peer, now)            send a HELLO (sealed in secure mode)
+  kick(state, peer, now)                 data waits for keys: handshake now if none in flight
+  peer_down(state, peer)                 silence for ``dead_after``: forget what it taught us
+  peer_up(state, peer, now)              a follower hears from the leader that a peer is up
+
+Timers (the leader): ``timers`` sends due handshakes and keepalives, drops
+expired keys and takes silent peers down; ``follower_timers`` only expires a
+follower's keys and partial frames; ``table_gc`` removes aged MAC entries;
+``resolve_endpoints`` resolves configured names (retried while a peer is down).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from l2bridge.core import wire
+from l2bridge.core.peers import Peer
+from l2bridge.core.secure import Established, Reply
+from l2bridge.errors import PeerError
+from l2bridge.site import outbound
+from l2bridge.site.state import SiteState
+
+log = logging.getLogger("l2bridge")
+
+TIMER_TICK_MAX_S = 1.0  # the timers look at least this often
+FOLLOWER_TICK_S = 1.0
+
+
+def authenticated(state: SiteState, peer: Peer, addr: object, now: float) -> None:
+    """Any datagram that proved it came from ``peer`` (see the module docstring)."""
+    if peer.addr != addr:
+        roam(state, peer, addr)
+    peer.last_seen = now
+    if not peer.up and state.peers.seen(peer, now):
+        log.info("peer %s is up at %s", peer.name, state.transport.format_addr(peer.addr))
+
+
+def roam(state: SiteState, peer: Peer, addr: object) -> None:
+    """The peer's endpoint follows its latest authenticated datagram."""
+    old = peer.addr
+    state.peers.bind(peer, addr)
+    peer.roamed += 1
+    if old is not None:
+        log.info("peer %s roamed from %s to %s", peer.name,
+                 state.transport.format_addr(old), state.transport.format_addr(addr))
+
+
+def handshake(state: SiteState, event: Reply | Established, addr: object, now: float) -> None:
+    """Answer a valid INITIATION, or confirm our new keys with a keepalive."""
+    peer = state.peer_of[event.peer]
+    authenticated(state, peer, addr, now)
+    if event.datagram is not None:  # a RESPONSE to the peer's INITIATION
+        outbound.send_control(state, peer, event.datagram)
+    else:
+        keepalive(state, peer, now)
+
+
+def hello(state: SiteState, peer: Peer, message: bytes, now: float) -> None:
+    """A HELLO from ``peer``: liveness, whether it accepts bursts, maybe a reply wanted."""
+    try:
+        parsed = wire.decode(message)
+    except wire.WireError as exc:
+        peer.drop(exc.reason)
+        return
+    assert isinstance(parsed, wire.Hello)
+    if state.sessions is None:
+        if parsed.name != peer.name:
+            peer.drop("wrong_name")
+            return
+        peer.hellos_in += 1
+    else:  # the keys named the peer; its name is the remote site's own label
+        peer.keepalives_in += 1
+    peer.offload = parsed.offload
+    authenticated(state, peer, peer.addr, now)
+    if parsed.want_reply:
+        keepalive(state, peer, now)
+
+
+def stranger(state: SiteState, datagram: bytes, addr: object, now: float) -> None:
+    """Cleartext: a datagram from an address that belongs to no peer.
+
+    Only a HELLO naming a dial-in peer (configured without an endpoint) is
+    accepted: it binds that peer to this address.  Everything else is counted
+    and dropped.
+    """
+    if datagram[:1] == bytes((wire.TYPE_HELLO,)):
+        try:
+            parsed = wire.decode(datagram)
+        except wire.WireError:
+            state.counters.unknown_source += 1
+            return
+        assert isinstance(parsed, wire.Hello)
+        peer = state.peers.by_name.get(parsed.name)
+        if peer is not None and peer.configured is None:
+            old = peer.addr
+            state.peers.bind(peer, addr)
+            if old is not None:
+                log.info("peer %s moved from %s to %s", peer.name,
+                         state.transport.format_addr(old), state.transport.format_addr(addr))
+            peer.datagrams_in += 1
+            hello(state, peer, datagram, now)
+            return
+    state.counters.unknown_source += 1
+
+
+def keepalive(state: SiteState, peer: Peer, now: float) -> None:
+    """A HELLO (sealed in secure mode): liveness, and whether we accept bursts."""
+    message = state.hellos[not peer.up or peer.offload is None]
+    if state.sessions is None:
+        outbound.send_control(state, peer, message)
+        peer.hellos_out += 1
+        return
+    packet = state.sessions.seal(peer.sessions, message, now)
+    if packet is None:
+        kick(state, peer, now)
+        return
+    outbound.send_control(state, peer, packet)
+    peer.keepalives_out += 1
+
+
+def kick(state: SiteState, peer: Peer, now: float) -> None:
+    """Start a handshake now if none is in flight (data is waiting for keys)."""
+    if state.follower:
+        state.kicks.add(peer.name)  # the leader handshakes
+        return
+    table = state.sessions
+    sessions = peer.sessions
+    if table is None or peer.addr is None or sessions.pending is not None:
+        return
+    if sessions.next is not None and now - sessions.next.created < table.timers.rekey_timeout_s:
+        return  # we answered the peer's handshake: its first packet confirms the keys
+    outbound.send_control(state, peer, table.initiation(sessions, now))
+
+
+def peer_down(state: SiteState, peer: Peer) -> int:
+    """``peer`` is down: stop flooding to it and forget what it taught us; the count flushed.
+
+    The same cleanup in the leader and in every follower: its MAC entries, its
+    partial frames and bursts, and whether it accepts bursts (it may come back
+    as another version).
+    """
+    state.peers.mark_down(peer)
+    flushed = state.switch.flush_port(peer.port)
+    peer.reassembler.expire(math.inf)
+    peer.bursts.pending.clear()
+    peer.offload = None
+    return flushed
+
+
+def peer_up(state: SiteState, peer: Peer, now: float) -> None:
+    """A follower: the leader says ``peer`` is up (the leader heard from it)."""
+    if not peer.up:
+        state.peers.seen(peer, now)
+
+
+async def resolve_endpoints(state: SiteState) -> None:
+    """Resolve configured endpoints; a failure is logged and retried by the timers."""
+    for peer in state.peers:
+        if peer.configured is not None and peer.addr is None:
+            await resolve(state, peer)
+
+
+async def resolve(state: SiteState, peer: Peer) -> None:
+    try:
+        addr = await state.transport.resolve(peer.configured)  # type: ignore[arg-type]
+    except PeerError as exc:
+        peer.drop("resolve_failed")
+        if peer.drops["resolve_failed"] == 1:
+            log.warning("peer %s: %s (will retry)", peer.name, exc)
+        return
+    state.peers.bind(peer, addr)
+
+
+async def timers(state: SiteState) -> None:
+    """The leader's timers: handshakes and keepalives when due, dead peers down."""
+    peers = state.peers
+    table = state.sessions
+    tick_s = TIMER_TICK_MAX_S
+    if table is not None:
+        tick_s = min(tick_s, table.timers.rekey_timeout_s / 4)
+    while True:
+        now = trio.current_time()
+        if table is not None:
+            for sessions in table.due_initiations(now):
+                peer = state.peer_of[sessions]
+                if peer.addr is not None:
+                    outbound.send_control(state, peer, table.initiation(sessions, now))
+            for sessions in table.expire(now):
+                log.warning("peer %s: no handshake for %.0f s; its keys are dropped",
+                            sessions.name, table.timers.drop_keys_after_s)
+        for peer in peers.dead(now):
+            flushed = peer_down(state, peer)
+            log.warning("peer %s is down (silent for %.1f s); %d MAC entries flushed",
+                        peer.name, peers.dead_after_s, flushed)
+        for peer in peers.hellos_due(now):
+            keepalive(state, peer, now)
+        for peer in peers:
+            peer.reassembler.expire(now)
+            if peer.configured is not None and peer.addr is None and not peer.up:
+                await resolve(state, peer)
+        now = trio.current_time()
+        await trio.sleep_until(min(peers.next_event(now), now + tick_s))
+
+
+async def follower_timers(state: SiteState) -> None:
+    """A follower's timers: its partial frames expire, its keys age out; no liveness."""
+    while True:
+        now = trio.current_time()
+        if state.sessions is not None:
+            state.sessions.expire(now)
+        for peer in state.peers:
+            peer.reassembler.expire(now)
+        await trio.sleep(FOLLOWER_TICK_S)
+
+
+async def table_gc(state: SiteState) -> None:
+    """Remove expired MAC entries; sleep until the next one expires."""
+    ageing_s = state.config.ageing_s
+    while True:
+        now = trio.current_time()
+        nxt = state.switch.expire(now)
+        if nxt is None:
+            nxt = now + (ageing_s or math.inf)
+        # Wake at least every ageing period: new entries may expire sooner.
+        await trio.sleep_until(min(nxt, now + max(ageing_s, 1.0)))

@@ -1,0 +1,243 @@
+"""Inbound: datagrams from the peers to the tap.
+
+Inbound flow, per wake-up of the socket (``run``):
+  1. wait until the socket is readable (or until an incomplete burst's hold
+     time ends), then drain up to BATCH_DATAGRAMS receive calls; ``now`` is the
+     batch's time, passed down;
+  2. demultiplex each datagram (``demux``): sealed mode - a handshake message
+     goes to ``SessionTable.receive`` (``events.handshake`` when it completes
+     one), a DATA packet to ``SessionTable.open``, whose keys name the peer
+     (``events.authenticated``); cleartext - the source address names the peer
+     (a stranger goes to ``events.stranger``);
+  3. the inner message (``inner``; formats in ``l2bridge.core.wire``): FRAME →
+     ``deliver``; FRAGMENT → the peer's reassembler → ``deliver``; SEGMENT →
+     the peer's burst assembler → ``deliver_super``; HELLO → ``events.hello``;
+  4. ``deliver``: ``switch.ingress`` (layer-2 policy, learning) says: the tap,
+     a relay (a hub), or a drop counted for the peer.  Relays wait until the
+     batch is read (``Relay``, sent by ``outbound``): the per-datagram path
+     never awaits.
+
+Kept inline on purpose (the per-datagram path, where a call costs): the
+common case of step 2 (an authenticated datagram from a peer already up at its
+address only refreshes ``last_seen``; anything else goes through
+``events.authenticated``), and the unwrapping of a FRAME in step 3.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from l2bridge.core import noise, offload, wire
+from l2bridge.core.mss import clamp_mss
+from l2bridge.core.peers import Peer
+from l2bridge.core.switch import FLOOD, TAP, Drop
+from l2bridge.site import events, outbound
+from l2bridge.site.state import SiteState
+
+BATCH_DATAGRAMS = 64
+
+_DATA = bytes((noise.MSG_DATA,))
+_FRAME = wire.TYPE_FRAME
+_FRAGMENT = wire.TYPE_FRAGMENT
+_HELLO = wire.TYPE_HELLO
+_SEGMENT = wire.TYPE_SEGMENT
+_HDR = wire.HEADER_LEN
+_VNET = offload.VNET_HDR_LEN
+_PLAIN_VNET = offload.PLAIN_VNET_HDR
+
+
+async def run(state: SiteState) -> None:
+    """Until cancelled: the peers' datagrams to the tap (module flow)."""
+    transport = state.transport
+    waiting: set[Peer] = set()  # peers holding incomplete bursts
+    while True:
+        if waiting:
+            waiting = {p for p in waiting if p.bursts.pending}
+        if waiting:
+            deadline = min(p.bursts.next_deadline() for p in waiting)
+            with trio.move_on_at(deadline):
+                await transport.wait_readable()
+            batch = transport.recv_batch(BATCH_DATAGRAMS)
+            now = trio.current_time()
+            relays: list[Relay] = []
+            for held in list(waiting):
+                for raw in held.bursts.expire(now):
+                    deliver_super(state, held, raw, now, relays)
+                if not held.bursts.pending:
+                    waiting.discard(held)
+            for relay in relays:
+                await relay.send(state, now)
+        else:
+            await transport.wait_readable()
+            batch = transport.recv_batch(BATCH_DATAGRAMS)
+            now = trio.current_time()
+        await demux(state, batch, now, waiting)
+
+
+async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
+                waiting: set[Peer]) -> None:
+    """Steps 2-4 for one batch; what must wait for the socket (a hub's relays) goes last."""
+    relays: list[Relay] = []
+    table = state.sessions
+    if table is None:
+        by_addr = state.peers.by_addr
+        for data, addr in batch:
+            peer = by_addr.get(addr)
+            if peer is None:
+                events.stranger(state, data, addr, now)
+                continue
+            peer.datagrams_in += 1
+            inner(state, peer, data, now, waiting, relays)
+    else:
+        receive = table.receive
+        open_data = table.open
+        peer_of = state.peer_of
+        for data, addr in batch:
+            if data[:1] != _DATA:  # a handshake message
+                event = receive(data, addr, now)
+                if event is not None:
+                    events.handshake(state, event, addr, now)  # type: ignore[arg-type]
+                continue
+            opened = open_data(data, now)
+            if opened is None:
+                continue  # counted by the session table
+            sessions, data = opened
+            peer = peer_of[sessions]
+            if peer.addr != addr or not peer.up:
+                events.authenticated(state, peer, addr, now)
+            else:
+                peer.last_seen = now
+            if not data:  # a keepalive
+                peer.keepalives_in += 1
+                continue
+            peer.datagrams_in += 1
+            inner(state, peer, data, now, waiting, relays)
+    for relay in relays:
+        await relay.send(state, now)
+
+
+class Relay:
+    """A frame or super-frame a hub passes on to other peers once the batch is read."""
+
+    __slots__ = ("ingress", "frame", "decision", "meta")
+
+    def __init__(self, ingress: Peer, frame: bytes, decision: int | Drop,
+                 meta: offload.Meta | None = None) -> None:
+        self.ingress = ingress
+        self.frame = frame
+        self.decision = decision
+        self.meta = meta
+
+    async def send(self, state: SiteState, now: float) -> None:
+        if self.meta is None:
+            await outbound.forward(state, self.frame, self.decision, self.ingress, now)
+            return
+        chosen = outbound.targets(state, self.decision, ingress=self.ingress)
+        if isinstance(chosen, Drop):
+            self.ingress.drop(chosen.value)
+            return
+        await outbound.super_to_peers(state, self.meta, self.frame, chosen, now)
+
+
+def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Peer],
+          relays: list[Relay]) -> None:
+    """Step 3: one inner message from ``peer`` (formats: ``l2bridge.core.wire``)."""
+    kind = data[0] if data else 0
+    if kind == _FRAME:  # wire's FRAME is header | frame: unwrapped here, the per-frame path
+        if len(data) <= _HDR:
+            peer.drop("truncated")
+            return
+        if state.sessions is None:  # cleartext: a valid message is the peer's sign of life
+            events.authenticated(state, peer, peer.addr, now)
+        deliver(state, peer, data[_HDR:], now, relays)
+        return
+    try:
+        if kind == _SEGMENT:
+            ready = peer.bursts.feed(data, now)
+            if state.sessions is None:
+                events.authenticated(state, peer, peer.addr, now)
+            if peer.bursts.pending:
+                waiting.add(peer)
+            for raw in ready:
+                deliver_super(state, peer, raw, now, relays)
+        elif kind == _FRAGMENT:
+            whole = peer.reassembler.feed(wire.decode(data), now)  # type: ignore[arg-type]
+            if whole is not None:
+                if state.sessions is None:
+                    events.authenticated(state, peer, peer.addr, now)
+                deliver(state, peer, whole, now, relays)
+        elif kind == _HELLO:
+            events.hello(state, peer, data, now)
+        else:
+            peer.drop("bad_type")
+    except (wire.WireError, offload.OffloadError) as exc:
+        peer.drop(exc.reason)
+
+
+def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
+            relays: list[Relay]) -> None:
+    """Step 4: one whole frame from ``peer`` to the tap (and, on a hub, to other peers)."""
+    mss = state.config.mss_clamp
+    if mss is not None:
+        frame = clamp_mss(frame, mss)
+    decision = state.switch.ingress(frame, peer.port, now)
+    if decision is TAP or decision is FLOOD:
+        counters = state.counters
+        try:
+            state.tap.write(_PLAIN_VNET + frame if state.caps.vnet_hdr else frame)
+        except OSError:
+            counters.tap_write_errors += 1
+        else:
+            counters.tap_frames_out += 1
+            counters.tap_bytes_out += len(frame)
+        peer.frames_in += 1
+        peer.bytes_in += len(frame)
+        if decision is FLOOD:
+            relays.append(Relay(peer, frame, decision))
+        return
+    if decision is Drop.PINNED_MAC or decision is Drop.MAC_NOT_ALLOWED:
+        peer.drop(decision.value)  # type: ignore[union-attr]
+        return
+    peer.frames_in += 1
+    peer.bytes_in += len(frame)
+    relays.append(Relay(peer, frame, decision))  # a hub's unicast, or a counted drop
+
+
+def deliver_super(state: SiteState, peer: Peer, raw: bytes, now: float,
+                  relays: list[Relay]) -> None:
+    """A super-frame rebuilt from a peer's burst (``raw`` = virtio_net_hdr + frame)."""
+    frame = raw[_VNET:]
+    hdr_len = raw[2] | raw[3] << 8
+    decision = state.switch.ingress(frame[:hdr_len] if hdr_len else frame, peer.port, now)
+    if decision is Drop.PINNED_MAC or decision is Drop.MAC_NOT_ALLOWED:
+        peer.drop(decision.value)  # type: ignore[union-attr]
+        return
+    peer.bursts_in += 1
+    peer.frames_in += 1
+    peer.bytes_in += len(frame)
+    if decision is TAP or decision is FLOOD:
+        _super_to_tap(state, raw)
+    if decision is not TAP:
+        relays.append(Relay(peer, frame, decision, offload.parse_vnet(raw)))
+
+
+def _super_to_tap(state: SiteState, raw: bytes) -> None:
+    """Write a super-frame whole (vnet tap) or segmented (a tap without offloads)."""
+    counters = state.counters
+    if state.caps.vnet_hdr:
+        writes = [raw]
+    else:
+        try:
+            writes = offload.segment(offload.parse_vnet(raw), raw[_VNET:])
+        except offload.OffloadError as exc:
+            counters.tap_drop(exc.reason)
+            return
+    for data in writes:
+        try:
+            state.tap.write(data)
+        except OSError:
+            counters.tap_write_errors += 1
+            continue
+        counters.tap_frames_out += 1
+        counters.tap_bytes_out += len(data)
+    counters.super_frames_out += 1

@@ -1,0 +1,269 @@
+"""Outbound: frames from the tap to the peers.
+
+Outbound flow, per wake-up of the tap (``run``):
+  1. wait until the tap is readable, then drain up to BATCH_FRAMES reads; ``now``
+     is the batch's time, passed down;
+  2. on a vnet tap, runs of same-flow UDP datagrams become USO super-frames
+     (``offload.coalesce_udp``);
+  3. per read: a super-frame leaves on its own (``send_super``) after what is
+     queued, so a flow's order holds; a plain frame (its checksum completed if
+     the kernel left it partial, MSS clamped) goes to ``switch.egress``, which
+     says: one peer, every live peer (flood), or a counted drop;
+  4. each plain frame is cut into datagrams once (``Fragmenter.split``: one
+     FRAME, or FRAGMENTs when it does not fit) and queued per peer; each peer's
+     queue leaves in one ``send_datagrams`` at the end of the batch.
+Transmission (``send_datagrams``, the one send path for frames, bursts and
+relays): seal the batch with the peer's current session, send it in UDP GSO
+runs, wait (bounded) when the socket buffer is full.  Control datagrams
+(handshakes, keepalives) go out one by one with ``send_control``, never waiting.
+
+The batch loop of ``run`` dispatches unicast / flood / drop inline on purpose
+(it is the per-frame path); everything else uses ``targets``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import trio
+
+from l2bridge.core import offload
+from l2bridge.core.mss import clamp_mss
+from l2bridge.core.peers import Peer
+from l2bridge.core.switch import FLOOD, Drop
+from l2bridge.site import events
+from l2bridge.site.state import SiteState
+
+BATCH_FRAMES = 64
+SEND_RETRIES = 100  # wake-ups waiting for socket buffer room before a batch is dropped
+SEND_ERROR_RETRIES = 3  # send errors (counted) before a batch is given up
+
+_VNET = offload.VNET_HDR_LEN
+_NEEDS_CSUM = offload.F_NEEDS_CSUM
+_VNET_HDR = offload.VNET_HDR
+
+
+async def run(state: SiteState) -> None:
+    """Until cancelled: the tap's frames to the peers (module flow)."""
+    tap = state.tap
+    egress = state.switch.egress
+    split = state.fragmenter.split
+    peers = state.peers
+    by_port = peers.by_port
+    mss = state.config.mss_clamp
+    counters = state.counters
+    vnet = state.caps.vnet_hdr
+    bursts = state.caps.bursts
+    # Per peer, this wake-up's datagrams: [datagrams, frames, bytes], sent together.
+    queued: dict[Peer, list] = {}
+    while True:
+        await tap.wait_readable()
+        frames = tap.read_batch(BATCH_FRAMES)
+        if not frames:
+            continue
+        now = trio.current_time()
+        counters.tap_frames_in += len(frames)
+        counters.tap_bytes_in += sum(map(len, frames))
+        if vnet and bursts and len(frames) > 1 and peers.any_offload():
+            frames = offload.coalesce_udp(frames)
+        for frame in frames:
+            if vnet:
+                if frame[1]:  # gso_type: a super-frame, after what is queued
+                    if queued:
+                        await send_queued(state, queued, now)
+                    await send_super(state, frame, now)
+                    continue
+                plain = _plain_from_vnet(state, frame)
+                if plain is None:
+                    continue
+                frame = plain
+            if mss is not None:
+                frame = clamp_mss(frame, mss)
+            decision = egress(frame, now)
+            if type(decision) is int and decision > 0:
+                peer = by_port[decision]
+                peer.unicast_out += 1
+                _queue(queued, peer, split(frame), len(frame))
+            elif decision is FLOOD:
+                live = peers.live
+                if live:
+                    datagrams = split(frame)
+                    for peer in live:
+                        peer.flooded_out += 1
+                        _queue(queued, peer, datagrams, len(frame))
+            else:
+                counters.tap_drop(decision.value)  # type: ignore[union-attr]
+        if queued:
+            await send_queued(state, queued, now)
+
+
+def targets(state: SiteState, decision: int | Drop, *, ingress: Peer | None = None
+            ) -> list[Peer] | Drop:
+    """The peers a switch decision sends to (counted unicast or flooded), or the drop.
+
+    ``ingress`` is the peer a relayed frame came from: a flood never goes back to it.
+    """
+    if decision is FLOOD:
+        live = [p for p in state.peers.live if p is not ingress]
+        for peer in live:
+            peer.flooded_out += 1
+        return live
+    if type(decision) is int and decision > 0:
+        peer = state.peers.by_port[decision]
+        peer.unicast_out += 1
+        return [peer]
+    return decision  # type: ignore[return-value]
+
+
+async def forward(state: SiteState, frame: bytes, decision: int | Drop, ingress: Peer,
+                  now: float) -> None:
+    """A hub relays a frame from ``ingress``: to one peer, or flooded to the others."""
+    chosen = targets(state, decision, ingress=ingress)
+    if isinstance(chosen, Drop):
+        ingress.drop(chosen.value)
+        return
+    if chosen:
+        datagrams = state.fragmenter.split(frame)
+        for peer in chosen:
+            await send_datagrams(state, peer, datagrams, len(frame), now)
+
+
+async def send_queued(state: SiteState, queued: dict[Peer, list], now: float) -> None:
+    """Send each peer's queued datagrams in one batch, then forget them."""
+    for peer, (datagrams, frames, size) in queued.items():
+        await send_datagrams(state, peer, datagrams, size, now, frames)
+    queued.clear()
+
+
+def _queue(queued: dict[Peer, list], peer: Peer, datagrams: list[bytes], size: int) -> None:
+    """Add one frame's datagrams to ``peer``'s entry of a batch: [datagrams, frames, bytes]."""
+    entry = queued.get(peer)
+    if entry is None:
+        queued[peer] = [list(datagrams), 1, size]
+    else:
+        entry[0] += datagrams
+        entry[1] += 1
+        entry[2] += size
+
+
+def _plain_from_vnet(state: SiteState, raw: bytes) -> bytes | None:
+    """A non-GSO read of a vnet tap as a plain frame, its checksum made final."""
+    if not raw[0] & _NEEDS_CSUM:
+        return raw[_VNET:]
+    _, _, _, _, start, offset = _VNET_HDR.unpack_from(raw)
+    try:
+        return offload.complete_checksum(raw[_VNET:], start, offset)
+    except offload.OffloadError as exc:
+        state.counters.tap_drop(exc.reason)
+        return None
+
+
+async def send_super(state: SiteState, raw: bytes, now: float) -> None:
+    """A super-frame from the tap: switched on its headers, to one peer or flooded."""
+    try:
+        meta = offload.parse_vnet(raw)
+    except offload.OffloadError as exc:
+        state.counters.tap_drop(exc.reason)
+        return
+    frame = raw[_VNET:]
+    state.counters.super_frames_in += 1
+    chosen = targets(state, state.switch.egress(frame[:meta.hdr_len], now))
+    if isinstance(chosen, Drop):
+        state.counters.tap_drop(chosen.value)
+        return
+    await super_to_peers(state, meta, frame, chosen, now)
+
+
+async def super_to_peers(state: SiteState, meta: offload.Meta, frame: bytes,
+                         chosen: list[Peer], now: float) -> None:
+    """Send a super-frame to ``chosen``: one burst each, or ordinary frames.
+
+    A peer gets the burst when it said it accepts SEGMENTs (HELLO's OFFLOAD
+    flag) and the burst fits MAX_CHUNKS chunks; otherwise the super-frame is
+    segmented here (final checksums) and sent frame by frame.
+    """
+    chunks: list[bytes] | None = None
+    frames: list[tuple[list[bytes], int]] | None = None
+    for peer in chosen:
+        if peer.offload and chunks is None:
+            chunks = _burst(state, meta, frame)
+        if peer.offload and chunks:
+            peer.bursts_out += 1
+            await send_datagrams(state, peer, chunks, len(frame), now)
+            continue
+        if frames is None:
+            split = state.fragmenter.split
+            frames = [(split(f), len(f)) for f in offload.segment(meta, frame)]
+        batch: dict[Peer, list] = {}
+        for datagrams, size in frames:
+            _queue(batch, peer, datagrams, size)
+        await send_queued(state, batch, now)
+
+
+def _burst(state: SiteState, meta: offload.Meta, frame: bytes) -> list[bytes]:
+    """The SEGMENT chunks of one super-frame ([] when it cannot be a burst)."""
+    try:
+        size = offload.chunk_size_for(state.budget.max_plaintext, meta.hdr_len)
+        if meta.gso_type & ~offload.GSO_ECN == offload.GSO_UDP_L4:
+            size -= size % meta.gso_size if meta.gso_size <= size else 0
+        chunks = offload.burst_chunks(meta, frame, state.burst_id, size)
+    except offload.OffloadError:
+        return []
+    state.burst_id = (state.burst_id + 1) & 0xFFFF
+    return chunks
+
+
+async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], size: int,
+                         now: float, frames: int = 1) -> None:
+    """Seal datagrams (a burst, or a batch of frames) and send them in GSO batches.
+
+    Waits for socket buffer room when needed (bounded); ``frames`` and
+    ``size`` are what the datagrams carry, for the peer's counters.
+    """
+    addr = peer.addr
+    if addr is None:
+        peer.drop("no_endpoint")
+        return
+    table = state.sessions
+    if table is not None:
+        sealed = table.seal_many(peer.sessions, datagrams, now)
+        if sealed is None:
+            peer.drop("no_session")
+            events.kick(state, peer, now)
+            return
+        datagrams = sealed
+    transport = state.transport
+    send_batch = transport.send_batch
+    sent = errors = 0
+    for _ in range(SEND_RETRIES):
+        try:
+            sent += send_batch(datagrams[sent:] if sent else datagrams, addr)
+        except OSError as exc:
+            # Mostly an earlier datagram's ICMP error reported now: counted, then
+            # the batch is tried again (a repeat is refused by the replay window).
+            peer.drop(f"send_{errno_name(exc)}")
+            errors += 1
+            if errors >= SEND_ERROR_RETRIES:
+                return
+            continue
+        if sent == len(datagrams):
+            peer.datagrams_out += sent
+            peer.frames_out += frames
+            peer.bytes_out += size
+            return
+        await transport.wait_writable()
+    peer.drop("send_buffer_full")
+
+
+def send_control(state: SiteState, peer: Peer, datagram: bytes) -> None:
+    """One control datagram (handshake, HELLO, keepalive): best effort, never waits."""
+    if peer.addr is None:
+        return
+    try:
+        state.transport.send(datagram, peer.addr)
+    except OSError as exc:
+        peer.drop(f"send_{errno_name(exc)}")
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "error").lower()

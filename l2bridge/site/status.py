@@ -1,0 +1,120 @@
+"""Status views: what ``l2bridge show`` and ``l2bridge fdb`` report, as JSON-ready data.
+
+Read-only: nothing here changes the site.  ``now`` is the time of the view.
+"""
+
+from __future__ import annotations
+
+from l2bridge.core.ether import format_mac
+from l2bridge.core.keys import fingerprint
+from l2bridge.core.peers import Peer
+from l2bridge.core.switch import TAP
+from l2bridge.site.state import SiteState
+
+SECURITY_SEALED = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions, ChaCha20-Poly1305 data"
+SECURITY_CLEARTEXT = "cleartext (filtered by peer address only)"
+
+
+def show(state: SiteState, now: float) -> dict:
+    """Everything ``l2bridge show`` prints."""
+    cfg = state.config
+    counters = state.counters
+    table = state.sessions
+    return {
+        "site": cfg.name,
+        "listen": str(cfg.listen),
+        "hub": cfg.hub,
+        "bridge": cfg.bridge,
+        "tap": state.tap.name,
+        "uptime_s": round(now - (state.started_at or now), 3),
+        "security": SECURITY_CLEARTEXT if table is None else SECURITY_SEALED,
+        "auth_drops": dict(sorted(table.counters.items())) if table else {},
+        "local": {
+            "frames_in": counters.tap_frames_in,
+            "bytes_in": counters.tap_bytes_in,
+            "frames_out": counters.tap_frames_out,
+            "bytes_out": counters.tap_bytes_out,
+            "drops": dict(sorted(counters.tap_drops.items())),
+            "tap_write_errors": counters.tap_write_errors,
+            "super_frames_in": counters.super_frames_in,
+            "super_frames_out": counters.super_frames_out,
+        },
+        "offload": {
+            "tap": state.caps.vnet_hdr,
+            "bursts": state.caps.bursts,
+            "udp_gso": state.transport.gso,
+            "udp_gro": state.caps.udp_gro,
+        },
+        "unknown_source": counters.unknown_source,
+        "socket_errors": state.transport.errors,
+        "fdb": {"entries": len(state.switch.entries(now)), **state.switch.counters},
+        "peers": [peer_view(state, p, now) for p in state.peers],
+        "workers": {"count": state.caps.lanes, "followers": []},
+        **{name: section() for name, section in state.status_sections.items()},
+    }
+
+
+def peer_view(state: SiteState, peer: Peer, now: float) -> dict:
+    drops = dict(peer.drops)
+    for reason, count in peer.reassembler.counters.items():
+        if reason != "reassembled" and count:
+            drops[f"reassembly_{reason}"] = count
+    format_addr = state.transport.format_addr
+    return {
+        "name": peer.name,
+        "endpoint": format_addr(peer.addr) if peer.addr is not None else None,
+        "configured_endpoint": str(peer.configured) if peer.configured else None,
+        "state": peer.state,
+        "last_seen_s": None if peer.last_seen is None else round(now - peer.last_seen, 3),
+        "frames_in": peer.frames_in,
+        "bytes_in": peer.bytes_in,
+        "frames_out": peer.frames_out,
+        "bytes_out": peer.bytes_out,
+        "unicast_out": peer.unicast_out,
+        "flooded_out": peer.flooded_out,
+        "datagrams_in": peer.datagrams_in,
+        "datagrams_out": peer.datagrams_out,
+        "hellos_in": peer.hellos_in,
+        "hellos_out": peer.hellos_out,
+        "times_down": peer.times_down,
+        "keepalives_in": peer.keepalives_in,
+        "keepalives_out": peer.keepalives_out,
+        "roamed": peer.roamed,
+        **_sessions_view(peer, now),
+        "mac_entries": state.switch.port_count(peer.port),
+        "reassembled": peer.reassembler.counters.get("reassembled", 0),
+        "offload": peer.offload,
+        "bursts_in": peer.bursts_in,
+        "bursts_out": peer.bursts_out,
+        "burst_counters": dict(sorted(peer.bursts.counters.items())),
+        "drops": dict(sorted(drops.items())),
+    }
+
+
+def _sessions_view(peer: Peer, now: float) -> dict:
+    sessions = peer.sessions
+    if sessions is None:
+        return {}
+    current = sessions.current
+    return {
+        "public_key": fingerprint(sessions.keys.public),
+        "latest_handshake_s": (
+            None if sessions.last_handshake is None else round(now - sessions.last_handshake, 3)
+        ),
+        "session_age_s": None if current is None else round(now - current.created, 3),
+        "rx_counter": None if current is None else current.highest,
+        "tx_counter": None if current is None else current.send_counter,
+        "handshakes": sessions.handshakes,
+        "rekeys": sessions.rekeys,
+    }
+
+
+def fdb(state: SiteState, now: float) -> list[dict]:
+    """Every live MAC entry with the peer (or "local") it sits behind."""
+    names = {p.port: p.name for p in state.peers}
+    names[TAP] = "local"
+    return [
+        {"mac": format_mac(e.mac), "vlan": e.vlan, "peer": names.get(e.port, str(e.port)),
+         "age_s": round(e.age_s, 1)}
+        for e in state.switch.entries(now)
+    ]
