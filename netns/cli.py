@@ -22,13 +22,21 @@ from typing import Any, TextIO
 import trio
 
 from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, L2bridgeError, sole_cause
-from netns import bench, timing
+from netns.bench import runner as bench
+from netns.bench import timing
+from netns.checks.report import CheckResult, format_table, make_report, to_json
+from netns.describe.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
+from netns.describe.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
 from netns.lab import PreflightError, open_lab
-from netns.nsenter import netns_path, netns_preexec
-from netns.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
-from netns.registry import clean, destroy, list_labs, owner_alive, owns_namespace, read_state
-from netns.report import CheckResult, format_table, make_report, to_json
-from netns.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
+from netns.realise.nsenter import netns_path, netns_preexec
+from netns.realise.registry import (
+    clean,
+    destroy,
+    list_labs,
+    owner_alive,
+    owns_namespace,
+    read_state,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,13 +25,11 @@ from typing import Any
 import trio
 
 from l2bridge.errors import EXIT_USAGE, L2bridgeError
-from netns import checks as checks_mod
-from netns.build import BuildError, build
-from netns.gateways import Gateway, GatewayError, make_gateway, peers_up
-from netns.impair import NftRuleset
-from netns.plan import Node, Plan, make_plan, new_prefix
-from netns.registry import Registry, kill_namespace_processes
-from netns.scenario import (
+from netns.checks import kinds as checks_mod
+from netns.checks.traffic import TOOL_PACKAGES
+from netns.describe.impair import NftRuleset
+from netns.describe.plan import Node, Plan, make_plan, new_prefix
+from netns.describe.scenario import (
     CHECK_TIMEOUT_S,
     Check,
     Scenario,
@@ -39,9 +37,11 @@ from netns.scenario import (
     load_scenario,
     parse_check,
 )
-from netns.traffic import TOOL_PACKAGES
-from netns.undo import UndoStack
-from netns.wanctl import RelayProcess, WanError
+from netns.realise.build import BuildError, build
+from netns.realise.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.realise.registry import Registry, kill_namespace_processes
+from netns.realise.undo import UndoStack
+from netns.realise.wanctl import RelayProcess, WanError
 
 READY_TIMEOUT_S = 10.0
 PEERS_UP_TIMEOUT_S = 10.0

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from netns.describe.scenario import GATEWAY_MODES, Scenario
 from netns.lab import Lab, open_lab
-from netns.scenario import GATEWAY_MODES, Scenario
 
 LabFactory = Callable[..., Awaitable[Lab]]
 

@@ -1,0 +1,224 @@
+"""Site gateways: a real ``l2bridge up`` process, or the kernel's own VXLAN as reference.
+
+Both kinds offer the same small interface so checks and the ``restart`` check do
+not care which one runs: ``start()``, ``wait_ready(deadline)``, ``kill()`` (hard
+stop, like kill -9), ``stop()`` (graceful, bounded) and ``show()`` (the site's
+status as the control socket's JSON).
+
+l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. spawn
+``python -m l2bridge up -c CONFIG`` inside the gateway namespace (own session, so
+a terminal's Ctrl-C reaches only the runner, which then tears down in order),
+output to ``RUNDIR/<site>.log``  3. READY when the control socket answers
+``{"cmd": "show"}``; an early exit fails with the tail of the log.
+
+vxlan flow: 1. bridge ``br0`` (STP off, forward delay 0) in the gateway namespace
+2. VXLAN devices from the plan (learning on, an all-zero fdb entry per remote for
+head-end replication) enslaved to ``br0``  3. ``eth1`` enslaved, all up.  Kill and
+stop delete ``br0`` and the VXLAN devices, as a crashed daemon would leave nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any, Protocol
+
+import trio
+from pyroute2.netlink.exceptions import NetlinkError
+
+from l2bridge.core import keys
+from l2bridge.errors import L2bridgeError
+from netns.describe.plan import VXLAN_PORT, SitePlan
+from netns.realise.build import is_missing, netlink
+from netns.realise.nsenter import netns_preexec
+from netns.realise.proclog import log_tail
+
+READY_POLL_S = 0.05
+CONTROL_TIMEOUT_S = 2.0
+STOP_GRACE_S = 1.0
+LOG_TAIL_LINES = 8
+CONTROL_MAX_BYTES = 4 * 1024 * 1024
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class GatewayError(L2bridgeError):
+    """A gateway did not start or answer; the message names the site and shows why."""
+
+
+class Gateway(Protocol):
+    site: SitePlan
+
+    async def start(self) -> None: ...
+    async def wait_ready(self, deadline: float) -> None: ...
+    async def kill(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def show(self) -> dict[str, Any]: ...
+
+
+def make_gateway(site: SitePlan, *, detached: bool = False) -> Gateway:
+    if site.gateway == "vxlan":
+        return VxlanGateway(site)
+    return L2bridgeGateway(site, detached=detached)
+
+
+async def query_control(path: str, cmd: str = "show", timeout_s: float = CONTROL_TIMEOUT_S
+                        ) -> dict[str, Any]:
+    """Send ``{"cmd": CMD}`` to a control socket and return the JSON object it answers."""
+    with trio.fail_after(timeout_s):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await stream.send_all(json.dumps({"cmd": cmd}).encode() + b"\n")
+            chunks = []
+            size = 0
+            while chunk := await stream.receive_some(65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > CONTROL_MAX_BYTES:
+                    raise GatewayError(f"control socket {path}: answer larger than "
+                                       f"{CONTROL_MAX_BYTES} bytes")
+    answer = json.loads(b"".join(chunks))
+    if not isinstance(answer, dict):
+        raise GatewayError(f"control socket {path}: expected a JSON object")
+    return answer
+
+
+def peers_up(show: dict[str, Any]) -> tuple[int, int]:
+    """(peers up, peers total) from a show answer."""
+    peers = show.get("peers") or []
+    return sum(1 for p in peers if p.get("state") == "up"), len(peers)
+
+
+class L2bridgeGateway:
+    """One ``l2bridge up`` process in the site's gateway namespace."""
+
+    def __init__(self, site: SitePlan, *, detached: bool = False) -> None:
+        self.site = site
+        self.detached = detached
+        self.process: trio.Process | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "l2bridge", "up", "-c", self.site.config_path]
+
+    async def start(self) -> None:
+        with open(self.site.config_path, "w") as f:
+            f.write(self.site.config_text)
+        if self.site.private_key:
+            fd = os.open(self.site.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(keys.encode_key(self.site.private_key) + "\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p
+        )
+        with open(self.site.log_path, "ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=netns_preexec(self.site.gw_ns),
+                start_new_session=True,
+                env=env,
+                cwd=PROJECT_ROOT,
+            )
+
+    async def wait_ready(self, deadline: float) -> None:
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise GatewayError(
+                    f"gateway {self.site.name}: l2bridge exited with status "
+                    f"{self.process.returncode} before it was ready; log "
+                    f"{self.site.log_path}:{self.log_tail()}"
+                )
+            try:
+                await query_control(self.site.control_path)
+                return
+            except (OSError, trio.TooSlowError, ValueError, GatewayError):
+                pass
+            if trio.current_time() >= deadline:
+                raise GatewayError(
+                    f"gateway {self.site.name}: control socket {self.site.control_path} did "
+                    f"not answer in time; log {self.site.log_path}:{self.log_tail()}"
+                )
+            await trio.sleep(READY_POLL_S)
+
+    def log_tail(self) -> str:
+        return log_tail(self.site.log_path, LOG_TAIL_LINES)
+
+    async def kill(self) -> None:
+        await self._signal_and_wait(signal.SIGKILL, grace_s=STOP_GRACE_S)
+
+    async def stop(self) -> None:
+        if not await self._signal_and_wait(signal.SIGTERM, grace_s=STOP_GRACE_S):
+            await self._signal_and_wait(signal.SIGKILL, grace_s=STOP_GRACE_S)
+
+    async def _signal_and_wait(self, sig: int, *, grace_s: float) -> bool:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return True
+        proc.send_signal(sig)
+        with trio.move_on_after(grace_s):
+            await proc.wait()
+            return True
+        return False
+
+    async def show(self) -> dict[str, Any]:
+        return await query_control(self.site.control_path)
+
+
+class VxlanGateway:
+    """The kernel's VXLAN bridged to the LAN NIC: the reference gateway."""
+
+    def __init__(self, site: SitePlan) -> None:
+        self.site = site
+        self.running = False
+
+    async def start(self) -> None:
+        s = self.site
+        with netlink(s.gw_ns) as ipr:
+            ipr.link("add", ifname=s.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                     mtu=max(d.mtu for d in s.vxlan))
+            br = ipr.link_lookup(ifname=s.bridge)[0]
+            for dev in s.vxlan:
+                ipr.link("add", ifname=dev.ifname, kind="vxlan", vxlan_id=dev.vni,
+                         vxlan_local=dev.local, vxlan_port=VXLAN_PORT, vxlan_learning=1,
+                         mtu=dev.mtu)
+                idx = ipr.link_lookup(ifname=dev.ifname)[0]
+                for remote in dev.remotes:
+                    ipr.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
+                ipr.link("set", index=idx, master=br, state="up")
+            lan = ipr.link_lookup(ifname=s.lan_ifname)[0]
+            ipr.link("set", index=lan, master=br, state="up")
+            ipr.link("set", index=br, state="up")
+        self.running = True
+
+    async def wait_ready(self, deadline: float) -> None:
+        return None
+
+    async def kill(self) -> None:
+        s = self.site
+        with netlink(s.gw_ns) as ipr:
+            for name in [d.ifname for d in s.vxlan] + [s.bridge]:
+                try:
+                    found = ipr.link_lookup(ifname=name)
+                    if found:
+                        ipr.link("del", index=found[0])
+                except NetlinkError as e:
+                    if not is_missing(e):
+                        raise
+        self.running = False
+
+    async def stop(self) -> None:
+        await self.kill()
+
+    async def show(self) -> dict[str, Any]:
+        state = "up" if self.running else "down"
+        return {
+            "site": self.site.name,
+            "gateway": "vxlan",
+            "peers": [{"name": p.name, "state": state} for p in self.site.peers],
+        }
