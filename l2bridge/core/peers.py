@@ -1,6 +1,6 @@
 """Peer state: who the remote sites are, where they are, and whether they are alive.
 
-Pure logic (no I/O, no trio): the bridge feeds it facts (a datagram arrived,
+Pure logic (no I/O, no trio): the site feeds it facts (a datagram arrived,
 time passed) and acts on what it returns (send a HELLO, a peer went down).
 
 Liveness (cleartext transport, version 1):
@@ -9,7 +9,7 @@ Liveness (cleartext transport, version 1):
      answered within one round trip.
   2. Any valid datagram from the peer's endpoint marks it ``up`` (last_seen = now).
   3. While up, a HELLO goes out every ``keepalive_s``.
-  4. Silence for ``dead_after_s`` marks it ``down``: the bridge stops flooding to
+  4. Silence for ``dead_after_s`` marks it ``down``: the site stops flooding to
      it and flushes the MACs learned behind it.
   5. A peer configured without an endpoint only dials in: its endpoint is the
      source address of the first HELLO that carries its name.

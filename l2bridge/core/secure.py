@@ -1,6 +1,6 @@
 """Authenticated sessions with peers: handshakes, keypairs, replay windows, timers.
 
-Sans-I/O: the bridge hands datagrams and the time in, and sends what comes
+Sans-I/O: the site hands datagrams and the time in, and sends what comes
 out.  Built on ``noise`` (Noise_IKpsk2 as WireGuard builds it) and ``replay``.
 
 Receive flow (``SessionTable.receive``), cheapest checks first:

@@ -1,8 +1,8 @@
 """In-memory stand-ins for the tap and the UDP network, so the whole dataplane
-runs in tests without root (the same ``Bridge`` runs on real devices).
+runs in tests without root (the same ``Site`` runs on real devices).
 
 ``FakeTap``: ``inject(frame)`` is what the kernel bridge would send into the tap
-(the bridge reads it); ``delivered`` collects what the bridge writes to the tap.
+(the site reads it); ``delivered`` collects what the site writes to the tap.
 
 ``FakeNetwork``: a datagram fabric between ``FakeTransport``s.  Delivery is
 immediate and in order; ``drop`` may be set to a predicate to lose datagrams;
@@ -58,7 +58,7 @@ class FakeTap:
         self._inbox.append(frame)
         self._ready.notify()
 
-    # The bridge side (the Tap protocol).
+    # The site's side (the Tap protocol).
     async def wait_readable(self) -> None:
         await self._ready.wait(lambda: bool(self._inbox))
 

@@ -2,8 +2,9 @@
 
 Setup flow (``BridgePlumbing.setup``), every change through rtnetlink (pyroute2):
   1. the namespace must exist (pyroute2 would silently create a missing one);
-  2. bridge: reuse it if it exists (it must be of kind "bridge"), else create it with
-     STP off and forward delay 0 so that new ports forward at once;
+  2. bridge: reuse it if it exists (it must be of kind "bridge"; one carrying our
+     ``marker`` alias is ours to remove), else create it with STP off and forward
+     delay 0 so that new ports forward at once, and mark it;
   3. tap: set its MTU to ``mtu``, enslave it, bring it up;
   4. each interface: it must exist and have no other master; raise its MTU to ``mtu``
      when lower (a higher MTU is left alone), enslave it, bring it up;
@@ -62,7 +63,9 @@ class BridgePlumbing:
 
     Use as ``with BridgePlumbing(...) as plumb:`` or call ``setup()`` and
     ``teardown()``.  ``netns=None`` means the namespace of the calling thread.
-    ``created`` tells whether setup created the bridge.
+    ``created`` tells whether the bridge is ours: setup created it (with the
+    alias ``marker``), or it already carried ``marker`` - left by a killed
+    l2bridge of the same site; either way it is deleted on exit.
     """
 
     def __init__(

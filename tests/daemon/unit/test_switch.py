@@ -475,9 +475,17 @@ def test_entries_are_frozen_and_sorted() -> None:
 
 
 class NaiveSwitch:
-    """DESIGN §2 written for clarity: one dict of stored rows, full scans."""
+    """DESIGN §2 written for clarity: one dict of stored rows, full scans.
 
-    def __init__(self, hub: bool, ageing_s: float, max_entries: int, per_peer: int, max_frame: int):
+    Layer-2 policy: a peer may never claim a ``pinned`` source, nor one outside
+    its port's ``allowed`` list (a port missing from ``allowed`` may use any).
+    """
+
+    def __init__(self, hub: bool, ageing_s: float, max_entries: int, per_peer: int, max_frame: int,
+                 pinned: frozenset[bytes] = frozenset(),
+                 allowed: dict[int, frozenset[bytes]] | None = None):
+        self.pinned = pinned
+        self.allowed = allowed or {}
         self.hub = hub
         self.ageing_s = ageing_s
         self.max_entries = max_entries
@@ -521,19 +529,23 @@ class NaiveSwitch:
             counts[row[0]] = counts.get(row[0], 0) + 1
         return min(counts, key=lambda p: (-counts[p], p))
 
-    def learn(self, vlan: int, mac: bytes, port: int, now: float) -> None:
+    def learn(self, vlan: int, mac: bytes, port: int, now: float) -> Drop | None:
+        if port != TAP and mac in self.pinned:
+            return Drop.PINNED_MAC
+        if port in self.allowed and mac not in self.allowed[port]:
+            return Drop.MAC_NOT_ALLOWED
         if self.ageing_s == 0:
-            return
+            return None
         key = (vlan, mac)
         old = self.live(vlan, mac, now)
         if old == port:
             self.rows[key][1] = now
-            return
+            return None
         if old is not None:
             self.make_room(port, now)
             self.rows[key] = [port, now]
             self.counters["moved"] += 1
-            return
+            return None
         if key in self.rows:
             del self.rows[key]
             self.counters["expired"] += 1
@@ -544,6 +556,7 @@ class NaiveSwitch:
                 self.evict_lru(self.biggest())
         self.rows[key] = [port, now]
         self.counters["learned"] += 1
+        return None
 
     def validate(self, f: bytes) -> Drop | None:
         if len(f) < 14:
@@ -569,10 +582,9 @@ class NaiveSwitch:
         return Drop.LOCAL_DEST if where == TAP else where
 
     def ingress(self, f: bytes, port: int, now: float) -> int | Drop:
-        bad = self.validate(f)
+        bad = self.validate(f) or self.learn(vlan_id(f), f[6:12], port, now)
         if bad is not None:
             return bad
-        self.learn(vlan_id(f), f[6:12], port, now)
         if not self.hub:
             return TAP
         if f[0] & 1:
@@ -629,16 +641,22 @@ class SwitchVersusModel(RuleBasedStateMachine):
         ageing_s=st.sampled_from([0.0, 1.0, 2.0, 3.0]),
         max_entries=st.integers(1, 6),
         per_peer=st.integers(1, 3),
+        pinned=st.sampled_from([frozenset(), frozenset({A})]),
+        allowed=st.sampled_from([{}, {P3: frozenset({X, Y})}, {P2: frozenset({A, X})}]),
     )
-    def setup(self, hub: bool, ageing_s: float, max_entries: int, per_peer: int) -> None:
-        args = (hub, ageing_s, max_entries, per_peer, MAX_FRAME)
+    def setup(self, hub: bool, ageing_s: float, max_entries: int, per_peer: int,
+              pinned: frozenset[bytes], allowed: dict[int, frozenset[bytes]]) -> None:
+        args = (hub, ageing_s, max_entries, per_peer, MAX_FRAME, pinned, allowed)
         self.sw = Switch(
             hub=hub,
             ageing_s=ageing_s,
             max_entries=max_entries,
             max_entries_per_peer=per_peer,
             max_frame=MAX_FRAME,
+            pinned=pinned,
         )
+        for port, macs in allowed.items():
+            self.sw.set_port_policy(port, allowed=macs)
         self.model = NaiveSwitch(*args)
         self.now = 1000.0
 
@@ -710,3 +728,23 @@ def test_a_port_cap_overrides_the_per_peer_default() -> None:
     assert sw.port_count(P1) == 4 and sw.port_count(P2) == 2
     with pytest.raises(ValueError):
         sw.set_port_cap(0, 5)
+
+
+def test_pinned_macs_are_local_and_never_learned_from_a_peer() -> None:
+    sw = Switch(pinned=frozenset({A}))
+    assert sw.ingress(frame(BROADCAST_MAC, A), P1, 0.0) is Drop.PINNED_MAC  # not even once
+    assert sw.lookup(0, A, 0.0) is None
+    assert sw.egress(frame(BROADCAST_MAC, A), 1.0) == FLOOD  # the local host speaks
+    assert sw.ingress(frame(BROADCAST_MAC, A), P1, 2.0) is Drop.PINNED_MAC  # no move away
+    assert sw.lookup(0, A, 2.0) == TAP
+
+
+def test_a_ports_allow_list_is_checked_where_a_source_is_learned() -> None:
+    sw = Switch(ageing_s=10.0)
+    sw.set_port_policy(P1, allowed=frozenset({X}), cap=5)
+    assert sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0) is Drop.MAC_NOT_ALLOWED
+    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0) == TAP  # other ports: any source
+    no_learning = Switch(ageing_s=0.0)
+    no_learning.set_port_policy(P1, allowed=frozenset({X}))
+    assert no_learning.ingress(frame(BROADCAST_MAC, Y), P1, 0.0) is Drop.MAC_NOT_ALLOWED
