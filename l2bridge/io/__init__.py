@@ -1,2 +1,2 @@
 """The kernel edges: the tap, the UDP sockets, netlink plumbing, CPU latency QoS,
-and the in-memory fakes that stand in for them in tests."""
+supervised child processes, and the in-memory fakes that stand in for them in tests."""

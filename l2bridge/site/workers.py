@@ -45,6 +45,7 @@ from l2bridge.core.caps import Capabilities
 from l2bridge.core.config import SiteConfig, config_from_dict
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import L2bridgeError
+from l2bridge.io import proc
 from l2bridge.site import events
 from l2bridge.site.site import Site
 
@@ -82,7 +83,7 @@ class Leader:
         self.secrets = secrets
         self.lanes = site.state.caps.lanes
         self.channels: dict[int, trio.socket.SocketType] = {}
-        self.processes: dict[int, trio.Process] = {}
+        self.processes: dict[int, proc.Child] = {}
         self.statuses: dict[int, dict] = {}
         self._sent: dict[str, tuple] = {}
 
@@ -93,12 +94,12 @@ class Leader:
             for lane in range(1, self.lanes):
                 mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 try:
-                    process = await self._spawn(lane, tap_fds[lane], socks[lane], theirs)
+                    child = await self._spawn(lane, tap_fds[lane], socks[lane], theirs)
                 finally:
                     theirs.close()
-                self.processes[lane] = process
+                self.processes[lane] = child
                 self.channels[lane] = channel = trio.socket.from_stdlib_socket(mine)
-                nursery.start_soon(self._watch, lane, process)
+                nursery.start_soon(self._watch, lane, child)
                 with contextlib.suppress(OSError):  # it is exiting: its watcher names it
                     await channel.send(encode(self._setup()))
             with trio.move_on_after(READY_TIMEOUT_S) as waiting:
@@ -123,26 +124,21 @@ class Leader:
                 "secrets": self.secrets.to_json(), "caps": state.caps.to_json()}
 
     async def _spawn(self, lane: int, tap_fd: int, sock: socket.socket,
-                     channel: socket.socket) -> trio.Process:
+                     channel: socket.socket) -> proc.Child:
         argv = [sys.executable, "-m", "l2bridge.site.worker", "--lane", str(lane),
                 "--tap-fd", str(tap_fd), "--sock-fd", str(sock.fileno()),
                 "--channel-fd", str(channel.fileno())]
-        return await trio.lowlevel.open_process(
-            argv, pass_fds=(tap_fd, sock.fileno(), channel.fileno()), start_new_session=True
-        )
+        return await proc.start(argv, name=f"worker {lane}",
+                                pass_fds=(tap_fd, sock.fileno(), channel.fileno()))
 
-    async def _watch(self, lane: int, process: trio.Process) -> None:
+    async def _watch(self, lane: int, child: proc.Child) -> None:
         try:
-            status = await process.wait()
+            status = await child.wait()
         finally:
-            if process.returncode is None:  # we are stopping: give it a moment, then kill
-                with trio.move_on_after(STOP_GRACE_S) as scope:
-                    scope.shield = True
-                    self._close(lane)
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-        raise WorkerError(f"worker {lane} (pid {process.pid}) exited with status {status}; "
+            if child.running:  # we are stopping: a follower exits when its channel closes
+                self._close(lane)
+            await child.stop(None, grace_s=STOP_GRACE_S)  # then SIGKILL, after the grace
+        raise WorkerError(f"worker {lane} (pid {child.pid}) exited with status {status}; "
                           "the site stops (see its log lines above)")
 
     def _close(self, lane: int) -> None:

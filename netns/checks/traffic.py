@@ -16,8 +16,9 @@ Process flow (every tool):
     ``pread`` so the offset the child writes at never moves under it;
  4. wait for it under a deadline (readiness of daemons is polled from
     ``/proc/PID/net/{tcp,udp}`` or from the tool's own "listening" line);
- 5. finally - normal exit, timeout, error or cancellation alike - kill it and
-    reap it inside a shielded scope: no process outlives its primitive.
+ 5. finally - normal exit, timeout, error or cancellation alike - kill its
+    process group and reap it inside a shielded scope (``l2bridge.io.proc``):
+    no process outlives its primitive.
 
 Raw frames: sockets are opened inside the namespace on a worker thread
 (``in_netns`` switches that thread only) and then used from the trio thread;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
@@ -36,7 +38,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -46,6 +47,7 @@ from typing import IO, Any
 import trio
 
 from l2bridge.errors import L2bridgeError
+from l2bridge.io import proc
 from netns.checks.frames import ETH_HLEN, TPID_8021Q, insert_vlan_tag, parse_pcap
 from netns.realise.nsenter import in_netns, netns_path, netns_preexec
 
@@ -172,20 +174,21 @@ def _require_netns(ns: str) -> None:
 
 
 class _Child:
-    """A tool running in a namespace, its output going to temporary files."""
+    """A tool running in a namespace (``l2bridge.io.proc``), its output in temporary files."""
 
-    def __init__(
-        self, proc: trio.Process, out: IO[bytes], err: IO[bytes], ns: str, name: str
-    ) -> None:
-        self.proc = proc
-        self.ns = ns
-        self.name = name
+    def __init__(self, child: proc.Child, out: IO[bytes], err: IO[bytes]) -> None:
+        self.child = child
         self._out = out
         self._err = err
 
     @property
+    def proc(self) -> trio.Process:
+        """The tool's process (``proc.returncode`` once it exited)."""
+        return self.child.process
+
+    @property
     def running(self) -> bool:
-        return self.proc.poll() is None
+        return self.child.running
 
     def stdout(self) -> str:
         return _read_all(self._out)
@@ -196,79 +199,49 @@ class _Child:
     async def wait(self, timeout_s: float) -> bool:
         """Wait for the tool to exit by itself; False when ``timeout_s`` passed first."""
         with trio.move_on_after(timeout_s):
-            await self.proc.wait()
+            await self.child.wait()
         return not self.running
 
     async def stop(self, sig: int = signal.SIGKILL, grace_s: float = STOP_GRACE_S) -> None:
         """Send ``sig``, give the tool ``grace_s`` to exit, then SIGKILL; always reaps.
 
-        The tool leads its own session, so signals go to its whole process
-        group: a helper it started (udhcpc's script) is stopped along with it.
+        Signals go to its whole process group: a helper it started (udhcpc's
+        script) is stopped along with it, even when the caller is cancelled.
         """
-        with trio.CancelScope(shield=True):
-            if self.running and sig != signal.SIGKILL:
-                self._signal_group(sig)
-                with trio.move_on_after(grace_s):
-                    await self.proc.wait()
-            self._signal_group(signal.SIGKILL)
-            await self.proc.wait()
-            # SIGKILL is asynchronous: wait (bounded) until no member still runs.
-            with trio.move_on_after(grace_s):
-                while _group_running(self.proc.pid):
-                    await trio.sleep(READY_POLL_S)
+        await self.child.stop(sig, grace_s)
 
-    def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
-
-    def failure(self, what: str) -> TrafficError:
-        """A one-line error naming the tool, namespace, exit status and last stderr line."""
-        lines = [line for line in self.stderr().splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else "no error output"
-        return TrafficError(
-            f"{self.name} in {self.ns}: {what} (exit status {self.proc.returncode}): {last}"
-        )
+    def failure(self, what: str) -> L2bridgeError:
+        """A one-line ``TrafficError`` naming the tool, namespace, exit status, last stderr line."""
+        return self.child.failure(what)
 
     async def wait_stderr(self, text: str, timeout_s: float) -> None:
         """Poll until ``text`` appears on stderr; ``TrafficError`` if it exits or times out."""
-        with trio.move_on_after(timeout_s):
-            while text not in self.stderr():
-                if not self.running:
-                    raise self.failure(f"exited before printing {text!r}")
-                await trio.sleep(READY_POLL_S)
-            return
-        raise self.failure(f"did not print {text!r} within {timeout_s:g} s")
+
+        async def printed() -> bool:
+            return text in self.stderr()
+
+        await self.child.wait_ready(printed, deadline=trio.current_time() + timeout_s,
+                                    until=f"printing {text!r}", poll_s=READY_POLL_S,
+                                    late=f"did not print {text!r} within {timeout_s:g} s")
 
     async def wait_listening(self, proto: str, port: int, timeout_s: float) -> None:
         """Poll ``/proc/PID/net/<proto>{,6}`` until the tool itself has ``port`` open."""
-        with trio.move_on_after(timeout_s):
-            while not _port_open(self.proc.pid, proto, port):
-                if not self.running:
-                    raise self.failure(f"exited before listening on {proto} port {port}")
-                await trio.sleep(READY_POLL_S)
-            return
-        raise self.failure(f"not listening on {proto} port {port} within {timeout_s:g} s")
+        pid = self.child.pid
+
+        async def listening() -> bool:
+            return _port_open(pid, proto, port)
+
+        await self.child.wait_ready(
+            listening, deadline=trio.current_time() + timeout_s, poll_s=READY_POLL_S,
+            until=f"listening on {proto} port {port}",
+            late=f"not listening on {proto} port {port} within {timeout_s:g} s",
+        )
 
 
-def _group_running(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+def _last_error_line(err: IO[bytes]) -> str:
+    """How a tool's failure ends: its last non-empty line on stderr."""
+    lines = [line for line in _read_all(err).splitlines() if line.strip()]
+    return ": " + (lines[-1].strip() if lines else "no error output")
 
 
 def _read_all(f: IO[bytes]) -> str:
@@ -335,19 +308,19 @@ async def _spawn(ns: str, argv: Sequence[str]) -> AsyncIterator[_Child]:
     """Start ``argv`` inside ``ns``; on leaving the block it is killed and reaped."""
     _require_netns(ns)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = await trio.lowlevel.open_process(
-            list(argv),
-            stdin=subprocess.DEVNULL,
+        child = await proc.start(
+            argv,
+            name=f"{os.path.basename(argv[0])} in {ns}",
             stdout=out,
             stderr=err,
-            preexec_fn=netns_preexec(ns),
-            start_new_session=True,
+            preexec=netns_preexec(ns),
+            error=TrafficError,
+            detail=functools.partial(_last_error_line, err),
         )
-        child = _Child(proc, out, err, ns, os.path.basename(argv[0]))
         try:
-            yield child
+            yield _Child(child, out, err)
         finally:
-            await child.stop()
+            await child.stop(signal.SIGKILL, STOP_GRACE_S)
 
 
 async def _run(ns: str, argv: Sequence[str], timeout_s: float) -> CommandResult:

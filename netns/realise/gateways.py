@@ -9,7 +9,8 @@ l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. spawn
 ``python -m l2bridge up -c CONFIG`` inside the gateway namespace (own session, so
 a terminal's Ctrl-C reaches only the runner, which then tears down in order),
 output to ``RUNDIR/<site>.log``  3. READY when the control socket answers
-``{"cmd": "show"}``; an early exit fails with the tail of the log.
+``{"cmd": "show"}``; an early exit fails with its status and the tail of the log
+4. stop: SIGTERM, then SIGKILL after a grace; kill: SIGKILL (``l2bridge.io.proc``).
 
 vxlan flow: 1. bridge ``br0`` (STP off, forward delay 0) in the gateway namespace
 2. VXLAN devices from the plan (learning on, an all-zero fdb entry per remote for
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from typing import Any, Protocol
 
@@ -31,10 +31,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.core import keys
 from l2bridge.errors import L2bridgeError
+from l2bridge.io import proc
 from netns.describe.plan import VXLAN_PORT, SitePlan
 from netns.realise.build import is_missing, netlink
 from netns.realise.nsenter import netns_preexec
-from netns.realise.proclog import log_tail
 
 READY_POLL_S = 0.05
 CONTROL_TIMEOUT_S = 2.0
@@ -97,11 +97,16 @@ class L2bridgeGateway:
     def __init__(self, site: SitePlan, *, detached: bool = False) -> None:
         self.site = site
         self.detached = detached
-        self.process: trio.Process | None = None
+        self.child: proc.Child | None = None
 
     @property
     def command(self) -> list[str]:
         return [sys.executable, "-m", "l2bridge", "up", "-c", self.site.config_path]
+
+    @property
+    def process(self) -> trio.Process | None:
+        """The running ``l2bridge up``, for whoever watches it (None before ``start``)."""
+        return self.child.process if self.child is not None else None
 
     async def start(self) -> None:
         with open(self.site.config_path, "w") as f:
@@ -115,56 +120,40 @@ class L2bridgeGateway:
             p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p
         )
         with open(self.site.log_path, "ab") as log:
-            self.process = await trio.lowlevel.open_process(
+            self.child = await proc.start(
                 self.command,
-                stdin=subprocess.DEVNULL,
+                name=f"gateway {self.site.name}",
                 stdout=log,
                 stderr=log,
-                preexec_fn=netns_preexec(self.site.gw_ns),
-                start_new_session=True,
+                preexec=netns_preexec(self.site.gw_ns),
                 env=env,
                 cwd=PROJECT_ROOT,
+                error=GatewayError,
+                detail=proc.log_detail(self.site.log_path, LOG_TAIL_LINES),
             )
 
     async def wait_ready(self, deadline: float) -> None:
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise GatewayError(
-                    f"gateway {self.site.name}: l2bridge exited with status "
-                    f"{self.process.returncode} before it was ready; log "
-                    f"{self.site.log_path}:{self.log_tail()}"
-                )
-            try:
-                await query_control(self.site.control_path)
-                return
-            except (OSError, trio.TooSlowError, ValueError, GatewayError):
-                pass
-            if trio.current_time() >= deadline:
-                raise GatewayError(
-                    f"gateway {self.site.name}: control socket {self.site.control_path} did "
-                    f"not answer in time; log {self.site.log_path}:{self.log_tail()}"
-                )
-            await trio.sleep(READY_POLL_S)
+        if self.child is None:
+            raise GatewayError(f"gateway {self.site.name}: not started")
+        path = self.site.control_path
 
-    def log_tail(self) -> str:
-        return log_tail(self.site.log_path, LOG_TAIL_LINES)
+        async def answers() -> bool:
+            try:
+                await query_control(path)
+            except (OSError, trio.TooSlowError, ValueError, GatewayError):
+                return False
+            return True
+
+        await self.child.wait_ready(answers, deadline=deadline, poll_s=READY_POLL_S,
+                                    late=f"control socket {path} did not answer in time")
 
     async def kill(self) -> None:
-        await self._signal_and_wait(signal.SIGKILL, grace_s=STOP_GRACE_S)
+        if self.child is not None:
+            await self.child.stop(signal.SIGKILL, grace_s=STOP_GRACE_S)
 
     async def stop(self) -> None:
-        if not await self._signal_and_wait(signal.SIGTERM, grace_s=STOP_GRACE_S):
-            await self._signal_and_wait(signal.SIGKILL, grace_s=STOP_GRACE_S)
-
-    async def _signal_and_wait(self, sig: int, *, grace_s: float) -> bool:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return True
-        proc.send_signal(sig)
-        with trio.move_on_after(grace_s):
-            await proc.wait()
-            return True
-        return False
+        if self.child is not None:
+            await self.child.stop(signal.SIGTERM, grace_s=STOP_GRACE_S)
 
     async def show(self) -> dict[str, Any]:
         return await query_control(self.site.control_path)

@@ -8,8 +8,10 @@ and the delay relays as processes in the WAN namespace (what is planned in impai
 - ``RelayProcess``: ``python -m netns.realise.relay`` in the WAN namespace, in its own
   session (it outlives the runner of a detached lab), output appended to
   ``RUNDIR/relay-<site>.log``.  ``start`` returns once the relay printed
-  ``ready`` (both legs open), ``stop`` is SIGTERM then SIGKILL, bounded, and
-  ``kill_now`` is the synchronous undo registered as soon as the process exists.
+  ``ready`` (both legs open; an early exit is named with its status and the
+  log's tail), ``stop`` is SIGTERM then SIGKILL, bounded, and ``kill_now`` is
+  the synchronous undo registered as soon as the process exists
+  (``l2bridge.io.proc`` supervises it).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import trio
 from pyroute2 import IPRoute
 
 from l2bridge.errors import L2bridgeError
+from l2bridge.io import proc
 from netns.describe.impair import AddTbf, NftRuleset, RelayPlan
 from netns.realise.nsenter import netns_preexec
-from netns.realise.proclog import log_tail
 from netns.realise.relay import READY_LINE
 
 NFT_TIMEOUT_S = 10.0
@@ -66,49 +68,41 @@ class RelayProcess:
 
     def __init__(self, plan: RelayPlan) -> None:
         self.plan = plan
-        self.process: trio.Process | None = None
+        self.child: proc.Child | None = None
 
     async def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
         with open(self.plan.log_path, "ab") as log:
-            self.process = await trio.lowlevel.open_process(
-                self.plan.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=log, preexec_fn=netns_preexec(self.plan.ns), start_new_session=True,
-                env=env, cwd=PROJECT_ROOT,
+            self.child = child = await proc.start(
+                self.plan.argv(), name=f"relay {self.plan.site}", stdout=subprocess.PIPE,
+                stderr=log, preexec=netns_preexec(self.plan.ns), env=env, cwd=PROJECT_ROOT,
+                error=WanError, detail=proc.log_detail(self.plan.log_path, LOG_TAIL_LINES),
             )
-        stdout = self.process.stdout
+        stdout = child.process.stdout
         assert stdout is not None
-        seen = b""
-        with trio.move_on_after(RELAY_READY_TIMEOUT_S):
-            while b"\n" not in seen:
-                chunk = await stdout.receive_some(64)
-                if not chunk:
-                    break
-                seen += chunk
-        await stdout.aclose()
-        if seen.split(b"\n")[0].decode(errors="replace") != READY_LINE:
-            self.kill_now()
-            raise WanError(f"relay {self.plan.site}: not ready within "
-                           f"{RELAY_READY_TIMEOUT_S:g} s; log {self.plan.log_path}:"
-                           f"{self.log_tail()}")
+        seen = bytearray()
+
+        async def printed_ready() -> bool:
+            seen.extend(await stdout.receive_some(64))  # b"" once it closed stdout or exited
+            first, newline, _ = seen.partition(b"\n")
+            return bool(newline) and first.decode(errors="replace") == READY_LINE
+
+        try:
+            await child.wait_ready(printed_ready,
+                                   deadline=trio.current_time() + RELAY_READY_TIMEOUT_S,
+                                   late=f"not ready within {RELAY_READY_TIMEOUT_S:g} s")
+        except WanError:
+            child.kill_now()
+            raise
+        finally:
+            await stdout.aclose()
 
     def kill_now(self) -> None:
-        """SIGKILL, if still running (the undo; ``stop`` is the graceful way)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL to its process group (the undo; ``stop`` is the graceful way)."""
+        if self.child is not None:
+            self.child.kill_now()
 
     async def stop(self) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(RELAY_STOP_GRACE_S):
-            await proc.wait()
-            return
-        proc.kill()
-        with trio.move_on_after(RELAY_STOP_GRACE_S):
-            await proc.wait()
-
-    def log_tail(self) -> str:
-        return log_tail(self.plan.log_path, LOG_TAIL_LINES)
+        if self.child is not None:
+            await self.child.stop(signal.SIGTERM, grace_s=RELAY_STOP_GRACE_S)

@@ -13,6 +13,7 @@ import trio
 from l2bridge.core.caps import Capabilities
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import sole_cause
+from l2bridge.io import proc
 from l2bridge.site.workers import Leader, WorkerError
 
 
@@ -24,10 +25,9 @@ def leader_with(script: str) -> Leader:
     site = types.SimpleNamespace(state=state)
     leader = Leader(site, Secrets(None, {}))  # type: ignore[arg-type]
 
-    async def spawn(lane: int, tap_fd: int, sock: object, channel: socket.socket):
-        return await trio.lowlevel.open_process(
-            [sys.executable, "-c", script, str(channel.fileno())], pass_fds=(channel.fileno(),)
-        )
+    async def spawn(lane: int, tap_fd: int, sock: object, channel: socket.socket) -> proc.Child:
+        return await proc.start([sys.executable, "-c", script, str(channel.fileno())],
+                                name=f"worker {lane}", pass_fds=(channel.fileno(),))
 
     leader._spawn = spawn  # type: ignore[method-assign]
     return leader
