@@ -7,7 +7,8 @@ whose ``str()`` is one line naming what failed, where, and what to do, and whose
 
     L2bridgeError                 runtime failure (exit 1)
     ├── UsageError                bad input: config, scenario, keys, paths (exit 2)
-    │     ConfigError, KeyFormatError, ControlPathError, ScenarioError, PreflightError
+    │     SchemaError (ConfigError, ScenarioError), KeyFormatError, ControlPathError,
+    │     PreflightError
     ├── KernelError               the kernel refused (errno attached)
     │     TapError, NetctlError, TransportError, PmQosError
     ├── PeerError                 a peer or its endpoint misbehaves

@@ -368,22 +368,22 @@ def test_toml_duplicate_table() -> None:
 
 def test_missing_site() -> None:
     assert error_of('[[peer]]\nname = "x"\n') == (
-        'site.toml: -: missing [site] table; expected [site] with name = "..."'
+        'site.toml: site: missing required key; expected a table [site] with name = "..."'
     )
 
 
 def test_site_not_a_table() -> None:
     assert error_of('site = "london"\n') == (
-        'site.toml: site: expected a table [site], found a string ("london")'
+        'site.toml: site: expected a table [site] with name = "...", found a string ("london")'
     )
     assert error_of('[[site]]\nname = "x"\n') == (
-        "site.toml: site: expected a table [site], found an array"
+        'site.toml: site: expected a table [site] with name = "...", found an array'
     )
 
 
 def test_unknown_top_level_key() -> None:
     assert error_of(MINIMAL + '[[peers]]\nname = "x"\n') == (
-        'site.toml: -: unknown key "peers" (did you mean "peer"?)'
+        'site.toml: peers: unknown key "peers" (did you mean "peer"?)'
     )
 
 
@@ -392,13 +392,13 @@ def test_unknown_top_level_key() -> None:
 
 def test_unknown_site_key_suggests_closest() -> None:
     assert site_error("ageng = 3") == (
-        'site.toml: site: unknown key "ageng" (did you mean "ageing"?)'
+        'site.toml: site.ageng: unknown key "ageng" (did you mean "ageing"?)'
     )
 
 
 def test_unknown_site_key_without_suggestion() -> None:
     assert site_error("zzz = 3") == (
-        'site.toml: site: unknown key "zzz"; expected one of ' + ", ".join(SITE_KEYS)
+        'site.toml: site.zzz: unknown key "zzz"; expected one of ' + ", ".join(SITE_KEYS)
     )
 
 
@@ -411,7 +411,8 @@ def test_missing_name() -> None:
 
 @pytest.mark.parametrize(
     ("value", "found"),
-    [('""', '""'), ('"lon don"', '"lon don"'), ('"' + "x" * 33 + '"', '"' + "x" * 33 + '"'),
+    [('""', '""'), ('"lon don"', '"lon don"'),
+     ('"' + "x" * 33 + '"', '"' + "x" * 33 + '" (33 characters)'),
      ('"café"', '"caf\\u00e9"')],
 )
 def test_bad_site_name(value: str, found: str) -> None:
@@ -454,10 +455,12 @@ def test_name_wrong_type() -> None:
             'site.listen: expected an address like "0.0.0.0:55555" or "[::]:55555",'
             " found an integer (55555)",
         ),
-        ('log_level = 3', "site.log_level: expected one of debug, info, warning, error,"
+        ('log_level = 3', 'site.log_level: expected one of "debug", "info", "warning", "error",'
          " found an integer (3)"),
-        ("control = false", "site.control: expected a unix socket path, found a boolean (false)"),
-        ("bridge = 0", "site.bridge: expected an interface name, found an integer (0)"),
+        ("control = false", "site.control: expected a unix socket path of 1 to 107 bytes"
+         " without NUL, found a boolean (false)"),
+        ("bridge = 0", "site.bridge: expected a Linux interface name of 1 to 15 bytes"
+         " without / : or spaces, found an integer (0)"),
     ],
 )
 def test_wrong_types(body: str, message: str) -> None:
@@ -508,7 +511,7 @@ def test_wrong_types(body: str, message: str) -> None:
         ),
         (
             'log_level = "INFO"',
-            'site.log_level: expected one of debug, info, warning, error, found "INFO"',
+            'site.log_level: expected one of "debug", "info", "warning", "error", found "INFO"',
         ),
     ],
 )
@@ -558,7 +561,7 @@ IFNAME_RULE = "expected a Linux interface name of 1 to 15 bytes without / : or s
 @pytest.mark.parametrize(
     ("value", "found"),
     [
-        ('""', "an empty string"),
+        ('""', '""'),
         ('"a-very-long-name"', '"a-very-long-name" (16 bytes)'),
         ('"ééééééé12"', '"\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e912" (16 bytes)'),
         ('"br/0"', '"br/0"'),
@@ -609,7 +612,7 @@ def test_interfaces_wrong_types() -> None:
         ' found a string ("eth1")'
     )
     assert site_error('interfaces = ["eth1", 2]') == (
-        "site.toml: site.interfaces[1]: expected an interface name, found an integer (2)"
+        f"site.toml: site.interfaces[1]: {IFNAME_RULE}, found an integer (2)"
     )
 
 
@@ -646,10 +649,10 @@ def test_peer_wrong_types() -> None:
 
 def test_peer_unknown_key() -> None:
     assert error_of(MINIMAL + '[[peer]]\nname = "a"\n[[peer]]\nname = "b"\nendpiont = "x:1"\n') == (
-        'site.toml: peer[1]: unknown key "endpiont" (did you mean "endpoint"?)'
+        'site.toml: peer[1].endpiont: unknown key "endpiont" (did you mean "endpoint"?)'
     )
     assert error_of(MINIMAL + '[[peer]]\nname = "a"\nkey = "x"\n') == (
-        'site.toml: peer[0]: unknown key "key"; expected one of ' + ", ".join(PEER_KEYS)
+        'site.toml: peer[0].key: unknown key "key"; expected one of ' + ", ".join(PEER_KEYS)
     )
 
 
@@ -811,12 +814,13 @@ def test_secure_is_the_default_and_keys_are_decoded() -> None:
     ("text", "message"),
     [
         ('[site]\nname = "london"\n',
-         "site.toml: site.private_key_file: missing; expected the path of this site's private"
-         " key (make one with 'l2bridge genkey > /etc/l2bridge/london.key'), or insecure = true"
-         " for a cleartext lab link"),
+         "site.toml: site.private_key_file: missing required key; expected the path of this"
+         " site's private key (make one with 'l2bridge genkey > /etc/l2bridge/london.key'),"
+         " or insecure = true for a cleartext lab link"),
         (SECURE + '[[peer]]\nname = "b"\n',
-         "site.toml: peer[0].public_key: missing; expected the peer's public key (on the peer:"
-         " 'l2bridge pubkey < its.key'), or insecure = true in [site] for a cleartext lab link"),
+         "site.toml: peer[0].public_key: missing required key; expected the peer's public key"
+         " (on the peer: 'l2bridge pubkey < its.key'), or insecure = true in [site] for a"
+         " cleartext lab link"),
         (SECURE + '[[peer]]\nname = "b"\npublic_key = "AAAA"\n', "peer[0].public_key: "),
         (SECURE + '[[peer]]\nname = "b"\npublic_key = "' + "A" * 43 + '="\n',
          "site.toml: peer[0].public_key: a low-order point (no shared secret possible);"
@@ -826,13 +830,13 @@ def test_secure_is_the_default_and_keys_are_decoded() -> None:
          "site.toml: peer[1].public_key: the same key as peer[0].public_key;"
          " each peer has its own"),
         (SECURE + 'pinned_macs = ["01:00:5e:00:00:01"]\n',
-         'site.toml: site.pinned_macs[0]: expected a unicast MAC address,'
-         ' found "01:00:5e:00:00:01"'),
+         'site.toml: site.pinned_macs[0]: expected a unicast MAC address like'
+         ' "02:00:00:00:00:01", found "01:00:5e:00:00:01"'),
         (SECURE + 'pinned_macs = "02:00:00:00:00:01"\n',
-         "site.toml: site.pinned_macs: expected an array of MAC addresses,"
-         ' found a string ("02:00:00:00:00:01")'),
+         'site.toml: site.pinned_macs: expected an array of MAC addresses like'
+         ' ["02:00:00:00:00:01"], found a string ("02:00:00:00:00:01")'),
         (SECURE + f'[[peer]]\nname = "b"\npublic_key = "{PUB_C}"\nallowed_macs = ["nope"]\n',
-         'site.toml: peer[0].allowed_macs[0]: expected a MAC address like'
+         'site.toml: peer[0].allowed_macs[0]: expected a unicast MAC address like'
          ' "02:00:00:00:00:01", found "nope"'),
         (SECURE + f'[[peer]]\nname = "b"\npublic_key = "{PUB_C}"\nmax_macs = 0\n',
          "site.toml: peer[0].max_macs: expected an integer from 1 to 1000000, found 0"),

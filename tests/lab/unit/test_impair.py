@@ -83,17 +83,19 @@ def test_site_link_is_wan_defaults_with_the_sites_own_keys() -> None:
          'lab.toml: site[0].wan.los_percent: unknown key "los_percent" (did you mean '
          '"loss_percent"?)'),
         (sites("wan = { seed = 3 }", ""),
-         'lab.toml: site[0].wan.seed: unknown key "seed" (known keys: delay_ms, '
-         "duplicate_percent, jitter_ms, loss_pattern, loss_percent, mtu, nat, rate_mbit, relay, "
-         "reorder_percent)"),
+         'lab.toml: site[0].wan.seed: unknown key "seed"; expected one of mtu, rate_mbit, '
+         "loss_percent, duplicate_percent, delay_ms, jitter_ms, reorder_percent, loss_pattern, "
+         "relay, nat"),
         (sites("wan = { rate_mbit = 0 }", ""),
-         "lab.toml: site[0].wan.rate_mbit: expected a number in 0.01..10000, found 0.0"),
+         "lab.toml: site[0].wan.rate_mbit: expected a number of Mbit/s from 0.01 to 10000, "
+         "found 0"),
         (sites("wan = { duplicate_percent = true }", ""),
-         "lab.toml: site[0].wan.duplicate_percent: expected a number, found a boolean (true)"),
+         "lab.toml: site[0].wan.duplicate_percent: expected a number from 0 to 100, found a "
+         "boolean (true)"),
         (sites('wan = "slow"', ""),
          'lab.toml: site[0].wan: expected a table, found a string ("slow")'),
         ("[wan]\nseed = -1\n" + sites("", ""),
-         "lab.toml: wan.seed: expected a number in 0..4.29497e+09, found -1"),
+         "lab.toml: wan.seed: expected an integer from 0 to 4294967295, found -1"),
     ],
 )
 def test_bad_link_keys_are_one_exact_line(text: str, message: str) -> None:

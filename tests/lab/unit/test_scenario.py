@@ -91,32 +91,35 @@ to = "berlin.h1"
         ("sites = []\n",
          'lab.toml: sites: unknown key "sites" (did you mean "site"?)'),
         ("[wan]\nmtu = true\n" + TWO_SITES,
-         "lab.toml: wan.mtu: expected an integer, found a boolean (true)"),
+         "lab.toml: wan.mtu: expected an integer from 576 to 9000, found a boolean (true)"),
         ("[wan]\nmtu = 100\n" + TWO_SITES,
-         "lab.toml: wan.mtu: expected a number in 576..9000, found 100"),
+         "lab.toml: wan.mtu: expected an integer from 576 to 9000, found 100"),
         ("[wan]\nloss_percent = 101\n" + TWO_SITES,
-         "lab.toml: wan.loss_percent: expected a number in 0..100, found 101.0"),
+         "lab.toml: wan.loss_percent: expected a number from 0 to 100, found 101"),
         ("[wan]\nipv6 = true\n" + TWO_SITES,
          "lab.toml: wan.ipv6: an IPv6 underlay: not implemented in this version of the lab "
          "(remove the key)"),
         ("[lab]\ngateway = 'gre'\n" + TWO_SITES,
-         'lab.toml: lab.gateway: expected "l2bridge" or "vxlan", found a string (\"gre\")'),
+         'lab.toml: lab.gateway: expected one of "l2bridge", "vxlan", found "gre"'),
         ("[lab]\nkeepalive = 3\ndead_after = 2\n" + TWO_SITES,
-         "lab.toml: lab.dead_after: must be greater than lab.keepalive (3), found 2"),
+         "lab.toml: lab.dead_after: expected more than lab.keepalive (3 s), found 2"),
         ("[[site]]\nname = 'a'\n[[site.host]]\nname = 'h1'\n",
-         "lab.toml: site: expected at least two [[site]] tables, found 1"),
+         "lab.toml: site: expected an array of 2 to 200 tables [[site]], found 1"),
         ("",
-         "lab.toml: site: missing (expected at least two [[site]] tables)"),
+         "lab.toml: site: missing required key; expected an array of 2 to 200 tables [[site]]"),
         (TWO_SITES.replace('"berlin"', '"london"'),
-         'lab.toml: site[1].name: duplicate site name "london" (also site[0])'),
+         'lab.toml: site[1].name: duplicate site name "london" (also site[0].name)'),
         (TWO_SITES + "[[site.host]]\nname = 'h1'\n",
-         'lab.toml: site[1].host[1].name: duplicate host name "h1" (also site[1].host[0])'),
+         'lab.toml: site[1].host[1].name: duplicate host name "h1"'
+         " (also site[1].host[0].name)"),
         (TWO_SITES.replace('"london"', '"headquarters1"'),
-         'lab.toml: site[0].name: name "headquarters1" is 13 chars; at most 12 so interface '
-         "and namespace names stay short (shorten it)"),
+         "lab.toml: site[0].name: expected a name of 1 to 12 characters from a-z 0-9 - "
+         "(the first one a-z),"
+         ' found "headquarters1" (13 characters)'),
         (TWO_SITES.replace('"london"', '"Lon_don"'),
-         'lab.toml: site[0].name: name "Lon_don" must start with a-z and contain only a-z, '
-         '0-9 and "-"'),
+         "lab.toml: site[0].name: expected a name of 1 to 12 characters from a-z 0-9 - "
+         "(the first one a-z),"
+         ' found "Lon_don"'),
         (TWO_SITES.replace('name = "h1"\n\n', 'name = "gw"\n\n', 1),
          'lab.toml: site[0].host[0].name: "gw" is reserved for the site\'s own nodes'),
         (TWO_SITES.replace('name = "h1"\n\n', 'name = "h1"\nipv4 = "10.77.9.9/16"\n\n', 1)
@@ -130,22 +133,24 @@ to = "berlin.h1"
          "lab.toml: site[1].host[0].ipv4: address 10.77.255.255 is the network or broadcast "
          "address of 10.77.0.0/16"),
         (TWO_SITES + 'mac = "01:00:5e:00:00:01"\n',
-         'lab.toml: site[1].host[0].mac: expected a unicast MAC like "02:00:00:00:00:01", '
+         'lab.toml: site[1].host[0].mac: expected a unicast MAC address like "02:00:00:00:00:01", '
          'found "01:00:5e:00:00:01"'),
         (TWO_SITES + "vlan = 4095\n",
-         "lab.toml: site[1].host[0].vlan: expected a number in 1..4094, found 4095"),
+         "lab.toml: site[1].host[0].vlan: expected an integer from 1 to 4094, found 4095"),
         (TWO_SITES.replace('name = "london"', 'name = "london"\nhub = true').replace(
             'name = "berlin"', 'name = "berlin"\nhub = true'),
          "lab.toml: site[1].hub: only one hub site is supported (site[0] is the hub)"),
         (TWO_SITES.replace('name = "london"', 'name = "london"\nl2bridge = { tap = "x" }'),
          'lab.toml: site[0].l2bridge.tap: "tap" is set by the lab itself (remove it)'),
         (TWO_SITES.replace("[[site.host]]\nname = \"h1\"\n\n", "", 1),
-         "lab.toml: site[0].host: expected at least one [[site.host]] table"),
+         "lab.toml: site[0].host: missing required key; expected an array of 1 to 200 tables"
+         " [[site.host]]"),
         (TWO_SITES + "[[check]]\nkind = 'pign'\n",
-         'lab.toml: check[0].kind: unknown check kind "pign" (did you mean "ping"?); known: '
-         + ", ".join(CHECK_SCHEMAS)),
+         "lab.toml: check[0].kind: expected one of "
+         + ", ".join(f'"{kind}"' for kind in CHECK_SCHEMAS)
+         + ', found "pign" (did you mean "ping"?)'),
         (TWO_SITES + "[[check]]\nkind = 'ping'\nfrom = 'london.h1'\n",
-         'lab.toml: check[0].to: missing (expected a host reference "site.host")'),
+         'lab.toml: check[0].to: missing required key; expected a host reference "site.host"'),
         (TWO_SITES + "[[check]]\nkind = 'ping'\nfrom = 'london.h1'\nto = 'paris.h1'\n",
          'lab.toml: check[0].to: no host "paris.h1" (expected "site.host", one of: '
          "berlin.h1, london.h1)"),
@@ -153,13 +158,13 @@ to = "berlin.h1"
          'lab.toml: check[0].to: "to" must differ from "from" (london.h1)'),
         (TWO_SITES + "[[check]]\nkind = 'ping'\nfrom = 'london.h1'\nto = 'berlin.h1'\n"
          "count = '3'\n",
-         'lab.toml: check[0].count: expected an integer, found a string (\"3\")'),
+         'lab.toml: check[0].count: expected an integer from 1 to 1000, found a string ("3")'),
         (TWO_SITES + "[[check]]\nkind = 'restart'\nsite = 'paris'\nfrom = 'london.h1'\n"
          "to = 'berlin.h1'\n",
          'lab.toml: check[0].site: no site "paris" (one of: berlin, london)'),
         ("[[site]\n",
-         "lab.toml: -: TOML syntax error: Expected ']]' at the end of an array declaration "
-         "(at line 1, column 7)"),
+         "lab.toml: -: TOML syntax error at line 1, column 7: Expected ']]' at the end of an "
+         "array declaration"),
     ],
 )
 def test_errors_are_one_exact_line(text: str, expected: str) -> None:
@@ -225,3 +230,67 @@ def test_parse_check_validates_against_the_scenario() -> None:
     assert check.params["size"] == 1472
     with pytest.raises(ScenarioError, match='no host "x.y"'):
         parse_check({"kind": "mtu", "from": "x.y", "to": "berlin.h1"}, scenario)
+
+
+# ---------------------------------------------------------------- the site config's words
+
+SITE_CONFIG = '[site]\nname = "london"\ninsecure = true\n'
+
+
+@pytest.mark.parametrize(
+    ("config_key", "scenario_key", "value", "words"),
+    [
+        ("mtuu", "mtuu", "1500", 'unknown key "mtuu" (did you mean "mtu"?)'),
+        ("mtu", "mtu", "100", "expected an integer from 576 to 9000, found 100"),
+        ("mtu", "mtu", "true", "expected an integer from 576 to 9000, found a boolean (true)"),
+        ("mtu", "mtu", '"1500"',
+         'expected an integer from 576 to 9000, found a string ("1500")'),
+        ("keepalive", "keepalive", "0.01",
+         "expected a number of seconds from 0.1 to %s, found 0.01"),
+    ],
+    ids=["unknown key", "integer out of range", "boolean for an integer", "string for an integer",
+         "seconds out of range"],
+)
+def test_the_same_mistake_reads_the_same_in_a_site_config_and_a_scenario(
+        config_key: str, scenario_key: str, value: str, words: str) -> None:
+    from l2bridge.core.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as config_error:
+        parse_config(f"{SITE_CONFIG}{config_key} = {value}\n", "site.toml")
+    table = "lab" if scenario_key == "keepalive" else "wan"
+    with pytest.raises(ScenarioError) as scenario_error:
+        parse_scenario(f"[{table}]\n{scenario_key} = {value}\n" + TWO_SITES, "lab.toml")
+    assert config_error.value.key == f"site.{config_key}"
+    assert scenario_error.value.key == f"{table}.{scenario_key}"
+    if "%s" in words:  # the same words, each with its own upper bound
+        assert config_error.value.message == words % "3600"
+        assert scenario_error.value.message == words % "60"
+    else:
+        assert config_error.value.message == scenario_error.value.message == words
+
+
+def test_toml_syntax_errors_read_the_same_in_a_site_config_and_a_scenario() -> None:
+    from l2bridge.core.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as config_error:
+        parse_config("[[site]\n", "x.toml")
+    with pytest.raises(ScenarioError) as scenario_error:
+        parse_scenario("[[site]\n", "x.toml")
+    assert str(config_error.value) == str(scenario_error.value) == (
+        "x.toml: -: TOML syntax error at line 1, column 7: Expected ']]' at the end of an array"
+        " declaration"
+    )
+
+
+def test_a_missing_name_reads_the_same_in_a_site_config_and_a_scenario() -> None:
+    from l2bridge.core.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as config_error:
+        parse_config(SITE_CONFIG + "[[peer]]\nendpoint = '192.0.2.1:1'\n", "site.toml")
+    with pytest.raises(ScenarioError) as scenario_error:
+        parse_scenario(TWO_SITES.replace('name = "h1"', "vlan = 3", 1), "lab.toml")
+    assert (config_error.value.key, scenario_error.value.key) == ("peer[0].name",
+                                                                  "site[0].host[0].name")
+    for message, chars in ((config_error.value.message, "32 characters from A-Z a-z 0-9 _ . -"),
+                           (scenario_error.value.message, "12 characters from a-z 0-9 -")):
+        assert message.startswith(f"missing required key; expected a name of 1 to {chars}")
