@@ -40,6 +40,7 @@ File format (every key of [site] but ``name`` is optional)::
     insecure = false                 # true: cleartext, filtered by address only (labs)
     pinned_macs = []                 # MACs that live here: no peer may claim them
     rekey_after = 120                # seconds; all session timers scale with it (tests)
+    metrics = "127.0.0.1:9587"       # optional: serve Prometheus /metrics here
 
     [[peer]]
     name = "berlin"
@@ -82,6 +83,7 @@ from l2bridge.core.wire import MAX_FRAGMENTS
 
 DEFAULT_PORT = 55555
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_METRICS_PORT = 9587
 DEFAULT_BRIDGE = "br0"
 DEFAULT_TAP = "l2b0"
 DEFAULT_MTU = 1500
@@ -182,6 +184,7 @@ class SiteConfig:
     rekey_after_s: float = DEFAULT_REKEY_AFTER_S
     workers: int = field(default_factory=default_workers)
     low_latency: bool = False
+    metrics: Endpoint | None = None  # where /metrics is served (None: nowhere)
     # The parsed TOML this config came from: what the leader hands its followers
     # (they never read the file themselves), and what a reload compares.
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -368,6 +371,10 @@ SITE_SCHEMA: dict[str, Param] = {
     "insecure": schema.boolean(DEFAULT_INSECURE),
     "pinned_macs": _macs([]),
     "rekey_after": _seconds(REKEY_AFTER_MIN_S, DEFAULT_REKEY_AFTER_S, DEFAULT_REKEY_AFTER_S),
+    "metrics": schema.string(  # absent: no metrics server
+        f'an address like "127.0.0.1:{DEFAULT_METRICS_PORT}" or "[::1]:{DEFAULT_METRICS_PORT}"',
+        None, check=lambda text: parse_endpoint(text, ip_only=True),
+    ),
 }
 PEER_SCHEMA: dict[str, Param] = {
     "name": NAME,
@@ -474,6 +481,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         insecure=insecure,
         pinned_macs=frozenset(site["pinned_macs"]),
         rekey_after_s=site["rekey_after"],
+        metrics=site["metrics"],
         document=data,
     )
 

@@ -93,6 +93,7 @@ class PeerTable:
         self.keepalive_s = keepalive_s
         self.dead_after_s = dead_after_s
         self.retry_s = min(DOWN_RETRY_MAX_S, keepalive_s)
+        self._high = max(self.by_port, default=0)  # the highest port ever used
         # Live peers in port order: the flood list, rebuilt only on state changes.
         self.live: list[Peer] = []
 
@@ -125,6 +126,41 @@ class PeerTable:
         peer.went_up_at = now
         self._rebuild_live()
         return True
+
+    def add(self, peer: Peer) -> None:
+        """A peer a reload added (its port must be new)."""
+        if peer.port in self.by_port or peer.name in self.by_name:
+            raise ValueError(f"peer {peer.name} (port {peer.port}) is already in the table")
+        self.by_port[peer.port] = peer
+        self.by_name[peer.name] = peer
+        if peer.addr is not None:
+            self.by_addr[peer.addr] = peer
+
+    def remove(self, peer: Peer) -> None:
+        """A peer a reload removed: it is in no index and no flood list any more."""
+        self.by_port.pop(peer.port, None)
+        self.by_name.pop(peer.name, None)
+        if peer.addr is not None and self.by_addr.get(peer.addr) is peer:
+            del self.by_addr[peer.addr]
+        self._rebuild_live()
+
+    def unbind(self, peer: Peer) -> None:
+        """Forget where ``peer`` is (its endpoint changed: it is resolved again)."""
+        if peer.addr is not None and self.by_addr.get(peer.addr) is peer:
+            del self.by_addr[peer.addr]
+        peer.addr = None
+
+    def set_timers(self, *, keepalive_s: float, dead_after_s: float) -> None:
+        """The site's keepalive and dead-after (a reload changed them)."""
+        self.keepalive_s = keepalive_s
+        self.dead_after_s = dead_after_s
+        self.retry_s = min(DOWN_RETRY_MAX_S, keepalive_s)
+
+    def next_port(self) -> int:
+        """A port number no peer has, nor had in this table (entries may still name it)."""
+        self._high = max(self._high, max(self.by_port, default=0))
+        self._high += 1
+        return self._high
 
     def mark_down(self, peer: Peer) -> None:
         if peer.up:

@@ -223,7 +223,7 @@ class SessionTable:
     """All of a site's authenticated peers, keyed by index and by public key.
 
     ``lane``/``lanes``: this worker's lane and the site's number of workers
-    (precondition ``0 <= lane < lanes <= 256``). ``follower``: a worker that
+    (precondition ``0 <= lane < lanes <= MAX_WORKERS``). ``follower``: a worker that
     gets its sessions from the leader's snapshots (``identity`` may be None).
     ``changed``: peers whose sessions changed since the daemon last drained it.
     """
@@ -299,6 +299,28 @@ class SessionTable:
         peer.last_handshake = now
         peer.handshakes += 1
         self.changed.add(peer)
+
+    def add(self, peer: PeerSessions) -> None:
+        """A new peer (a reload added it); a public key already known is refused."""
+        if peer.keys.public in self.by_public:
+            raise ValueError(f"peer {peer.name}: its public key is another peer's")
+        self.peers.append(peer)
+        self.by_public[peer.keys.public] = peer
+
+    def remove(self, peer: PeerSessions) -> None:
+        """Forget a peer (a reload removed it or replaced its keys): every session, the
+        handshake in flight; nothing of it opens or seals again."""
+        for session in (peer.current, peer.previous, peer.next):
+            if session is not None:
+                self.by_index.pop(session.keypair.local_index, None)
+        if peer.pending_index is not None:
+            self.pending.pop(peer.pending_index, None)
+        peer.current = peer.previous = peer.next = peer.pending = None
+        peer.pending_index = None
+        self.peers = [p for p in self.peers if p is not peer]
+        if self.by_public.get(peer.keys.public) is peer:
+            del self.by_public[peer.keys.public]
+        self.changed.discard(peer)
 
     def _retire(self, session: Session | None) -> None:
         if session is not None:

@@ -384,9 +384,11 @@ class Switch:
             return
 
     def set_port_policy(self, port: int, *, allowed: frozenset[bytes] | None = None,
-                        cap: int | None = None) -> None:
+                        cap: int | None = None) -> int:
         """A peer port's policy: the sources it may use (None: any) and its cap of entries
-        (None: ``max_entries_per_peer``).  Entries it holds already are not re-judged."""
+        (None: ``max_entries_per_peer``).  Entries the port holds that the new policy
+        refuses are removed, the least recently seen first beyond the cap; returns
+        how many were removed."""
         if port <= TAP or (cap is not None and cap < 1):
             raise ValueError(f"port {port} cap {cap}: expected a peer port and a cap >= 1")
         if allowed is None:
@@ -397,6 +399,48 @@ class Switch:
             self._port_caps.pop(port, None)
         else:
             self._port_caps[port] = cap
+        removed = 0
+        if allowed is not None:
+            removed += self._remove(lambda key, entry: entry[0] == port
+                                    and _split_key(key)[1] not in self._allowed[port])
+        while self._counts.get(port, 0) > self._cap(port):
+            self._evict(port)
+            removed += 1
+        return removed
+
+    def configure(self, *, ageing_s: float, max_entries: int, max_entries_per_peer: int,
+                  pinned: frozenset[bytes]) -> int:
+        """New site-wide settings (a reload): ageing, caps, pinned MACs.
+
+        What they no longer allow goes at once: pinned MACs learned behind a
+        peer, entries beyond a lowered cap (least recently seen first).  Returns
+        how many entries were removed.
+        """
+        if ageing_s < 0 or max_entries < 1 or max_entries_per_peer < 1:
+            raise ValueError("ageing_s >= 0, max_entries >= 1, max_entries_per_peer >= 1")
+        self._ageing_s = float(ageing_s)
+        self._max_entries = max_entries
+        self._max_per_peer = max_entries_per_peer
+        self._pinned = frozenset(bytes(mac) for mac in pinned)
+        self._stale_from = -math.inf  # expiries changed with the ageing: look again
+        removed = self._remove(lambda key, entry: entry[0] != TAP
+                               and _split_key(key)[1] in self._pinned)
+        for port in list(self._counts):
+            while port != TAP and self._counts.get(port, 0) > self._cap(port):
+                self._evict(port)
+                removed += 1
+        while len(self._table) > self._max_entries:
+            self._evict(self._biggest_port())
+            removed += 1
+        return removed
+
+    def _remove(self, doomed_if) -> int:
+        """Remove every entry ``doomed_if(key, entry)`` says; counted ``flushed``."""
+        doomed = [key for key, entry in self._table.items() if doomed_if(key, entry)]
+        for key in doomed:
+            self._counts[self._table.pop(key)[0]] -= 1
+        self.counters["flushed"] += len(doomed)
+        return len(doomed)
 
     def set_port_cap(self, port: int, cap: int) -> None:
         """Cap the entries of one peer port (instead of ``max_entries_per_peer``)."""
@@ -439,13 +483,10 @@ class Switch:
 
     def flush_port(self, port: int) -> int:
         """Remove every stored entry of ``port`` (a peer went down); return the count."""
-        doomed = [key for key, entry in self._table.items() if entry[0] == port]
-        for key in doomed:
-            del self._table[key]
+        flushed = self._remove(lambda key, entry: entry[0] == port)
         self._counts.pop(port, None)
         self._lru.pop(port, None)
-        self.counters["flushed"] += len(doomed)
-        return len(doomed)
+        return flushed
 
     def lookup(self, vlan: int, mac: bytes, now: float) -> int | None:
         """The port a live entry places (vlan, mac) behind, or None."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ Join Ethernet LANs at layer 2 over UDP.
   l2bridge up -c site.toml        run a site in the foreground
   l2bridge show [--json]          peers, counters and drops of a running site
   l2bridge fdb [--json]           MAC addresses learned behind each peer
+  l2bridge reload                 apply the edited config of a running site (also: SIGHUP)
   l2bridge check -c site.toml     validate a site configuration
   l2bridge genkey > site.key      a private key (then: l2bridge pubkey < site.key)
   l2bridge tap add|del NAME       persistent tap devices (like tunctl)
@@ -47,12 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", required=True, metavar="FILE")
 
     for name, text in (("show", "peers, counters and drops of a running site"),
-                       ("fdb", "the MAC table of a running site")):
+                       ("fdb", "the MAC table of a running site"),
+                       ("reload", "re-read the config file of a running site and apply the "
+                                  "difference live (exit 2 when it cannot)")):
         p = sub.add_parser(name, help=text)
         where = p.add_mutually_exclusive_group()
         where.add_argument("-c", "--config", metavar="FILE", help="find the site by its config")
         where.add_argument("-s", "--socket", metavar="PATH", help="the site's control socket")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "show":
+            p.add_argument("--prometheus", action="store_true",
+                           help="the Prometheus text format (for node_exporter's textfile "
+                                "collector)")
 
     tap = sub.add_parser("tap", help="create or delete persistent tap/tun devices")
     tap_sub = tap.add_subparsers(dest="tap_command", metavar="add|del", required=True)
@@ -111,16 +117,12 @@ def _load(path: str):
 def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
+    from l2bridge.io import logs
     from l2bridge.ops import daemon
 
     config = _load(args.config)
     secrets = daemon.preflight(config)  # the same checks as `l2bridge check`, first
-    level = (args.log_level or config.log_level).upper()
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s l2bridge[{config.name}] %(levelname)s: %(message)s",
-    )
+    handler = logs.setup(config.name, args.log_level or config.log_level)
     try:
         trio.run(daemon.run, config, secrets)
     except BaseException as exc:  # noqa: BLE001 - unwrap trio's groups to name the cause
@@ -130,6 +132,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if isinstance(cause, KeyboardInterrupt):
             return 130
         raise
+    finally:
+        logs.flush(handler)
     return 0
 
 
@@ -157,16 +161,33 @@ def _socket_path(args: argparse.Namespace) -> str:
     return find_socket()
 
 
-def _query(args: argparse.Namespace, cmd: str) -> object:
-    from l2bridge.ops.control import query
+def _query(args: argparse.Namespace, cmd: str, timeout_s: float | None = None) -> object:
+    from l2bridge.ops.control import CLIENT_TIMEOUT_S, query
 
-    return query(_socket_path(args), cmd)
+    return query(_socket_path(args), cmd, timeout_s=timeout_s or CLIENT_TIMEOUT_S)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from l2bridge.ops.report import format_show
 
+    if args.prometheus:
+        from l2bridge.ops.metrics import exposition
+
+        answer = _query(args, "show")
+        sys.stdout.write(exposition(lambda: answer).decode())  # type: ignore[arg-type,return-value]
+        return 0
     return _print_query(args, "show", format_show)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from l2bridge.ops.service import RELOAD_TIMEOUT_S
+
+    answer = _query(args, "reload", timeout_s=RELOAD_TIMEOUT_S + 5)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"{answer['path']}: reloaded: {answer['changes']}")  # type: ignore[index]
+    return 0
 
 
 def cmd_fdb(args: argparse.Namespace) -> int:
@@ -248,6 +269,7 @@ COMMANDS = {
     "check": cmd_check,
     "show": cmd_show,
     "fdb": cmd_fdb,
+    "reload": cmd_reload,
     "tap": cmd_tap,
     "genkey": cmd_genkey,
     "genpsk": cmd_genpsk,

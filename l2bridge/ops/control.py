@@ -36,12 +36,12 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import trio
 
-from l2bridge.errors import EXIT_USAGE, L2bridgeError
+from l2bridge.errors import EXIT_FAILED, EXIT_USAGE, L2bridgeError
 
 log = logging.getLogger("l2bridge")
 
@@ -56,7 +56,7 @@ SOCKET_MODE = 0o660
 LOCK_SUFFIX = ".lock"
 PROBE_TIMEOUT_S = 1.0
 
-Handler = Callable[[str], object]
+Handler = Callable[[str], Awaitable[object]]  # cmd -> the JSON-ready answer
 
 
 class ControlError(L2bridgeError):
@@ -291,49 +291,62 @@ def _unlink_quietly(path: str) -> None:
 
 
 async def _client(conn: trio.socket.SocketType, handler: Handler, active: list[int]) -> None:
-    """One client, start to end: its failures end here."""
+    """One client, start to end: its failures end here.
+
+    Reading the request and sending the answer each have ``CLIENT_TIMEOUT_S``;
+    the command in between is bounded by the site (a reload has its own bound).
+    """
     try:
-        with conn, trio.move_on_after(CLIENT_TIMEOUT_S):
-            await _answer(conn, handler)
+        with conn:
+            data = b""
+            with trio.move_on_after(CLIENT_TIMEOUT_S) as reading:
+                while b"\n" not in data and len(data) < REQUEST_MAX_BYTES:
+                    chunk = await conn.recv(REQUEST_MAX_BYTES)
+                    if not chunk:
+                        break
+                    data += chunk
+            if reading.cancelled_caught:
+                return
+            payload = json.dumps(await _reply(handler, data)).encode() + b"\n"
+            view = memoryview(payload)
+            with trio.move_on_after(CLIENT_TIMEOUT_S):
+                while view:
+                    view = view[await conn.send(view):]
     except OSError:
         pass  # it hung up, reset or went away mid-answer: nothing to do
     finally:
         active[0] -= 1
 
 
-async def _answer(conn: trio.socket.SocketType, handler: Handler) -> None:
-    data = b""
-    while b"\n" not in data and len(data) < REQUEST_MAX_BYTES:
-        chunk = await conn.recv(REQUEST_MAX_BYTES)
-        if not chunk:
-            break
-        data += chunk
-    payload = json.dumps(_reply(handler, data)).encode() + b"\n"
-    view = memoryview(payload)
-    while view:
-        sent = await conn.send(view)
-        view = view[sent:]
+async def _reply(handler: Handler, data: bytes) -> object:
+    """The answer to one request; a handler failure is an error reply, never a crash.
 
-
-def _reply(handler: Handler, data: bytes) -> object:
-    """The answer to one request; a handler failure is an error reply, never a crash."""
+    An error reply is ``{"error": line, "exit_status": n}``: the status the
+    client's command exits with (2: bad request or input, 1: failed).
+    """
     line, newline, _ = data.partition(b"\n")
     if not newline and len(data) >= REQUEST_MAX_BYTES:
-        return {"error": f"request longer than {REQUEST_MAX_BYTES} bytes"}
+        return _error(f"request longer than {REQUEST_MAX_BYTES} bytes", EXIT_USAGE)
     try:
         request = json.loads(line.decode("utf-8"))
         cmd = request["cmd"]
         if not isinstance(cmd, str):
             raise TypeError
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return {"error": 'bad request: expected one JSON line like {"cmd": "show"}'}
+        return _error('bad request: expected one JSON line like {"cmd": "show"}', EXIT_USAGE)
     try:
-        return handler(cmd)
+        return await handler(cmd)
     except LookupError as exc:
-        return {"error": str(exc)}
+        return _error(str(exc).strip("'\""), EXIT_USAGE)
+    except L2bridgeError as exc:
+        return _error(str(exc), exc.exit_status)
     except Exception as exc:  # a bug behind one command must not stop the site
         log.exception("control: %r failed", cmd)
-        return {"error": f"{cmd} failed inside the site: {type(exc).__name__}: {exc}"}
+        return _error(f"{cmd} failed inside the site: {type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
+def _error(message: str, status: int) -> dict:
+    return {"error": message, "exit_status": status}
 
 
 # ---------------------------------------------------------------- client
@@ -379,7 +392,11 @@ def query(path: str, cmd: str, *, timeout_s: float = CLIENT_TIMEOUT_S) -> object
     except ValueError:
         raise ControlError(f"control socket {path} sent a malformed reply") from None
     if isinstance(reply, dict) and "error" in reply:
-        raise ControlError(f"{path}: {reply['error']}")
+        error = ControlError(f"{path}: {reply['error']}")
+        status = reply.get("exit_status")
+        if status in (EXIT_FAILED, EXIT_USAGE):
+            error.exit_status = status
+        raise error
     return reply
 
 

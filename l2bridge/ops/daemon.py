@@ -10,10 +10,13 @@ Start-up, each step's undo registered as soon as it succeeds:
   2. plumb it: bridge created if missing (marked as this site's), tap and LAN
      NICs enslaved, MTU set; from now on ``PlumbingWatch`` keeps it so;
   3. bind the UDP socket (a group of one per worker);
-  4. run the dataplane, start the other workers (``l2bridge.site.workers``), then
-     open the control socket (its presence = ready).
-SIGINT/SIGTERM cancel everything; the undo stack then leaves the host as found.
-SIGHUP is logged and ignored (never fatal).
+  4. run the dataplane, start the other workers (``l2bridge.site.workers``), the
+     plumbing watch and the metrics server, then open the control socket (its
+     presence = ready);
+  5. the service (``ops.service``): reloads, ``STATUS=``, watchdog pings; then
+     ``READY=1`` to the service manager (``$NOTIFY_SOCKET``), if there is one.
+SIGINT/SIGTERM send ``STOPPING=1`` and cancel everything; the undo stack then
+leaves the host as found.  SIGHUP reloads the config file (never fatal).
 """
 
 from __future__ import annotations
@@ -31,17 +34,19 @@ from l2bridge.core.config import SiteConfig, load_secrets
 from l2bridge.core.keys import Secrets
 from l2bridge.io import pmqos
 from l2bridge.io.netctl import BridgePlumbing
+from l2bridge.io.notify import Notifier
 from l2bridge.io.plumbwatch import PlumbingWatch
 from l2bridge.io.tap import TrioTap, open_tap, tap_info
 from l2bridge.io.transport import UdpTransport, open_group
-from l2bridge.ops import control
+from l2bridge.ops import control, metrics
+from l2bridge.ops.service import Service
 from l2bridge.site.site import Site
 from l2bridge.site.workers import Leader
 
 log = logging.getLogger("l2bridge")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-HANDLED_SIGNALS = (signal.SIGHUP,)  # logged, never fatal: a clean stop needs SIGINT/SIGTERM
+HANDLED_SIGNALS = (signal.SIGHUP,)  # reload: never fatal (a clean stop is SIGINT/SIGTERM)
 
 CLEARTEXT_WARNING = (
     "insecure = true: traffic is CLEARTEXT, filtered only by peer address; anyone on the "
@@ -82,8 +87,9 @@ def bridge_marker(config: SiteConfig) -> str:
 async def serve_site(
     config: SiteConfig,
     secrets: Secrets | None = None,
+    notifier: Notifier | None = None,
     *,
-    task_status: trio.TaskStatus[Site] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bring the site up on real devices and run it until cancelled.
 
@@ -93,6 +99,8 @@ async def serve_site(
     """
     if secrets is None:
         secrets = preflight(config)
+    if notifier is None:
+        notifier = Notifier(None)
     log_identity(config, secrets)
     workers = config.workers
     with contextlib.ExitStack() as undo:
@@ -137,27 +145,48 @@ async def serve_site(
         identity = None if secrets.private is None else noise.Identity(secrets.private)
         site = Site(config, tap=tap, transport=transport, caps=caps, identity=identity,
                     psks=dict(secrets.psks))
-        site.state.status_sections["plumbing"] = watch.status
+        service = Service(site, secrets, notifier)
+        sections = site.state.status_sections
+        sections["plumbing"] = watch.status
+        sections["config"] = service.view
         async with trio.open_nursery() as nursery:
             await nursery.start(site.run)
             if workers > 1:
                 leader = Leader(site, secrets)
                 await nursery.start(leader.run, [q.fd for q in queues], socks)
-                site.state.status_sections["workers"] = leader.status
+                sections["workers"] = leader.status
+                site.state.health_checks.append(leader.health)
+                service.followers = leader.reload
                 for queue, sock in zip(queues[1:], socks[1:], strict=True):
                     queue.close()  # the followers hold them now
                     sock.close()
             await nursery.start(watch.run)
+            if config.metrics is not None:
+                await _start_metrics(nursery, config, site)
             await nursery.start(
-                functools.partial(control.serve, claim=claim), config.control, _handler(site)
+                functools.partial(control.serve, claim=claim), config.control,
+                _handler(site, service),
             )
+            await nursery.start(service.run)
             log.info(
                 "site %s up: listening on %s, bridge %s, tap %s, %d peer(s)%s; offload %s%s",
                 config.name, config.listen, config.bridge, config.tap, len(config.peers),
                 ", hub" if config.hub else "", _offload_summary(caps),
                 f"; {workers} workers" if workers > 1 else "",
             )
-            task_status.started(site)
+            notifier.ready(service.summary())
+            task_status.started(service)
+
+
+async def _start_metrics(nursery: trio.Nursery, config: SiteConfig, site: Site) -> None:
+    """Serve /metrics on ``[site].metrics``; an address that cannot be bound is one line."""
+    try:
+        listener = metrics.bind(config.metrics)  # type: ignore[arg-type]
+    except metrics.MetricsError as exc:
+        log.error("%s; the site runs without metrics", exc)
+        return
+    await nursery.start(metrics.serve, listener, site.status)
+    log.info("metrics: http://%s/metrics", config.metrics)
 
 
 def _offload_summary(caps: Capabilities) -> str:
@@ -168,36 +197,55 @@ def _offload_summary(caps: Capabilities) -> str:
     return ", ".join(parts)
 
 
-def _handler(site: Site):
-    def handle(cmd: str) -> object:
+def _handler(site: Site, service: Service):
+    async def handle(cmd: str) -> object:
         if cmd == "show":
             return site.status()
         if cmd == "fdb":
             return site.fdb()
-        raise LookupError(f"unknown command {cmd!r} (known: show, fdb)")
+        if cmd == "reload":
+            return await service.reload()
+        raise LookupError(f"unknown command {cmd!r} (known: show, fdb, reload)")
 
     return handle
 
 
-async def run(config: SiteConfig, secrets: Secrets | None = None) -> None:
-    """Run a site in the foreground until SIGINT or SIGTERM (``secrets``: from preflight)."""
+async def run(config: SiteConfig, secrets: Secrets | None = None,
+              notifier: Notifier | None = None) -> None:
+    """Run a site in the foreground until SIGINT or SIGTERM (``secrets``: from preflight).
+
+    SIGHUP reloads the config file (``Service.reload``); one during start-up
+    is kept for when the site is up.
+    """
+    notifier = notifier or Notifier.from_env()
     if config.insecure:
         log.warning(CLEARTEXT_WARNING)
-    with trio.open_signal_receiver(*STOP_SIGNALS, *HANDLED_SIGNALS) as signals:
-        async with trio.open_nursery() as nursery:
+    service: Service | None = None
+    reload_waiting = False
+    try:
+        with trio.open_signal_receiver(*STOP_SIGNALS, *HANDLED_SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
 
-            async def on_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if signum in STOP_SIGNALS:
-                        log.info("%s: shutting down", name)
-                        nursery.cancel_scope.cancel()
-                        return
-                    log.warning("%s: live reconfiguration is not available in this version; "
-                                "the site keeps running unchanged (restart it to apply a new "
-                                "config)", name)
+                async def on_signals() -> None:
+                    nonlocal reload_waiting
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if signum in STOP_SIGNALS:
+                            log.info("%s: shutting down", name)
+                            notifier.stopping()
+                            nursery.cancel_scope.cancel()
+                            return
+                        log.info("%s: reloading %s", name, config.path)
+                        if service is None:
+                            reload_waiting = True
+                        else:
+                            service.request_reload()
 
-            # Signals are received from the start: one during start-up is a clean stop too.
-            nursery.start_soon(on_signals)
-            await nursery.start(serve_site, config, secrets)
+                # Signals are received from the start: one during start-up is a clean stop.
+                nursery.start_soon(on_signals)
+                service = await nursery.start(serve_site, config, secrets, notifier)
+                if reload_waiting:
+                    service.request_reload()
+    finally:
+        notifier.close()
     log.info("site %s stopped", config.name)

@@ -195,6 +195,7 @@ async def timers(state: SiteState) -> None:
         tick_s = min(tick_s, table.timers.rekey_timeout_s / 4)
     while True:
         now = trio.current_time()
+        state.ticked = now
         if table is not None:
             for sessions in table.due_initiations(now):
                 peer = state.peer_of[sessions]
@@ -221,6 +222,7 @@ async def follower_timers(state: SiteState) -> None:
     """A follower's timers: its partial frames expire, its keys age out; no liveness."""
     while True:
         now = trio.current_time()
+        state.ticked = now
         if state.sessions is not None:
             state.sessions.expire(now)
         for peer in state.peers:

@@ -71,7 +71,9 @@ async def run(state: SiteState) -> None:
             await transport.wait_readable()
             batch = transport.recv_batch(BATCH_DATAGRAMS)
             now = trio.current_time()
+        state.inbound_since = now
         await demux(state, batch, now, waiting)
+        state.inbound_since = None
 
 
 async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,

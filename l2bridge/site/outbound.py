@@ -62,6 +62,7 @@ async def run(state: SiteState) -> None:
         if not frames:
             continue
         now = trio.current_time()
+        state.outbound_since = now
         counters.tap_frames_in += len(frames)
         counters.tap_bytes_in += sum(map(len, frames))
         if vnet and bursts and len(frames) > 1 and peers.any_offload():
@@ -95,6 +96,7 @@ async def run(state: SiteState) -> None:
                 counters.tap_drop(decision.value)  # type: ignore[union-attr]
         if queued:
             await send_queued(state, queued, now)
+        state.outbound_since = None
 
 
 def targets(state: SiteState, decision: int | Drop, *, ingress: Peer | None = None

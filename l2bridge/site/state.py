@@ -129,3 +129,10 @@ class SiteState:
         self.started_at: float | None = None
         # Sections the running site adds to ``show`` (plumbing, workers), computed on demand.
         self.status_sections: dict[str, Callable[[], object]] = {}
+        # Signs of life (status.health): when each direction began the batch it is in
+        # (None between batches: waiting is healthy), when the timers last ran, and
+        # more checks the running site adds (the workers'); each says why it is unwell.
+        self.outbound_since: float | None = None
+        self.inbound_since: float | None = None
+        self.ticked: float | None = None
+        self.health_checks: list[Callable[[float], str | None]] = []

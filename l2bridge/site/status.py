@@ -1,6 +1,10 @@
-"""Status views: what ``l2bridge show`` and ``l2bridge fdb`` report, as JSON-ready data.
+"""Status views: what ``l2bridge show``, ``l2bridge fdb`` and the service manager see.
 
 Read-only: nothing here changes the site.  ``now`` is the time of the view.
+``health`` says whether the dataplane is alive (the watchdog pings only then):
+a direction stuck inside one batch, timers that stopped running, or a check
+the running site added (a worker gone silent) make it unwell; waiting for
+traffic is healthy.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from l2bridge.core.keys import fingerprint
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import TAP
 from l2bridge.site.state import SiteState
+
+STALL_S = 5.0  # a batch, a timer tick or a worker's report older than this is a stall
 
 SECURITY_SEALED = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions, ChaCha20-Poly1305 data"
 SECURITY_CLEARTEXT = "cleartext (filtered by peer address only)"
@@ -118,3 +124,40 @@ def fdb(state: SiteState, now: float) -> list[dict]:
          "age_s": round(e.age_s, 1)}
         for e in state.switch.entries(now)
     ]
+
+
+def health(state: SiteState, now: float) -> str | None:
+    """Why the dataplane is not alive, or None when it is (module docstring)."""
+    for name, since in (("tap to peers", state.outbound_since),
+                        ("peers to tap", state.inbound_since)):
+        if since is not None and now - since > STALL_S:
+            return f"the {name} path has been stuck in one batch for {now - since:.0f} s"
+    if state.ticked is not None and now - state.ticked > STALL_S:
+        return f"the timers have not run for {now - state.ticked:.0f} s"
+    for check in state.health_checks:
+        reason = check(now)
+        if reason is not None:
+            return reason
+    return None
+
+
+def summary(state: SiteState, now: float) -> str:
+    """One line for ``systemctl status``: peers up, traffic, the site's trouble if any."""
+    peers = list(state.peers)
+    up = sum(1 for p in peers if p.up)
+    rx = sum(p.bytes_in for p in peers)
+    tx = sum(p.bytes_out for p in peers)
+    line = f"{up}/{len(peers)} peers up; {_size(rx)} received, {_size(tx)} sent"
+    down = [p.name for p in peers if not p.up]
+    if down and len(down) <= 4:
+        line += f"; down: {', '.join(down)}"
+    trouble = health(state, now)
+    return f"{line}; {trouble}" if trouble else line
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:g} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000  # type: ignore[assignment]
+    return f"{count:.1f} TB"

@@ -22,6 +22,7 @@ import trio
 
 from l2bridge.core import noise
 from l2bridge.errors import EXIT_FAILED, EXIT_USAGE, L2bridgeError
+from l2bridge.io import logs
 from l2bridge.io.tap import TapDevice, TrioTap
 from l2bridge.io.transport import UdpTransport
 from l2bridge.site.site import Site
@@ -34,10 +35,7 @@ async def serve(args: argparse.Namespace) -> None:
     channel = channel_from_fd(args.channel_fd)
     try:
         config, secrets, caps = setup_of(json.loads(await channel.recv(MAX_MESSAGE_BYTES)))
-        logging.basicConfig(
-            level=config.log_level.upper(), stream=sys.stderr,
-            format=f"%(asctime)s l2bridge[{config.name}/{args.lane}] %(levelname)s: %(message)s",
-        )
+        logs.setup(config.name, config.log_level, worker=args.lane)
         device = TapDevice(config.tap, "tap", args.tap_fd, vnet_hdr=caps.vnet_hdr)
         tap = TrioTap(device)
         transport = UdpTransport.from_socket(socket.socket(fileno=args.sock_fd),
@@ -56,7 +54,7 @@ async def serve(args: argparse.Namespace) -> None:
                             return
 
                     nursery.start_soon(stop_on_signal)
-                    await Follower(site, channel, args.lane).run()
+                    await Follower(site, channel, args.lane, secrets).run()
                     nursery.cancel_scope.cancel()
         finally:
             transport.close()

@@ -24,6 +24,10 @@ change.  Follower → leader: ``{"op": "ready"}`` once its site runs,
 every STATUS_EVERY_S.  A follower changes peer state only through the site's
 event hooks (``events.peer_up``, ``events.peer_down``), as the leader does.
 
+Reload: the leader applies the plan to its own site, then sends ``{"op":
+"reload", path, document, secrets}``; each follower computes the same plan
+against its own copy of the config and applies it (``l2bridge.site.reload``).
+
 Lifetime: the leader waits for every follower's "ready" before it reports the
 site up; a follower that exits stops the whole site (its flows would be lost);
 a follower exits when its channel to the leader closes.
@@ -41,13 +45,16 @@ from typing import Any
 
 import trio
 
+from l2bridge.core import reload as planning
 from l2bridge.core.caps import Capabilities
 from l2bridge.core.config import SiteConfig, config_from_dict
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
 from l2bridge.site import events
+from l2bridge.site import reload as applying
 from l2bridge.site.site import Site
+from l2bridge.site.status import STALL_S
 
 log = logging.getLogger("l2bridge")
 
@@ -85,6 +92,7 @@ class Leader:
         self.channels: dict[int, trio.socket.SocketType] = {}
         self.processes: dict[int, proc.Child] = {}
         self.statuses: dict[int, dict] = {}
+        self.reported: dict[int, float] = {}  # lane -> when it last reported (its sign of life)
         self._sent: dict[str, tuple] = {}
 
     async def run(self, tap_fds: list[int], socks: list[socket.socket],
@@ -110,6 +118,7 @@ class Leader:
                     if decode(data).get("op") != "ready":
                         raise WorkerError(f"worker {lane} (pid {self.processes[lane].pid}) "
                                           f"said {data[:80]!r} instead of ready")
+                    self.reported[lane] = trio.current_time()
             if waiting.cancelled_caught:
                 raise WorkerError(f"workers did not report ready within {READY_TIMEOUT_S:g} s")
             await self._send_all(self._full_state())
@@ -156,6 +165,7 @@ class Leader:
             op = message.get("op")
             if op == "status":
                 self.statuses[lane] = message
+                self.reported[lane] = trio.current_time()
             elif op == "kick":
                 peer = state.peers.by_name.get(message.get("peer", ""))
                 if peer is not None:
@@ -201,6 +211,25 @@ class Leader:
             for message in messages:
                 await channel.send(encode(message))
 
+    async def reload(self, config: SiteConfig, secrets: Secrets) -> None:
+        """Hand every follower the reloaded config; each applies the leader's plan."""
+        self.secrets = secrets
+        await self._send_all([{"op": "reload", "path": config.path, "document": config.document,
+                               "secrets": secrets.to_json()}])
+        self._sent.clear()  # every peer's state and keys again, after the reload message
+        table = self.site.state.sessions
+        if table is not None:
+            table.changed.update(table.peers)
+
+    def health(self, now: float) -> str | None:
+        """Why the workers are unwell (one stopped reporting), or None (``status.health``)."""
+        for lane, when in sorted(self.reported.items()):
+            if now - when > STALL_S:
+                child = self.processes.get(lane)
+                pid = child.pid if child is not None else "?"
+                return f"worker {lane} (pid {pid}) has not reported for {now - when:.0f} s"
+        return None
+
     def status(self) -> dict:
         """The ``workers`` section of ``l2bridge show``: what each follower last reported."""
         return {"count": self.lanes,
@@ -211,10 +240,12 @@ class Leader:
 class Follower:
     """A follower's side of its channel: apply the leader's messages, report back."""
 
-    def __init__(self, site: Site, channel: trio.socket.SocketType, lane: int) -> None:
+    def __init__(self, site: Site, channel: trio.socket.SocketType, lane: int,
+                 secrets: Secrets) -> None:
         self.site = site
         self.channel = channel
         self.lane = lane
+        self.secrets = secrets
 
     async def run(self) -> None:
         """Until the leader goes away: apply messages, forward kicks, report status."""
@@ -232,6 +263,9 @@ class Follower:
 
     def apply(self, message: dict) -> None:
         state = self.site.state
+        if message["op"] == "reload":
+            self.reload(message)
+            return
         peer = state.peers.by_name.get(message.get("peer") or message.get("name") or "")
         if peer is None:
             return
@@ -247,6 +281,19 @@ class Follower:
             peer.offload = message["offload"]
         elif message["op"] == "keys" and state.sessions is not None:
             state.sessions.apply_snapshot(peer.sessions, message["snapshot"], now)
+
+    def reload(self, message: dict) -> None:
+        """The leader reloaded: apply the same plan to this worker's site."""
+        state = self.site.state
+        config = config_from_dict(message["document"], message["path"])
+        secrets = Secrets.from_json(message["secrets"])
+        plan = planning.plan(state.config, config, self.secrets, secrets)
+        if plan.refused:  # the leader refuses these before it sends: never here
+            log.error("worker %d: reload refused: %s", self.lane, plan.refusal(config.path))
+            return
+        applying.apply(state, plan, config, secrets)
+        self.secrets = secrets
+        logging.getLogger("l2bridge").setLevel(config.log_level.upper())
 
     async def _kicks(self) -> None:
         state = self.site.state

@@ -11,7 +11,7 @@ import trio
 from l2bridge.ops import control
 
 
-def handler(cmd: str) -> object:
+async def handler(cmd: str) -> object:
     if cmd == "show":
         return {"site": "a", "peers": []}
     raise LookupError(f"unknown command {cmd!r} (known: show)")
@@ -83,10 +83,10 @@ def trio_sleep_blocking(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def big_handler(cmd: str) -> object:
+async def big_handler(cmd: str) -> object:
     if cmd == "fdb":
         return [{"mac": f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", "vlan": 0} for i in range(5000)]
-    return handler(cmd)
+    return await handler(cmd)
 
 
 async def test_clients_that_misbehave_never_stop_the_server(nursery, tmp_path):
@@ -164,7 +164,7 @@ async def test_clients_beyond_the_bound_are_closed_and_the_rest_answered(nursery
 
 
 async def test_a_handler_bug_is_an_error_reply_not_a_crash(nursery, tmp_path):
-    def buggy(cmd: str) -> object:
+    async def buggy(cmd: str) -> object:
         raise ZeroDivisionError("boom")
 
     path = str(tmp_path / "a.sock")

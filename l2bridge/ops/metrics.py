@@ -1,0 +1,281 @@
+"""Prometheus metrics: the site's counters in the text exposition format, served bounded.
+
+What is exported comes from one place, the ``show`` view (``site.status()``),
+so ``/metrics``, ``l2bridge show --json`` and ``show --prometheus`` agree.  A
+site with workers reports each worker's counters in ``show``; here they are
+summed, so every series counts the whole site.  The format is written by the
+ecosystem's library (``prometheus_client``: a custom collector, its registry
+and ``generate_latest``), never by hand.
+
+Names follow the conventions: prefix ``l2bridge_``, base units, ``_total`` for
+counters (which only ever go up: they live as long as the process, across
+reloads), labels ``peer`` and ``reason``.
+
+Serving (``serve``), from the daemon's own trio tasks: HTTP/1.1 ``GET
+/metrics`` on ``[site].metrics``; at most ``MAX_SCRAPES`` clients at once (more
+get 503 at once), ``CLIENT_TIMEOUT_S`` for a whole exchange, requests of at most
+``REQUEST_MAX_BYTES``, one answer per connection.  A slow or hostile client
+only ever costs its own connection; nothing it does reaches the dataplane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from l2bridge import __version__
+from l2bridge.core.config import Endpoint
+from l2bridge.errors import KernelError
+
+log = logging.getLogger("l2bridge")
+
+MAX_SCRAPES = 4
+CLIENT_TIMEOUT_S = 5.0
+REQUEST_MAX_BYTES = 8192
+LISTEN_BACKLOG = 16
+ACCEPT_ERROR_PAUSE_S = 0.1
+
+Status = Mapping[str, Any]
+
+# Per-peer counters of `show` → (metric name, help).
+PEER_COUNTERS = {
+    "bytes_in": ("l2bridge_peer_rx_bytes_total", "Bytes of frames received from the peer"),
+    "bytes_out": ("l2bridge_peer_tx_bytes_total", "Bytes of frames sent to the peer"),
+    "frames_in": ("l2bridge_peer_rx_frames_total", "Frames received from the peer"),
+    "frames_out": ("l2bridge_peer_tx_frames_total", "Frames sent to the peer"),
+    "datagrams_in": ("l2bridge_peer_rx_datagrams_total", "Datagrams received from the peer"),
+    "datagrams_out": ("l2bridge_peer_tx_datagrams_total", "Datagrams sent to the peer"),
+    "unicast_out": ("l2bridge_peer_unicast_frames_total",
+                    "Frames sent to the peer because its MAC was learned there"),
+    "flooded_out": ("l2bridge_peer_flooded_frames_total",
+                    "Broadcast, multicast and unknown-unicast frames flooded to the peer"),
+    "bursts_in": ("l2bridge_peer_rx_bursts_total", "Super-frame bursts received from the peer"),
+    "bursts_out": ("l2bridge_peer_tx_bursts_total", "Super-frame bursts sent to the peer"),
+    "handshakes": ("l2bridge_peer_handshakes_total", "Completed handshakes with the peer"),
+    "rekeys": ("l2bridge_peer_rekeys_total", "Handshakes that replaced a current session"),
+    "times_down": ("l2bridge_peer_down_total", "Times the peer was declared down"),
+    "roamed": ("l2bridge_peer_roamed_total", "Times the peer's endpoint moved"),
+}
+# Counters the followers add to (`workers.py` reports these).
+WORKER_PEER_KEYS = ("frames_in", "bytes_in", "frames_out", "bytes_out", "datagrams_in",
+                    "datagrams_out", "bursts_in", "bursts_out")
+LOCAL_COUNTERS = {
+    "frames_in": ("l2bridge_tap_rx_frames_total", "Frames read from the tap (the LAN)"),
+    "bytes_in": ("l2bridge_tap_rx_bytes_total", "Bytes read from the tap (the LAN)"),
+    "frames_out": ("l2bridge_tap_tx_frames_total", "Frames written to the tap (the LAN)"),
+    "bytes_out": ("l2bridge_tap_tx_bytes_total", "Bytes written to the tap (the LAN)"),
+}
+FDB_COUNTERS = ("learned", "moved", "expired", "flushed", "evicted")
+
+
+def totals(status: Status) -> dict[str, Any]:
+    """``show``'s counters summed over every worker: {"local": {...}, "peers": {name: {...}}}."""
+    local = {key: int(status["local"].get(key, 0)) for key in LOCAL_COUNTERS}
+    local_drops = dict(status["local"].get("drops", {}))
+    peers = {p["name"]: {key: int(p.get(key) or 0) for key in PEER_COUNTERS} for p in
+             status["peers"]}
+    peer_drops = {p["name"]: dict(p.get("drops", {})) for p in status["peers"]}
+    for follower in status.get("workers", {}).get("followers", []):
+        for key, value in follower.get("local", {}).items():
+            if key in local:
+                local[key] += int(value)
+            elif key == "drops":
+                for reason, count in value.items():
+                    local_drops[reason] = local_drops.get(reason, 0) + count
+        for name, counters in follower.get("peers", {}).items():
+            if name not in peers:
+                continue
+            for key in WORKER_PEER_KEYS:
+                peers[name][key] += int(counters.get(key, 0))
+            for reason, count in counters.get("drops", {}).items():
+                peer_drops[name][reason] = peer_drops[name].get(reason, 0) + count
+    return {"local": local, "local_drops": local_drops, "peers": peers,
+            "peer_drops": peer_drops}
+
+
+def families(status: Status) -> Iterator[Any]:
+    """The metric families of one ``show`` view (worker-summed)."""
+    summed = totals(status)
+    site = status["site"]
+    info = InfoMetricFamily("l2bridge_build", "l2bridge version and site",
+                            labels=["version", "site"])
+    info.add_metric([__version__, site], {})
+    yield info
+    yield GaugeMetricFamily("l2bridge_uptime_seconds", "Seconds since the site started",
+                            value=float(status.get("uptime_s", 0)))
+    yield GaugeMetricFamily("l2bridge_workers", "Worker processes of the site",
+                            value=float(status.get("workers", {}).get("count", 1)))
+    up = GaugeMetricFamily("l2bridge_peer_up", "1 when the peer is up", labels=["peer"])
+    seen = GaugeMetricFamily("l2bridge_peer_last_seen_seconds",
+                             "Seconds since the peer's last datagram", labels=["peer"])
+    for peer in status["peers"]:
+        up.add_metric([peer["name"]], 1.0 if peer["state"] == "up" else 0.0)
+        if peer.get("last_seen_s") is not None:
+            seen.add_metric([peer["name"]], float(peer["last_seen_s"]))
+    yield up
+    yield seen
+    for key, (name, text) in PEER_COUNTERS.items():
+        family = CounterMetricFamily(name.removesuffix("_total"), text, labels=["peer"])
+        for peer, counters in summed["peers"].items():
+            family.add_metric([peer], float(counters[key]))
+        yield family
+    for key, (name, text) in LOCAL_COUNTERS.items():
+        yield CounterMetricFamily(name.removesuffix("_total"), text,
+                                  value=float(summed["local"][key]))
+    drops = CounterMetricFamily(
+        "l2bridge_drops", "Frames and datagrams dropped, by peer ('local': the tap side; "
+        "'': not yet tied to a peer, e.g. failed authentication) and reason",
+        labels=["peer", "reason"])
+    for reason, count in sorted(summed["local_drops"].items()):
+        drops.add_metric(["local", reason], float(count))
+    for peer, reasons in summed["peer_drops"].items():
+        for reason, count in sorted(reasons.items()):
+            drops.add_metric([peer, reason], float(count))
+    for reason, count in sorted(status.get("auth_drops", {}).items()):
+        drops.add_metric(["", reason], float(count))
+    drops.add_metric(["", "unknown_source"], float(status.get("unknown_source", 0)))
+    yield drops
+    fdb = status.get("fdb", {})
+    yield GaugeMetricFamily("l2bridge_fdb_entries", "MAC addresses in the learning table",
+                            value=float(fdb.get("entries", 0)))
+    learning = CounterMetricFamily("l2bridge_fdb_events", "Learning table events by kind",
+                                   labels=["event"])
+    for event in FDB_COUNTERS:
+        learning.add_metric([event], float(fdb.get(event, 0)))
+    yield learning
+    yield CounterMetricFamily("l2bridge_socket_errors", "Transient socket receive errors",
+                              value=float(status.get("socket_errors", 0)))
+    config = status.get("config")
+    if config:
+        reloads = CounterMetricFamily("l2bridge_config_reloads",
+                                      "Configuration reloads by result", labels=["result"])
+        reloads.add_metric(["ok"], float(config.get("reloads_ok", 0)))
+        reloads.add_metric(["failed"], float(config.get("reloads_failed", 0)))
+        yield reloads
+
+
+class StatusCollector(Collector):
+    """A prometheus_client collector over a function that returns ``show``'s view."""
+
+    def __init__(self, status: Callable[[], Status]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        yield from families(self._status())
+
+
+def exposition(status: Callable[[], Status]) -> bytes:
+    """The text exposition (format 0.0.4) of ``status()``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status))
+    return generate_latest(registry)
+
+
+# ---------------------------------------------------------------- serving
+
+
+class MetricsError(KernelError):
+    """The metrics address could not be bound; the message names it, the errno and the fix."""
+
+
+def bind(listen: Endpoint) -> trio.socket.SocketType:
+    """A listening TCP socket on ``listen`` (``MetricsError`` when the kernel refuses)."""
+    family = socket.AF_INET6 if listen.is_ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((listen.host, listen.port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        name = errno.errorcode.get(exc.errno or 0, "?")
+        raise MetricsError(f"metrics: cannot listen on {listen}: {exc.strerror} ({name}): "
+                           "choose a free address in [site].metrics", exc.errno) from None
+    return trio.socket.from_stdlib_socket(sock)
+
+
+async def serve(listener: trio.socket.SocketType, status: Callable[[], Status], *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer scrapes on ``listener`` until cancelled (module docstring, "Serving")."""
+    active = [0]
+    with listener:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNABORTED, errno.EINTR):
+                        log.warning("metrics: accept failed: %s; retrying", exc.strerror)
+                        await trio.sleep(ACCEPT_ERROR_PAUSE_S)
+                    continue
+                if active[0] >= MAX_SCRAPES:
+                    nursery.start_soon(_busy, conn)
+                    continue
+                active[0] += 1
+                nursery.start_soon(_scrape, conn, status, active)
+
+
+async def _busy(conn: trio.socket.SocketType) -> None:
+    with conn, contextlib.suppress(OSError), trio.move_on_after(1.0):
+        await conn.send(_response(503, b"busy: too many scrapes at once\n", "text/plain"))
+
+
+async def _scrape(conn: trio.socket.SocketType, status: Callable[[], Status],
+                  active: list[int]) -> None:
+    try:
+        with conn, trio.move_on_after(CLIENT_TIMEOUT_S):
+            request = b""
+            while b"\r\n\r\n" not in request and len(request) < REQUEST_MAX_BYTES:
+                chunk = await conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            reply = answer(request, status)
+            view = memoryview(reply)
+            while view:
+                view = view[await conn.send(view):]
+    except OSError:
+        pass  # the scraper went away: its loss
+    finally:
+        active[0] -= 1
+
+
+def answer(request: bytes, status: Callable[[], Status]) -> bytes:
+    """The whole HTTP response to one request (pure: tested without sockets)."""
+    head, sep, _ = request.partition(b"\r\n\r\n")
+    if not sep:
+        return _response(431 if len(request) >= REQUEST_MAX_BYTES else 400,
+                         b"bad request\n", "text/plain")
+    line = head.split(b"\r\n", 1)[0].split()
+    if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
+        return _response(400, b"bad request\n", "text/plain")
+    method, target = line[0], line[1].split(b"?", 1)[0]
+    if target != b"/metrics":
+        return _response(404, b"not found: the metrics are at /metrics\n", "text/plain")
+    if method not in (b"GET", b"HEAD"):
+        return _response(405, b"only GET\n", "text/plain", extra=b"Allow: GET, HEAD\r\n")
+    body = exposition(status)
+    response = _response(200, body, CONTENT_TYPE_PLAIN_0_0_4)
+    return response[: len(response) - len(body)] if method == b"HEAD" else response
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def _response(code: int, body: bytes, content_type: str, extra: bytes = b"") -> bytes:
+    head = (f"HTTP/1.1 {code} {REASONS[code]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()
+    return head + extra + b"\r\n" + body
