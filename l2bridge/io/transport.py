@@ -218,11 +218,16 @@ class UdpTransport:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno not in TRANSIENT_ERRNOS:
-                    raise
-                self.errors += 1
-                self.last_error = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self._survive(exc)
         return batch
+
+    def _survive(self, exc: OSError) -> None:
+        """A receive error: an earlier datagram's ICMP report is counted and the drain goes
+        on; anything else is the socket's own failure and raises."""
+        if exc.errno not in TRANSIENT_ERRNOS:
+            raise exc
+        self.errors += 1
+        self.last_error = errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
     def _recv_batch_gro(self, max_datagrams: int) -> list[tuple[bytes, object]]:
         recvmsg = self.sock.recvmsg
@@ -234,10 +239,7 @@ class UdpTransport:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno not in TRANSIENT_ERRNOS:
-                    raise
-                self.errors += 1
-                self.last_error = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self._survive(exc)
                 continue
             size = 0
             for level, kind, value in ancdata:

@@ -46,33 +46,30 @@ ACCEPT_ERROR_PAUSE_S = 0.1
 
 Status = Mapping[str, Any]
 
-# Per-peer counters of `show` → (metric name, help).
+# Counters of `show` -> (metric name, help): per peer, both directions of each kind.
+_DIRECTIONS = (("in", "rx", "received from"), ("out", "tx", "sent to"))
+_KINDS = (("bytes", "bytes of frames"), ("frames", "frames"), ("datagrams", "datagrams"),
+          ("bursts", "super-frame bursts"))
 PEER_COUNTERS = {
-    "bytes_in": ("l2bridge_peer_rx_bytes_total", "Bytes of frames received from the peer"),
-    "bytes_out": ("l2bridge_peer_tx_bytes_total", "Bytes of frames sent to the peer"),
-    "frames_in": ("l2bridge_peer_rx_frames_total", "Frames received from the peer"),
-    "frames_out": ("l2bridge_peer_tx_frames_total", "Frames sent to the peer"),
-    "datagrams_in": ("l2bridge_peer_rx_datagrams_total", "Datagrams received from the peer"),
-    "datagrams_out": ("l2bridge_peer_tx_datagrams_total", "Datagrams sent to the peer"),
+    f"{kind}_{way}": (f"l2bridge_peer_{short}_{kind}_total", f"{text.capitalize()} {verb} the peer")
+    for kind, text in _KINDS for way, short, verb in _DIRECTIONS
+} | {
     "unicast_out": ("l2bridge_peer_unicast_frames_total",
                     "Frames sent to the peer because its MAC was learned there"),
     "flooded_out": ("l2bridge_peer_flooded_frames_total",
                     "Broadcast, multicast and unknown-unicast frames flooded to the peer"),
-    "bursts_in": ("l2bridge_peer_rx_bursts_total", "Super-frame bursts received from the peer"),
-    "bursts_out": ("l2bridge_peer_tx_bursts_total", "Super-frame bursts sent to the peer"),
     "handshakes": ("l2bridge_peer_handshakes_total", "Completed handshakes with the peer"),
     "rekeys": ("l2bridge_peer_rekeys_total", "Handshakes that replaced a current session"),
     "times_down": ("l2bridge_peer_down_total", "Times the peer was declared down"),
     "roamed": ("l2bridge_peer_roamed_total", "Times the peer's endpoint moved"),
 }
-# Counters the followers add to (`workers.py` reports these).
-WORKER_PEER_KEYS = ("frames_in", "bytes_in", "frames_out", "bytes_out", "datagrams_in",
-                    "datagrams_out", "bursts_in", "bursts_out")
+# What a follower reports per peer (`workers.py`): summed into the site's series.
+WORKER_PEER_KEYS = tuple(f"{kind}_{way}" for kind, _ in _KINDS for way, _, _ in _DIRECTIONS)
 LOCAL_COUNTERS = {
-    "frames_in": ("l2bridge_tap_rx_frames_total", "Frames read from the tap (the LAN)"),
-    "bytes_in": ("l2bridge_tap_rx_bytes_total", "Bytes read from the tap (the LAN)"),
-    "frames_out": ("l2bridge_tap_tx_frames_total", "Frames written to the tap (the LAN)"),
-    "bytes_out": ("l2bridge_tap_tx_bytes_total", "Bytes written to the tap (the LAN)"),
+    f"{kind}_{way}": (f"l2bridge_tap_{short}_{kind}_total",
+                      f"{kind.capitalize()} {'read from' if way == 'in' else 'written to'} "
+                      "the tap (the LAN)")
+    for kind in ("frames", "bytes") for way, short, _ in _DIRECTIONS
 }
 FDB_COUNTERS = ("learned", "moved", "expired", "flushed", "evicted")
 

@@ -37,13 +37,7 @@ from l2bridge.site.state import SiteState
 BATCH_DATAGRAMS = 64
 
 _DATA = bytes((noise.MSG_DATA,))
-_FRAME = wire.TYPE_FRAME
-_FRAGMENT = wire.TYPE_FRAGMENT
-_HELLO = wire.TYPE_HELLO
-_SEGMENT = wire.TYPE_SEGMENT
-_HDR = wire.HEADER_LEN
-_VNET = offload.VNET_HDR_LEN
-_PLAIN_VNET = offload.PLAIN_VNET_HDR
+_FRAME, _HDR = wire.TYPE_FRAME, wire.HEADER_LEN
 
 
 async def run(state: SiteState) -> None:
@@ -154,7 +148,7 @@ def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Pe
         deliver(state, peer, data[_HDR:], now, relays)
         return
     try:
-        if kind == _SEGMENT:
+        if kind == wire.TYPE_SEGMENT:
             ready = peer.bursts.feed(data, now)
             if state.sessions is None:
                 events.authenticated(state, peer, peer.addr, now)
@@ -162,13 +156,13 @@ def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Pe
                 waiting.add(peer)
             for raw in ready:
                 deliver_super(state, peer, raw, now, relays)
-        elif kind == _FRAGMENT:
+        elif kind == wire.TYPE_FRAGMENT:
             whole = peer.reassembler.feed(wire.decode(data), now)  # type: ignore[arg-type]
             if whole is not None:
                 if state.sessions is None:
                     events.authenticated(state, peer, peer.addr, now)
                 deliver(state, peer, whole, now, relays)
-        elif kind == _HELLO:
+        elif kind == wire.TYPE_HELLO:
             events.hello(state, peer, data, now)
         else:
             peer.drop("bad_type")
@@ -186,7 +180,7 @@ def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
     if decision is TAP or decision is FLOOD:
         counters = state.counters
         try:
-            state.tap.write(_PLAIN_VNET + frame if state.caps.vnet_hdr else frame)
+            state.tap.write(offload.PLAIN_VNET_HDR + frame if state.caps.vnet_hdr else frame)
         except OSError:
             counters.tap_write_errors += 1
         else:
@@ -208,7 +202,7 @@ def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
 def deliver_super(state: SiteState, peer: Peer, raw: bytes, now: float,
                   relays: list[Relay]) -> None:
     """A super-frame rebuilt from a peer's burst (``raw`` = virtio_net_hdr + frame)."""
-    frame = raw[_VNET:]
+    frame = raw[offload.VNET_HDR_LEN:]
     hdr_len = raw[2] | raw[3] << 8
     decision = state.switch.ingress(frame[:hdr_len] if hdr_len else frame, peer.port, now)
     if decision is Drop.PINNED_MAC or decision is Drop.MAC_NOT_ALLOWED:
@@ -230,7 +224,7 @@ def _super_to_tap(state: SiteState, raw: bytes) -> None:
         writes = [raw]
     else:
         try:
-            writes = offload.segment(offload.parse_vnet(raw), raw[_VNET:])
+            writes = offload.segment(offload.parse_vnet(raw), raw[offload.VNET_HDR_LEN:])
         except offload.OffloadError as exc:
             counters.tap_drop(exc.reason)
             return

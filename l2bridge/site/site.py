@@ -13,14 +13,11 @@ of a multi-core site is a ``Site`` with its lane (``l2bridge.site.workers``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from l2bridge.core import noise
-from l2bridge.core.caps import Capabilities
 from l2bridge.core.config import SiteConfig
-from l2bridge.core.secure import Timers
 from l2bridge.io.tap import Tap
 from l2bridge.io.transport import Transport
 from l2bridge.site import events, inbound, outbound, status
@@ -30,26 +27,10 @@ from l2bridge.site.state import SiteState
 class Site:
     """A learning switch whose ports are the tap and the peers (DESIGN §2), running."""
 
-    def __init__(
-        self,
-        config: SiteConfig,
-        *,
-        tap: Tap,
-        transport: Transport,
-        caps: Capabilities | None = None,
-        identity: noise.Identity | None = None,
-        psks: dict[str, bytes] | None = None,
-        timers: Timers | None = None,
-        clock_unix: Callable[[], float] | None = None,
-        lane: int = 0,
-        follower: bool = False,
-    ) -> None:
-        if caps is None:  # what the devices in hand can do (the daemon decides it itself)
-            caps = Capabilities.decide(offload=config.offload, vnet_hdr=tap.vnet_hdr,
-                                       udp_gso=transport.gso, udp_gro=transport.gro)
-        self.state = SiteState(config, tap=tap, transport=transport, caps=caps,
-                               identity=identity, psks=psks, timers=timers,
-                               clock_unix=clock_unix, lane=lane, follower=follower)
+    def __init__(self, config: SiteConfig, *, tap: Tap, transport: Transport,
+                 **options: Any) -> None:
+        """The site's state, built from ``options`` (``SiteState``'s keywords)."""
+        self.state = SiteState(config, tap=tap, transport=transport, **options)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the site until cancelled."""

@@ -58,7 +58,7 @@ class SiteState:
         *,
         tap: Tap,
         transport: Transport,
-        caps: Capabilities,
+        caps: Capabilities | None = None,
         identity: noise.Identity | None = None,
         psks: dict[str, bytes] | None = None,
         timers: Timers | None = None,
@@ -66,10 +66,10 @@ class SiteState:
         lane: int = 0,
         follower: bool = False,
     ) -> None:
-        self.config = config
-        self.tap = tap
-        self.transport = transport
-        self.caps = caps
+        if caps is None:  # what the devices in hand can do (the daemon decides it itself)
+            caps = Capabilities.decide(offload=config.offload, vnet_hdr=tap.vnet_hdr,
+                                       udp_gso=transport.gso, udp_gro=transport.gro)
+        self.config, self.tap, self.transport, self.caps = config, tap, transport, caps
         # Worker ``lane`` of ``caps.lanes`` (l2bridge.site.workers): a follower takes peer
         # state and keys from the leader (worker 0) and never handshakes or keeps alive.
         self.lane = lane
