@@ -34,14 +34,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import trio
-from pyroute2 import netns as pr_netns
 
 from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from netns.checks.report import columns
 from netns.describe.plan import LAB_RUN_DIR, VXLAN_OVERHEAD_V4, new_prefix
 from netns.describe.scenario import DEFAULT_MTU, GATEWAY_MODES, Scenario, parse_scenario
 from netns.lab import open_lab
-from netns.realise.nsenter import netns_preexec
+from netns.realise.nsenter import create_netns, netns_preexec
 from netns.realise.registry import (
     LabState,
     Registry,
@@ -270,7 +269,7 @@ def measure_mininet(sites: int) -> MininetRow:
     os.mkdir(registry.dir, 0o755)
     try:
         registry.add_namespace(ns)
-        pr_netns.create(ns)
+        create_netns(ns)
         argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
                 python, "-c", MININET_SCRIPT, str(sites)]
         try:

@@ -37,7 +37,7 @@ from netns.describe.plan import (
     Sysctl,
     VlanPort,
 )
-from netns.realise.nsenter import in_netns
+from netns.realise.nsenter import create_netns, in_netns
 from netns.realise.registry import kill_namespace_processes, remove_namespace
 from netns.realise.undo import UndoStack
 from netns.realise.vlanport import attach_access_port
@@ -111,7 +111,7 @@ def apply_step(
                 raise BuildError(f"{step}: namespace {ns} already exists (run `l2bridge lab "
                                  "clean`, or `l2bridge lab down` for its lab)")
             record_netns(ns)
-            pr_netns.create(ns)
+            create_netns(ns)
             undo.push(f"remove namespace {ns}", lambda: _drop_namespace(ns))
         case Sysctl(ns=ns, key=key, value=value):
             with in_netns(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as f:

@@ -34,7 +34,7 @@ from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
 from netns.describe.plan import VXLAN_PORT, SitePlan
 from netns.realise.build import is_missing, netlink
-from netns.realise.nsenter import netns_preexec
+from netns.realise.nsenter import netns_path, netns_preexec
 
 READY_POLL_S = 0.05
 CONTROL_TIMEOUT_S = 2.0
@@ -190,6 +190,8 @@ class VxlanGateway:
 
     async def kill(self) -> None:
         s = self.site
+        if not self.running and not os.path.exists(netns_path(s.gw_ns)):
+            return  # never started in a namespace that was never built: nothing to remove
         with netlink(s.gw_ns) as ipr:
             for name in [d.ifname for d in s.vxlan] + [s.bridge]:
                 try:
