@@ -41,6 +41,11 @@ File format (every key of [site] but ``name`` is optional)::
     pinned_macs = []                 # MACs that live here: no peer may claim them
     rekey_after = 120                # seconds; all session timers scale with it (tests)
     metrics = "127.0.0.1:9587"       # optional: serve Prometheus /metrics here
+    relay = true                     # pass sealed datagrams between two of our peers that
+                                     # cannot reach each other directly
+    resolve_interval = 60            # seconds: endpoints given as DNS names are resolved again
+    tcp_send_queue = 65536           # bytes a TCP link queues; beyond, frames are dropped
+                                     # (0: no bound, the sender waits - for comparison only)
 
     [[peer]]
     name = "berlin"
@@ -50,6 +55,7 @@ File format (every key of [site] but ``name`` is optional)::
     allowed_macs = []                # optional: only these source MACs from this peer
     max_macs = 1024                  # MACs learned behind this peer (default max_entries_per_peer)
     persistent_keepalive = 25        # seconds: the longest silence towards this peer
+    transport = "auto"               # "udp", "tcp", or "auto": UDP, TCP when UDP gets nowhere
 """
 
 from __future__ import annotations
@@ -109,6 +115,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_MAX_BYTES = 1 << 20  # a site config is a few kB; refuse to read more
 
 DEFAULT_PERSISTENT_KEEPALIVE_S = 25.0
+DEFAULT_TRANSPORT = "auto"
+TRANSPORTS = ("auto", "udp", "tcp")  # l2bridge.core.paths.MODES
+DEFAULT_RESOLVE_INTERVAL_S = 60.0
+RESOLVE_INTERVAL_MIN_S = 1.0
+DEFAULT_TCP_SEND_QUEUE = 65536
+TCP_SEND_QUEUE_MAX = 64 * 1024 * 1024
 DEFAULT_INSECURE = False
 DEFAULT_REKEY_AFTER_S = 120.0  # WireGuard's REKEY_AFTER_TIME; every session timer scales with it
 REKEY_AFTER_MIN_S = 1.0
@@ -153,6 +165,7 @@ class PeerConfig:
     allowed_macs: frozenset[bytes] | None = None  # None: any source MAC
     max_macs: int | None = None  # None: the site's max_entries_per_peer
     persistent_keepalive_s: float = DEFAULT_PERSISTENT_KEEPALIVE_S
+    transport: str = DEFAULT_TRANSPORT  # "auto" | "udp" | "tcp" (l2bridge.core.paths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +198,9 @@ class SiteConfig:
     workers: int = field(default_factory=default_workers)
     low_latency: bool = False
     metrics: Endpoint | None = None  # where /metrics is served (None: nowhere)
+    relay: bool = True
+    resolve_interval_s: float = DEFAULT_RESOLVE_INTERVAL_S
+    tcp_send_queue: int = DEFAULT_TCP_SEND_QUEUE
     # The parsed TOML this config came from: what the leader hands its followers
     # (they never read the file themselves), and what a reload compares.
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -375,6 +391,10 @@ SITE_SCHEMA: dict[str, Param] = {
         f'an address like "127.0.0.1:{DEFAULT_METRICS_PORT}" or "[::1]:{DEFAULT_METRICS_PORT}"',
         None, check=lambda text: parse_endpoint(text, ip_only=True),
     ),
+    "relay": schema.boolean(True),
+    "resolve_interval": _seconds(RESOLVE_INTERVAL_MIN_S, DEAD_AFTER_MAX_S,
+                                 DEFAULT_RESOLVE_INTERVAL_S),
+    "tcp_send_queue": schema.integer(0, TCP_SEND_QUEUE_MAX, DEFAULT_TCP_SEND_QUEUE),
 }
 PEER_SCHEMA: dict[str, Param] = {
     "name": NAME,
@@ -387,6 +407,7 @@ PEER_SCHEMA: dict[str, Param] = {
     "max_macs": schema.integer(ENTRIES_MIN, ENTRIES_MAX, None),
     "persistent_keepalive": _seconds(KEEPALIVE_MIN_S, KEEPALIVE_MAX_S,
                                      DEFAULT_PERSISTENT_KEEPALIVE_S),
+    "transport": schema.choice(TRANSPORTS, DEFAULT_TRANSPORT),
 }
 TOP_SCHEMA: dict[str, Param] = {
     "site": schema.table(SITE_SCHEMA, rule='a table [site] with name = "..."'),
@@ -482,6 +503,9 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         pinned_macs=frozenset(site["pinned_macs"]),
         rekey_after_s=site["rekey_after"],
         metrics=site["metrics"],
+        relay=site["relay"],
+        resolve_interval_s=site["resolve_interval"],
+        tcp_send_queue=site["tcp_send_queue"],
         document=data,
     )
 
@@ -566,10 +590,17 @@ def _peers(
                 )
             keys_seen[public_key] = key
         allowed = peer["allowed_macs"]
+        transport = peer["transport"]
+        if insecure and transport == "tcp":
+            raise checker.fail(
+                f"{prefix}.transport",
+                '"tcp" needs keys: a cleartext site knows a peer only by its UDP address;'
+                ' remove insecure = true or use transport = "udp"',
+            )
         peers.append(PeerConfig(
             name, endpoint, public_key, peer["preshared_key_file"],
             None if allowed is None else frozenset(allowed), peer["max_macs"],
-            peer["persistent_keepalive"],
+            peer["persistent_keepalive"], transport,
         ))
     return tuple(peers)
 

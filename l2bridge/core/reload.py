@@ -6,9 +6,10 @@ freshly loaded one and says what to do; ``l2bridge.site.reload`` does it.
 Live (applied without a restart; unchanged peers keep their sessions):
   peers         added, removed, or changed: endpoint; public key or pre-shared key
                 (new sessions: the peer handshakes again); persistent_keepalive;
-                max_macs and allowed_macs (the switch's port policy)
+                max_macs and allowed_macs (the switch's port policy); transport
+                (the peer starts over on its new paths)
   [site]        ageing, max_entries, max_entries_per_peer, pinned_macs, keepalive,
-                dead_after, log_level
+                dead_after, log_level, relay, resolve_interval
 Not live: every other key - listen, tap, bridge, interfaces, workers, the
 private key (its file or its content), mtu, wan_mtu, hub, offload, insecure,
 control, ... (a key added to ``SiteConfig`` is not live until it is listed
@@ -28,9 +29,10 @@ from l2bridge.core.keys import Secrets
 
 # SiteConfig field -> its key in the file.
 SITE_KEY = {"ageing_s": "ageing", "keepalive_s": "keepalive", "dead_after_s": "dead_after",
-            "rekey_after_s": "rekey_after"}
+            "rekey_after_s": "rekey_after", "resolve_interval_s": "resolve_interval"}
 LIVE_SITE = frozenset({"ageing_s", "max_entries", "max_entries_per_peer", "pinned_macs",
-                       "keepalive_s", "dead_after_s", "log_level"})
+                       "keepalive_s", "dead_after_s", "log_level", "relay",
+                       "resolve_interval_s"})
 NOT_COMPARED = frozenset({"peers", "path", "document"})
 
 
@@ -43,11 +45,13 @@ class PeerChange:
     keys: bool = False  # public key or pre-shared key: its sessions start over
     keepalive: bool = False
     policy: bool = False  # allowed_macs or max_macs
+    transport: bool = False
 
     @property
     def what(self) -> list[str]:
         return [w for w, on in (("endpoint", self.endpoint), ("keys", self.keys),
-                                ("keepalive", self.keepalive), ("MAC policy", self.policy))
+                                ("keepalive", self.keepalive), ("MAC policy", self.policy),
+                                ("transport", self.transport))
                 if on]
 
 
@@ -127,4 +131,5 @@ def _peer_change(old: PeerConfig, new: PeerConfig, old_psks: Mapping[str, bytes]
               or old_psks.get(old.name) != new_psks.get(new.name)),
         keepalive=old.persistent_keepalive_s != new.persistent_keepalive_s,
         policy=old.allowed_macs != new.allowed_macs or old.max_macs != new.max_macs,
+        transport=old.transport != new.transport,
     )

@@ -13,6 +13,19 @@ Every datagram is a 4-byte header followed by a payload of at least one byte::
 HELLO's OFFLOAD flag says the sender accepts SEGMENT bursts; a peer that never
 said so gets ordinary frames.
 
+Reach messages (sealed mode only: they travel inside a session with a neighbour;
+``KEY`` is a site's 32-byte static public key; l2bridge.site.reach uses them)::
+
+    0x15 ASK       b1 = 0  b2b3 = 0     KEY                where is the site KEY?
+    0x16 HINT      b1 = flags (bit0     KEY | address      the site KEY is seen at
+                   RELAY_OK)            (4 or 16 bytes)    address:port (b2b3)
+                   b2b3 = port
+    0x17 RELAY_TO  b1 = 0  b2b3 = 0     KEY | datagram     pass datagram on to KEY
+    0x18 RELAYED   b1 = 0  b2b3 = 0     KEY | datagram     datagram passed on from KEY
+
+A relayed ``datagram`` is a whole sealed datagram of the two end sites' own
+session: the relay sees its size and timing, never its content.
+
 Outbound flow (per frame):
   1. ``Fragmenter.split``: a frame that fits ``max_datagram`` becomes one FRAME
      datagram; a larger one becomes 2..16 FRAGMENT datagrams of near-equal size
@@ -32,6 +45,7 @@ bytes-equal to the frame given to ``split``; a ``Reassembler`` holds at most
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -40,6 +54,12 @@ TYPE_FRAME = 0x11
 TYPE_FRAGMENT = 0x12
 TYPE_HELLO = 0x13
 TYPE_SEGMENT = 0x14  # its header and rules: l2bridge.core.offload
+TYPE_ASK = 0x15
+TYPE_HINT = 0x16
+TYPE_RELAY_TO = 0x17
+TYPE_RELAYED = 0x18
+KEY_LEN = 32
+HINT_RELAY_OK = 0x01
 HEADER_LEN = 4
 MAX_FRAGMENTS = 16
 HELLO_WANT_REPLY = 0x01
@@ -90,7 +110,33 @@ class Hello:
     offload: bool = False
 
 
-Message = Frame | Fragment | Hello
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Where is the site with this public key?"""
+
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """The site ``key`` is seen at ``address`` (an IP literal) : ``port``."""
+
+    key: bytes
+    address: str
+    port: int
+    relay_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A sealed datagram to pass on to ``key`` (RELAY_TO) or passed on from it (RELAYED)."""
+
+    key: bytes
+    datagram: bytes
+    to: bool
+
+
+Message = Frame | Fragment | Hello | Ask | Hint | Relayed
 
 
 def encode_frame(frame: bytes) -> bytes:
@@ -116,6 +162,34 @@ def encode_hello(name: str, want_reply: bool, offload: bool = False) -> bytes:
         raise ValueError(f"hello name of {len(raw)} bytes: expected 1..64 bytes of UTF-8")
     flags = (HELLO_WANT_REPLY if want_reply else 0) | (HELLO_OFFLOAD if offload else 0)
     return _HEADER.pack(TYPE_HELLO, flags, 0) + raw
+
+
+def encode_ask(key: bytes) -> bytes:
+    """Return an ASK for the site with public key ``key`` (32 bytes)."""
+    _check_key(key)
+    return _HEADER.pack(TYPE_ASK, 0, 0) + key
+
+
+def encode_hint(key: bytes, address: str, port: int, relay_ok: bool) -> bytes:
+    """Return a HINT: site ``key`` is seen at ``address`` (IPv4 or IPv6 literal) : ``port``."""
+    _check_key(key)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"hint port {port}: expected 1..65535")
+    packed = ipaddress.ip_address(address).packed
+    return _HEADER.pack(TYPE_HINT, HINT_RELAY_OK if relay_ok else 0, port) + key + packed
+
+
+def encode_relay(key: bytes, datagram: bytes, *, to: bool) -> bytes:
+    """Return a RELAY_TO (``to``: pass it on to ``key``) or a RELAYED (it came from ``key``)."""
+    _check_key(key)
+    if not datagram:
+        raise ValueError("a relayed datagram is empty: expected at least one byte")
+    return _HEADER.pack(TYPE_RELAY_TO if to else TYPE_RELAYED, 0, 0) + key + datagram
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_LEN:
+        raise ValueError(f"a site key of {len(key)} bytes: expected {KEY_LEN}")
 
 
 def decode(datagram: bytes) -> Message:
@@ -148,7 +222,30 @@ def decode(datagram: bytes) -> Message:
         except UnicodeDecodeError:
             raise WireError("bad_hello") from None
         return Hello(name, bool(flags & HELLO_WANT_REPLY), bool(flags & HELLO_OFFLOAD))
+    if TYPE_ASK <= kind <= TYPE_RELAYED:
+        return _decode_reach(datagram)
     raise WireError("bad_type")
+
+
+def _decode_reach(datagram: bytes) -> Message:
+    """ASK, HINT, RELAY_TO, RELAYED (the module docstring); ``WireError`` if malformed."""
+    kind, b1, b2b3 = _HEADER.unpack_from(datagram)
+    key = bytes(datagram[HEADER_LEN : HEADER_LEN + KEY_LEN])
+    rest = datagram[HEADER_LEN + KEY_LEN :]
+    if len(key) < KEY_LEN:
+        raise WireError("truncated")
+    if kind == TYPE_ASK:
+        if b1 or b2b3 or rest:
+            raise WireError("bad_ask")
+        return Ask(key)
+    if kind == TYPE_HINT:
+        if b1 & ~HINT_RELAY_OK or not b2b3 or len(rest) not in (4, 16):
+            raise WireError("bad_hint")
+        address = str(ipaddress.ip_address(bytes(rest)))
+        return Hint(key, address, b2b3, bool(b1 & HINT_RELAY_OK))
+    if b1 or b2b3 or not rest:
+        raise WireError("bad_relay")
+    return Relayed(key, bytes(rest), kind == TYPE_RELAY_TO)
 
 
 class Fragmenter:
@@ -158,15 +255,16 @@ class Fragmenter:
     MTU of 1500 minus 28 bytes of IPv4 + UDP header = 1472.
     """
 
-    __slots__ = ("max_datagram", "next_id", "_room")
+    __slots__ = ("max_datagram", "next_id", "stride", "_room")
 
-    def __init__(self, max_datagram: int, *, first_id: int = 0) -> None:
+    def __init__(self, max_datagram: int, *, first_id: int = 0, stride: int = 1) -> None:
         if max_datagram <= HEADER_LEN:
             raise ValueError(
                 f"max_datagram {max_datagram}: expected more than {HEADER_LEN} bytes (the header)"
             )
         self.max_datagram = max_datagram
         self.next_id = first_id % FRAG_ID_MODULO
+        self.stride = stride  # ids first_id, first_id + stride, ...: one residue per worker
         self._room = max_datagram - HEADER_LEN
 
     def split(self, frame: bytes) -> list[bytes]:
@@ -176,8 +274,12 @@ class Fragmenter:
         becomes two 761-byte datagrams). Raises ``ValueError`` for an empty
         frame or one that needs more than 16 pieces.
         """
+        return self.split_within(frame, self._room)
+
+    def split_within(self, frame: bytes, room: int) -> list[bytes]:
+        """``split`` with another datagram size: ``room`` bytes of frame per datagram (a
+        relayed path has less, a TCP link more); the fragment ids stay one sequence."""
         size = len(frame)
-        room = self._room
         if size <= room:
             if not size:
                 raise ValueError("empty frame: expected at least one byte")
@@ -189,7 +291,7 @@ class Fragmenter:
                 f" the limit is {MAX_FRAGMENTS}: raise the WAN MTU or lower the LAN MTU"
             )
         frag_id = self.next_id
-        self.next_id = (frag_id + 1) & 0xFFFF
+        self.next_id = (frag_id + self.stride) & 0xFFFF
         base, extra = divmod(size, count)
         pack = _HEADER.pack
         last = count - 1

@@ -12,10 +12,12 @@ Inbound flow, per wake-up of the socket (``run``):
   3. the inner message (``inner``; formats in ``l2bridge.core.wire``): FRAME →
      ``deliver``; FRAGMENT → the peer's reassembler → ``deliver``; SEGMENT →
      the peer's burst assembler → ``deliver_super``; HELLO → ``events.hello``;
+     ASK, HINT, RELAY_TO, RELAYED → ``reach.message``;
   4. ``deliver``: ``switch.ingress`` (layer-2 policy, learning) says: the tap,
      a relay (a hub), or a drop counted for the peer.  Relays wait until the
-     batch is read (``Relay``, sent by ``outbound``): the per-datagram path
-     never awaits.
+     batch is read (``Relay``, sent by ``outbound``; and ``reach.flush`` for
+     datagrams relayed between two peers): the per-datagram path never awaits.
+A TCP link runs the same loop over its records (``run(state, link)``).
 
 Kept inline on purpose (the per-datagram path, where a call costs): the
 common case of step 2 (an authenticated datagram from a peer already up at its
@@ -25,24 +27,35 @@ address only refreshes ``last_seen``; anything else goes through
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import trio
 
 from l2bridge.core import noise, offload, wire
 from l2bridge.core.mss import clamp_mss
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, TAP, Drop
-from l2bridge.site import events, outbound
+from l2bridge.site import events, outbound, reach
 from l2bridge.site.state import SiteState
 
 BATCH_DATAGRAMS = 64
+
+
+class Source(Protocol):
+    """Where datagrams come from: the UDP transport, or a TCP link."""
+
+    async def wait_readable(self) -> None: ...
+
+    def recv_batch(self, max_datagrams: int) -> list[tuple[bytes, object]]: ...
 
 _DATA = bytes((noise.MSG_DATA,))
 _FRAME, _HDR = wire.TYPE_FRAME, wire.HEADER_LEN
 
 
-async def run(state: SiteState) -> None:
-    """Until cancelled: the peers' datagrams to the tap (module flow)."""
-    transport = state.transport
+async def run(state: SiteState, source: Source | None = None) -> None:
+    """Until cancelled: the peers' datagrams to the tap (module flow), from the UDP
+    transport or from ``source`` (a TCP link: ``l2bridge.site.reach``)."""
+    transport = state.transport if source is None else source
     waiting: set[Peer] = set()  # peers holding incomplete bursts
     while True:
         if waiting:
@@ -83,7 +96,7 @@ async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
                 events.stranger(state, data, addr, now)
                 continue
             peer.datagrams_in += 1
-            inner(state, peer, data, now, waiting, relays)
+            inner(state, peer, data, addr, now, waiting, relays)
     else:
         receive = table.receive
         open_data = table.open
@@ -100,16 +113,22 @@ async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
             sessions, data = opened
             peer = peer_of[sessions]
             if peer.addr != addr or not peer.up:
-                events.authenticated(state, peer, addr, now)
+                events.authenticated(state, peer, addr, now, _asks_reply(data))
             else:
-                peer.last_seen = now
+                peer.last_seen = peer.path_seen = now
             if not data:  # a keepalive
                 peer.keepalives_in += 1
                 continue
             peer.datagrams_in += 1
-            inner(state, peer, data, now, waiting, relays)
+            inner(state, peer, data, addr, now, waiting, relays)
     for relay in relays:
         await relay.send(state, now)
+    await reach.flush(state, now, waiting)
+
+
+def _asks_reply(data: bytes) -> bool:
+    """A HELLO asking for a reply: a probe, which proves no way back (``core.paths``)."""
+    return len(data) > 1 and data[0] == wire.TYPE_HELLO and bool(data[1] & wire.HELLO_WANT_REPLY)
 
 
 class Relay:
@@ -135,9 +154,10 @@ class Relay:
         await outbound.super_to_peers(state, self.meta, self.frame, chosen, now)
 
 
-def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Peer],
-          relays: list[Relay]) -> None:
-    """Step 3: one inner message from ``peer`` (formats: ``l2bridge.core.wire``)."""
+def inner(state: SiteState, peer: Peer, data: bytes, addr: object, now: float,
+          waiting: set[Peer], relays: list[Relay]) -> None:
+    """Step 3: one inner message from ``peer``, which came by ``addr`` (formats:
+    ``l2bridge.core.wire``)."""
     kind = data[0] if data else 0
     if kind == _FRAME:  # wire's FRAME is header | frame: unwrapped here, the per-frame path
         if len(data) <= _HDR:
@@ -163,7 +183,9 @@ def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Pe
                     events.authenticated(state, peer, peer.addr, now)
                 deliver(state, peer, whole, now, relays)
         elif kind == wire.TYPE_HELLO:
-            events.hello(state, peer, data, now)
+            events.hello(state, peer, data, now, addr)
+        elif wire.TYPE_ASK <= kind <= wire.TYPE_RELAYED:
+            reach.message(state, peer, data, addr, now)
         else:
             peer.drop("bad_type")
     except (wire.WireError, offload.OffloadError) as exc:

@@ -14,8 +14,12 @@ Outbound flow, per wake-up of the tap (``run``):
      queue leaves in one ``send_datagrams`` at the end of the batch.
 Transmission (``send_datagrams``, the one send path for frames, bursts and
 relays): seal the batch with the peer's current session, send it in UDP GSO
-runs, wait (bounded) when the socket buffer is full.  Control datagrams
-(handshakes, keepalives) go out one by one with ``send_control``, never waiting.
+runs (or as one write of records on a TCP link), wait (bounded) when the
+socket buffer is full; a relayed peer's datagrams, and a follower's for a
+peer that worker 0 carries, go through ``reach.carry``.  Each peer's frames
+are cut for its path (``peer.room``: the site's budget, less through a relay,
+more on a TCP link).  Control datagrams (handshakes, keepalives) go out one by
+one with ``reach.send_to``, never waiting.
 
 The batch loop of ``run`` dispatches unicast / flood / drop inline on purpose
 (it is the per-frame path); everything else uses ``targets``.
@@ -29,9 +33,10 @@ import trio
 
 from l2bridge.core import offload
 from l2bridge.core.mss import clamp_mss
+from l2bridge.core.paths import RELAY
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, Drop
-from l2bridge.site import events
+from l2bridge.site import events, reach
 from l2bridge.site.state import SiteState
 
 BATCH_FRAMES = 64
@@ -48,6 +53,7 @@ async def run(state: SiteState) -> None:
     tap = state.tap
     egress = state.switch.egress
     split = state.fragmenter.split
+    within = state.fragmenter.split_within
     peers = state.peers
     by_port = peers.by_port
     mss = state.config.mss_clamp
@@ -84,14 +90,18 @@ async def run(state: SiteState) -> None:
             if type(decision) is int and decision > 0:
                 peer = by_port[decision]
                 peer.unicast_out += 1
-                _queue(queued, peer, split(frame), len(frame))
+                room = peer.room
+                _queue(queued, peer, split(frame) if room is None else within(frame, room),
+                       len(frame))
             elif decision is FLOOD:
                 live = peers.live
                 if live:
                     datagrams = split(frame)
                     for peer in live:
                         peer.flooded_out += 1
-                        _queue(queued, peer, datagrams, len(frame))
+                        room = peer.room
+                        _queue(queued, peer, datagrams if room is None else within(frame, room),
+                               len(frame))
             else:
                 counters.tap_drop(decision.value)  # type: ignore[union-attr]
         if queued:
@@ -127,7 +137,8 @@ async def forward(state: SiteState, frame: bytes, decision: int | Drop, ingress:
     if chosen:
         datagrams = state.fragmenter.split(frame)
         for peer in chosen:
-            await send_datagrams(state, peer, datagrams, len(frame), now)
+            await send_datagrams(state, peer, datagrams if peer.room is None else
+                                 state.fragmenter.split_within(frame, peer.room), len(frame), now)
 
 
 async def send_queued(state: SiteState, queued: dict[Peer, list], now: float) -> None:
@@ -185,20 +196,22 @@ async def super_to_peers(state: SiteState, meta: offload.Meta, frame: bytes,
     segmented here (final checksums) and sent frame by frame.
     """
     chunks: list[bytes] | None = None
-    frames: list[tuple[list[bytes], int]] | None = None
+    segments: list[bytes] | None = None
     for peer in chosen:
-        if peer.offload and chunks is None:
+        burst = peer.offload and peer.path != RELAY  # a relay's envelope leaves no room
+        if burst and chunks is None:
             chunks = _burst(state, meta, frame)
-        if peer.offload and chunks:
+        if burst and chunks:
             peer.bursts_out += 1
             await send_datagrams(state, peer, chunks, len(frame), now)
             continue
-        if frames is None:
-            split = state.fragmenter.split
-            frames = [(split(f), len(f)) for f in offload.segment(meta, frame)]
+        if segments is None:
+            segments = offload.segment(meta, frame)
+        within = state.fragmenter.split_within
+        room = peer.room or state.budget.frame_room
         batch: dict[Peer, list] = {}
-        for datagrams, size in frames:
-            _queue(batch, peer, datagrams, size)
+        for segment in segments:
+            _queue(batch, peer, within(segment, room), len(segment))
         await send_queued(state, batch, now)
 
 
@@ -211,7 +224,7 @@ def _burst(state: SiteState, meta: offload.Meta, frame: bytes) -> list[bytes]:
         chunks = offload.burst_chunks(meta, frame, state.burst_id, size)
     except offload.OffloadError:
         return []
-    state.burst_id = (state.burst_id + 1) & 0xFFFF
+    state.burst_id = (state.burst_id + state.caps.lanes) & 0xFFFF
     return chunks
 
 
@@ -226,6 +239,9 @@ async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], s
     if addr is None:
         peer.drop("no_endpoint")
         return
+    if type(addr) is not tuple and addr.carries:  # type: ignore[attr-defined]
+        await reach.carry(state, peer, addr, datagrams, size, now, frames)
+        return
     table = state.sessions
     if table is not None:
         sealed = table.seal_many(peer.sessions, datagrams, now)
@@ -234,8 +250,8 @@ async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], s
             events.kick(state, peer, now)
             return
         datagrams = sealed
-    transport = state.transport
-    send_batch = transport.send_batch
+    transport = state.transport if type(addr) is tuple else addr  # a TCP link takes records
+    send_batch = transport.send_batch  # type: ignore[union-attr]
     sent = errors = 0
     for _ in range(SEND_RETRIES):
         try:
@@ -253,18 +269,8 @@ async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], s
             peer.frames_out += frames
             peer.bytes_out += size
             return
-        await transport.wait_writable()
+        await transport.wait_writable()  # type: ignore[union-attr]
     peer.drop("send_buffer_full")
-
-
-def send_control(state: SiteState, peer: Peer, datagram: bytes) -> None:
-    """One control datagram (handshake, HELLO, keepalive): best effort, never waits."""
-    if peer.addr is None:
-        return
-    try:
-        state.transport.send(datagram, peer.addr)
-    except OSError as exc:
-        peer.drop(f"send_{errno_name(exc)}")
 
 
 def errno_name(exc: OSError) -> str:

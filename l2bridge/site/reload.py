@@ -6,11 +6,12 @@ Flow of ``apply`` (synchronous: no other task sees a half-applied config):
      longer allow is removed), the peers' keepalive and dead-after;
   3. removed peers: down (``events.peer_down``: entries, partial frames, bursts),
      out of the peer table, the session table and the switch's policy;
-  4. changed peers: a new endpoint is resolved again by the timers; new keys
-     replace the peer's sessions (it goes down and handshakes anew); keepalive;
-     its port policy (entries it may no longer hold are removed);
-  5. added peers: a new port, its sessions, its policy; the timers resolve its
-     endpoint and handshake.
+  4. changed peers: a new endpoint is resolved again by the resolver; new keys
+     replace the peer's sessions (it goes down and handshakes anew); a new
+     transport starts its paths over (down, links closed); keepalive; its port
+     policy (entries it may no longer hold are removed);
+  5. added peers: a new port, its sessions, its policy, its paths; the resolver
+     resolves its endpoint and the timers handshake.
 Unchanged peers are not touched: their sessions, entries and counters carry on.
 A follower applies the same plan (it receives the leader's config) and, like
 the leader, only through the event hooks.
@@ -24,7 +25,7 @@ from l2bridge.core.keys import Secrets
 from l2bridge.core.peers import Peer
 from l2bridge.core.reload import ReloadPlan
 from l2bridge.core.secure import PeerSessions
-from l2bridge.site import events
+from l2bridge.site import events, reach
 from l2bridge.site.state import SiteState
 
 
@@ -48,11 +49,13 @@ def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secre
         pc = by_name[change.name]
         if change.endpoint:
             peer.configured = pc.endpoint
-            if pc.endpoint is not None:
-                state.peers.unbind(peer)  # the timers resolve it again
-        if change.keys:
+            reach.endpoint_changed(state, peer)  # the resolver resolves it again
+        if change.keys or change.transport:
             events.peer_down(state, peer)
+        if change.keys:
             _new_sessions(state, peer, pc, secrets)
+        if change.keys or change.transport or change.endpoint:
+            reach.adopt(state, peer, pc.transport)
         if change.keepalive:
             peer.keepalive_s = min(config.keepalive_s, pc.persistent_keepalive_s)
         if change.policy:
@@ -63,6 +66,7 @@ def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secre
 
 def _remove(state: SiteState, peer: Peer) -> None:
     events.peer_down(state, peer)
+    reach.forget(state, peer)
     state.peers.remove(peer)
     state.switch.set_port_policy(peer.port)
     if state.sessions is not None and peer.sessions is not None:
@@ -83,6 +87,7 @@ def _add(state: SiteState, pc: PeerConfig, secrets: Secrets) -> None:
     state.peers.add(peer)
     state.switch.set_port_policy(peer.port, allowed=pc.allowed_macs, cap=pc.max_macs)
     _new_sessions(state, peer, pc, secrets)
+    reach.adopt(state, peer, pc.transport)
 
 
 def _new_sessions(state: SiteState, peer: Peer, pc: PeerConfig, secrets: Secrets) -> None:

@@ -6,6 +6,7 @@ configured endpoints (the leader) and starts, in one nursery:
   outbound.run   tap → peers              inbound.run   peers → tap
   events.timers  handshakes, keepalives, liveness (a follower: events.follower_timers)
   events.table_gc  aged MAC entries
+  reach.run      (the leader) TCP links, hints, relays, punching, DNS re-resolution
 
 ``status()`` and ``fdb()`` are the views the control socket serves.  A worker
 of a multi-core site is a ``Site`` with its lane (``l2bridge.site.workers``).
@@ -20,7 +21,7 @@ import trio
 from l2bridge.core.config import SiteConfig
 from l2bridge.io.tap import Tap
 from l2bridge.io.transport import Transport
-from l2bridge.site import events, inbound, outbound, status
+from l2bridge.site import events, inbound, outbound, reach, status
 from l2bridge.site.state import SiteState
 
 
@@ -31,18 +32,24 @@ class Site:
                  **options: Any) -> None:
         """The site's state, built from ``options`` (``SiteState``'s keywords)."""
         self.state = SiteState(config, tap=tap, transport=transport, **options)
+        reach.prepare(self.state)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the site until cancelled."""
         state = self.state
         state.started_at = trio.current_time()
         if not state.follower:
-            await events.resolve_endpoints(state)
+            for peer in state.peers:
+                if peer.configured is not None:
+                    await reach.resolve(state, peer)
         async with trio.open_nursery() as nursery:
+            state.nursery = nursery
             nursery.start_soon(outbound.run, state)
             nursery.start_soon(inbound.run, state)
             nursery.start_soon(events.follower_timers if state.follower else events.timers, state)
             nursery.start_soon(events.table_gc, state)
+            if not state.follower:
+                nursery.start_soon(reach.run, state)
             task_status.started()
 
     def status(self) -> dict:

@@ -72,6 +72,8 @@ IFNAME_MAX = 15
 LOOPBACK = "lo"
 SWITCH_BRIDGE = "br0"  # the LAN switch's bridge, in P-<site>-sw
 SWITCH_UPLINK = "gw"  # its port towards the gateway's eth1
+# Daemon keys of [[peer]] a site's ``l2bridge = {...}`` may give: they go on every peer.
+PEER_KEYS = ("transport",)
 
 
 def new_prefix() -> str:
@@ -702,11 +704,13 @@ def render_site_config(
         table.append(("private_key_file", s.key_path))
     merged: dict[str, object] = dict(table)
     merged.update(site.l2bridge)  # keys the lab owns were rejected by validation
+    per_peer = {k: merged.pop(k) for k in PEER_KEYS if k in merged}
     lines = ["[site]"] + [f"{k} = {_toml_value(v)}" for k, v in merged.items()]
     for p in s.peers:
         lines += ["", "[[peer]]", f"name = {_toml_value(p.name)}"]
         if p.address is not None:  # else a dial-in peer: bound to its HELLO's source
             lines.append(f"endpoint = {_toml_value(f'{p.address}:{L2BRIDGE_PORT}')}")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in per_peer.items()]
         if not scenario.insecure:
             public = keys.public_key(sites[p.name].private_key)
             lines.append(f"public_key = {_toml_value(keys.encode_key(public))}")
