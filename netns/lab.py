@@ -18,7 +18,7 @@ import importlib.util
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +30,7 @@ from netns.checks import timeline as timeline_mod
 from netns.checks.report import EventResult
 from netns.checks.streams import Timeline
 from netns.checks.traffic import TOOL_PACKAGES
+from netns.describe import pcap as pcap_spec
 from netns.describe.impair import NftRuleset
 from netns.describe.plan import Node, Plan, make_plan, new_prefix
 from netns.describe.scenario import (
@@ -43,6 +44,7 @@ from netns.describe.scenario import (
 from netns.realise.build import BuildError, build
 from netns.realise.faults import Faults
 from netns.realise.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.realise.pcap import CaptureError, Captures
 from netns.realise.registry import Registry, kill_namespace_processes
 from netns.realise.undo import UndoStack
 from netns.realise.wanctl import RelayProcess, WanError
@@ -132,6 +134,9 @@ class Lab:
         self.faults = Faults(plan, self.gateways, self.relays)
         self.timeline: Timeline | None = None  # set while (and after) the timeline runs
         self.event_results: list[EventResult] = []
+        # Called after a check fails (``lab run --artifacts`` snapshots the gateways then).
+        self.on_failure: Callable[[checks_mod.CheckResult], Awaitable[None]] | None = None
+        self.captures = Captures([], plan.rundir, plan.rundir)  # open_lab sets the real ones
 
     def say(self, line: str) -> None:
         """One progress line (stderr for ``lab run``)."""
@@ -302,6 +307,8 @@ async def open_lab(
     detached: bool = False,
     progress: Progress | None = None,
     offload: bool | None = None,
+    pcap: Sequence[str] = (),
+    pcap_dir: str | None = None,
 ) -> AsyncIterator[Lab]:
     """Build ``scenario`` and yield its ``Lab``; tear it all down on exit (see module doc).
 
@@ -311,6 +318,11 @@ async def open_lab(
 
     ``detached`` records no owner (a lab for ``lab up``); ``keep`` leaves the lab
     up after a body that completed (and detaches it).
+
+    ``pcap`` (``NODE:IF`` or ``all``, with the scenario's ``[lab] pcap``) starts one
+    tcpdump per interface once the gateways are up, writing into ``pcap_dir``
+    (default ``./pcap-NAME``); they stop before the teardown.  Whether the files
+    stay is the caller's choice (``lab.captures.remove()``).
     """
     say = progress or (lambda line: None)
     if isinstance(scenario, str):
@@ -319,11 +331,15 @@ async def open_lab(
         offload = lab_offload_from_env()
     plan = make_plan(scenario, prefix=prefix or new_prefix(), gateway=gateway, wan_mtu=wan_mtu,
                      offload=offload)
+    captures = [*pcap_spec.resolve(plan, scenario.pcap, "lab.pcap"),
+                *pcap_spec.resolve(plan, pcap, "--pcap")]
     preflight(plan)
     undo = UndoStack()
     registry = Registry.create(plan, detached=detached)
     undo.push(f"remove {registry.dir}", registry.remove_dir)
     lab = Lab(plan, registry, detached=detached, progress=progress)
+    lab.captures = Captures(list(dict.fromkeys(captures)),
+                            pcap_dir or os.path.abspath(f"pcap-{plan.prefix}"), plan.rundir)
     completed = False
     try:
         started = time.monotonic()
@@ -352,6 +368,13 @@ async def open_lab(
             raise LabError(str(e)) from None
         lab.timings["start_s"] = time.monotonic() - started
         say(f"lab {plan.prefix}: gateways ready, all peers up in {lab.timings['start_s']:.2f} s")
+        if lab.captures.captures:
+            try:
+                await lab.captures.start(undo)
+            except CaptureError as e:
+                raise LabError(str(e)) from None
+            say(f"lab {plan.prefix}: capturing {len(lab.captures.captures)} interfaces into "
+                f"{lab.captures.directory}")
         yield lab
         completed = True
     finally:
@@ -360,6 +383,7 @@ async def open_lab(
         else:
             started = time.monotonic()
             with trio.CancelScope(shield=True):
+                await lab.captures.stop()
                 await lab.stop_gateways()
                 await lab.stop_relays()
                 await trio.to_thread.run_sync(

@@ -17,7 +17,7 @@ An event that fails is a failed row of the report; the run goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -33,6 +33,7 @@ from netns.realise.faults import FaultError, Faults
 class Lab(kinds.Lab, Protocol):
     timeline: Timeline | None
     faults: Faults
+    on_failure: Callable[[CheckResult], Awaitable[None]] | None
 
     def say(self, line: str) -> None: ...
 
@@ -77,6 +78,8 @@ async def run_timeline(lab: Lab, checks: Sequence[Check], events: Sequence[Event
         result = await kinds.run_check(lab, check)
         results.append(result)
         lab.say(f"check {check.name} … {'ok' if result.ok else 'FAIL'} {result.summary}")
+        if not result.ok and lab.on_failure is not None:
+            await lab.on_failure(result)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events_task)
@@ -106,6 +109,8 @@ async def run_all(lab: Lab, checks: Sequence[Check], events: Sequence[Event]
         lab.say(f"check {check.name} … {'ok' if result.ok else 'FAIL'} {result.summary} "
                 f"({result.elapsed_s:.2f} s)")
         results.append(result)
+        if not result.ok and lab.on_failure is not None:
+            await lab.on_failure(result)
         for event in between.get(check.index, []):
             ran.append(await apply_event(lab, event, lab.timeline))
     return sorted(results, key=lambda r: r.index), ran

@@ -183,6 +183,7 @@ class Scenario:
     checks: tuple[Check, ...]
     insecure: bool = False  # l2bridge gateways without keys (cleartext)
     events: tuple[Event, ...] = ()  # [[event]]: faults on the timeline or between checks
+    pcap: tuple[str, ...] = ()  # [lab] pcap: interfaces to capture ("NODE:IF" or "all")
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -289,6 +290,7 @@ LAB_SCHEMA: dict[str, Param] = {
     "keepalive": _seconds(0.1, 60, DEFAULT_KEEPALIVE_S),
     "dead_after": _seconds(0.2, 600, DEFAULT_DEAD_AFTER_S),
     "insecure": schema.boolean(False),  # true: cleartext gateways (the demonstration only)
+    "pcap": schema.strings([], of='"NODE:IF" strings or "all"'),  # captures (describe/pcap.py)
 }
 LAN_SCHEMA: dict[str, Param] = {
     "ipv4": schema.string(f'an IPv4 network like "{DEFAULT_LAN_IPV4}"', DEFAULT_LAN_IPV4,
@@ -510,6 +512,7 @@ class _Parser:
             checks=checks,
             insecure=lab["insecure"],
             events=events,
+            pcap=tuple(lab["pcap"]),
         )
 
     def sites(self, tables: list[dict[str, Any]], lan: Lan) -> tuple[Site, ...]:
