@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 import trio
 
 from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, L2bridgeError, sole_cause
+from netns import rootless
 from netns.artifacts import Artifacts, render
 from netns.bench import runner as bench
 from netns.bench import timing
@@ -99,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    if os.geteuid() != 0 and not rootless.inside() and args.command in ROOTLESS:
+        handler = functools.partial(_rootless, argv)
     try:
         try:
             return handler(args)
@@ -145,6 +150,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         pcap_dir = artifacts.pcap_dir if artifacts is not None else None
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
                             keep=args.keep, progress=_err, pcap=args.pcap,
+                            prefix=os.environ.get(rootless.PREFIX_ENV),
                             pcap_dir=pcap_dir) as lab:
             if artifacts is not None:
                 seen: list[int] = []
@@ -228,7 +234,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def body() -> int:
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
-                            keep=True, detached=True, progress=_err) as lab:
+                            keep=True, detached=True, progress=_err,
+                            prefix=os.environ.get(rootless.PREFIX_ENV)) as lab:
             print(lab.name)
             _kept_hint(lab.name, lab.hosts()[0].ref)
             return EXIT_OK
@@ -342,6 +349,57 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def cmd_bench(args: argparse.Namespace) -> int:
     _need_root()
     return bench.cmd_bench(args, _run_guarded)
+
+
+# ---------------------------------------------------------------- rootless
+
+ROOTLESS = ("run", "up", "exec", "down", "list", "clean", "timing", "bench")
+
+
+def _rootless(argv: list[str], args: argparse.Namespace) -> int:
+    """Without root: the command in a user namespace of its own (``netns/rootless.py``)."""
+    if args.command == "list":
+        labs = rootless.pointers()
+        if not labs:
+            print("no labs")
+        for d in labs:
+            state = "running" if d["alive"] else "dead"
+            print(f"{d['prefix']}  {d['scenario']}  {d['command']}  pid {d['pid']} {state}  "
+                  f"(rootless, in {rootless.state_root()})")
+        return EXIT_OK
+    if args.command == "clean":
+        for d in rootless.clean():
+            print(f"removed {d['prefix']} ({d['scenario']}, runner pid {d['pid']} dead; the "
+                  "kernel removed its namespaces with it)")
+        return EXIT_OK
+    if args.command in ("down", "exec"):
+        if not _lab_name_ok(args.command, args.name):
+            return EXIT_USAGE
+        return rootless.down(args.name) if args.command == "down" else rootless.exec_in(
+            args.name, argv)
+    scenario_path = "-"
+    if args.command in ("run", "up"):
+        scenario = load_scenario(args.scenario)
+        plan = _plan(args, scenario)  # bad input: exit 2 before anything exists
+        if args.command == "run":
+            pcap_spec.resolve(plan, scenario.pcap, "lab.pcap")
+            pcap_spec.resolve(plan, args.pcap, "--pcap")
+        tagged = [n.ref for n in plan.hosts() if n.vlan is not None]
+        if tagged:
+            raise PreflightError(
+                f"VLAN hosts ({tagged[0]}, …) need root: their switch ports load BPF "
+                "programs, which takes CAP_BPF in the initial user namespace; run as root")
+        scenario_path = args.scenario
+    if args.command == "timing" and args.mininet:
+        raise PreflightError("timing --mininet needs root: Mininet runs its own tools "
+                             "(mnexec, brctl) in the caller's namespaces; run as root")
+    problem = rootless.userns_problem()
+    if problem:
+        raise PreflightError(problem)
+    name = new_prefix()
+    if args.command == "up":
+        return rootless.up(argv, name, scenario_path)
+    return rootless.run(argv, name, scenario_path)
 
 
 # ---------------------------------------------------------------- helpers
