@@ -18,7 +18,7 @@ import importlib.util
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +26,11 @@ import trio
 
 from l2bridge.errors import EXIT_USAGE, L2bridgeError
 from netns.checks import kinds as checks_mod
+from netns.checks import timeline as timeline_mod
+from netns.checks.report import EventResult
+from netns.checks.streams import Timeline
 from netns.checks.traffic import TOOL_PACKAGES
+from netns.describe import pcap as pcap_spec
 from netns.describe.impair import NftRuleset
 from netns.describe.plan import Node, Plan, make_plan, new_prefix
 from netns.describe.scenario import (
@@ -38,7 +42,9 @@ from netns.describe.scenario import (
     parse_check,
 )
 from netns.realise.build import BuildError, build
+from netns.realise.faults import Faults
 from netns.realise.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.realise.pcap import CaptureError, Captures
 from netns.realise.registry import Registry, kill_namespace_processes
 from netns.realise.undo import UndoStack
 from netns.realise.wanctl import RelayProcess, WanError
@@ -59,11 +65,15 @@ CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
     "restart": ("ping",),
     "command": (),  # its own program: see command_programs()
     "vlan_tags": ("tcpdump",),
+    "stream": ("ping",),  # or iperf3: see command_programs()
+    "recovers": ("ping",),
 }
 
 
 def command_programs(check: Check) -> tuple[str, ...]:
     """The programs a check runs: the fixed ones of its kind, plus a command's own."""
+    if check.kind == "stream":
+        return (check.params["tool"],)
     if check.kind != "command":
         return CHECK_PROGRAMS[check.kind]
     argv = check.params["argv"]
@@ -121,6 +131,16 @@ class Lab:
             s.name: RelayProcess(s.relay) for s in plan.sites if s.relay is not None
         }
         self.timings: dict[str, float] = {}
+        self.faults = Faults(plan, self.gateways, self.relays)
+        self.timeline: Timeline | None = None  # set while (and after) the timeline runs
+        self.event_results: list[EventResult] = []
+        # Called after a check fails (``lab run --artifacts`` snapshots the gateways then).
+        self.on_failure: Callable[[checks_mod.CheckResult], Awaitable[None]] | None = None
+        self.captures = Captures([], plan.rundir, plan.rundir)  # open_lab sets the real ones
+
+    def say(self, line: str) -> None:
+        """One progress line (stderr for ``lab run``)."""
+        self.progress(line)
 
     # -- naming
 
@@ -243,6 +263,13 @@ class Lab:
 
     async def run_checks(self, selected: list[Check] | None = None
                          ) -> list[checks_mod.CheckResult]:
+        """Every check of the scenario with its events (the timeline first, then the
+        checks in order: ``netns/checks/timeline.py``; the events' results go to
+        ``event_results``), or only ``selected``, one after the other."""
+        if selected is None:
+            results, self.event_results = await timeline_mod.run_all(
+                self, self.scenario.checks, self.scenario.events)
+            return results
         results = []
         for check in selected if selected is not None else self.scenario.checks:
             self.progress(f"check {check.name} …")
@@ -280,6 +307,8 @@ async def open_lab(
     detached: bool = False,
     progress: Progress | None = None,
     offload: bool | None = None,
+    pcap: Sequence[str] = (),
+    pcap_dir: str | None = None,
 ) -> AsyncIterator[Lab]:
     """Build ``scenario`` and yield its ``Lab``; tear it all down on exit (see module doc).
 
@@ -289,6 +318,11 @@ async def open_lab(
 
     ``detached`` records no owner (a lab for ``lab up``); ``keep`` leaves the lab
     up after a body that completed (and detaches it).
+
+    ``pcap`` (``NODE:IF`` or ``all``, with the scenario's ``[lab] pcap``) starts one
+    tcpdump per interface once the gateways are up, writing into ``pcap_dir``
+    (default ``./pcap-NAME``); they stop before the teardown.  Whether the files
+    stay is the caller's choice (``lab.captures.remove()``).
     """
     say = progress or (lambda line: None)
     if isinstance(scenario, str):
@@ -297,11 +331,15 @@ async def open_lab(
         offload = lab_offload_from_env()
     plan = make_plan(scenario, prefix=prefix or new_prefix(), gateway=gateway, wan_mtu=wan_mtu,
                      offload=offload)
+    captures = [*pcap_spec.resolve(plan, scenario.pcap, "lab.pcap"),
+                *pcap_spec.resolve(plan, pcap, "--pcap")]
     preflight(plan)
     undo = UndoStack()
     registry = Registry.create(plan, detached=detached)
     undo.push(f"remove {registry.dir}", registry.remove_dir)
     lab = Lab(plan, registry, detached=detached, progress=progress)
+    lab.captures = Captures(list(dict.fromkeys(captures)),
+                            pcap_dir or os.path.abspath(f"pcap-{plan.prefix}"), plan.rundir)
     completed = False
     try:
         started = time.monotonic()
@@ -330,6 +368,13 @@ async def open_lab(
             raise LabError(str(e)) from None
         lab.timings["start_s"] = time.monotonic() - started
         say(f"lab {plan.prefix}: gateways ready, all peers up in {lab.timings['start_s']:.2f} s")
+        if lab.captures.captures:
+            try:
+                await lab.captures.start(undo)
+            except CaptureError as e:
+                raise LabError(str(e)) from None
+            say(f"lab {plan.prefix}: capturing {len(lab.captures.captures)} interfaces into "
+                f"{lab.captures.directory}")
         yield lab
         completed = True
     finally:
@@ -338,6 +383,7 @@ async def open_lab(
         else:
             started = time.monotonic()
             with trio.CancelScope(shield=True):
+                await lab.captures.stop()
                 await lab.stop_gateways()
                 await lab.stop_relays()
                 await trio.to_thread.run_sync(

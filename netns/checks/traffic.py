@@ -563,6 +563,8 @@ async def dhcp_lease(
             "--pid-file=",
             "--dhcp-authoritative",
             "--no-ping",
+            "--user=",  # keep its uid and groups: a rootless lab maps no other user
+            "--group=",  # (and may not call setgroups)
         ]
         client_argv = [busybox, "udhcpc", "-i", client_if, "-n", "-q", "-f"]
         client_argv += ["-t", str(tries), "-T", "1", "-s", script]
@@ -656,7 +658,10 @@ def _open_packet_socket(ns: str, ifname: str, proto: int) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             if proto:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF_BYTES)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF_BYTES)
+                except PermissionError:  # a rootless lab: only up to net.core.rmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
                 sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             sock.bind((ifname, proto))
             sock.setblocking(False)
