@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if args.compare:
             results += await _compare(scenario, args, results)
         report = make_report(lab.name, scenario, lab.plan.gateway, len(lab.hosts()),
-                             results, lab.timings)
+                             results, lab.timings, lab.event_results)
         out.write(to_json(report) if args.json else format_table(report))
         out.flush()
         return EXIT_OK if report.ok else EXIT_FAILED

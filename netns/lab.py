@@ -26,6 +26,9 @@ import trio
 
 from l2bridge.errors import EXIT_USAGE, L2bridgeError
 from netns.checks import kinds as checks_mod
+from netns.checks import timeline as timeline_mod
+from netns.checks.report import EventResult
+from netns.checks.streams import Timeline
 from netns.checks.traffic import TOOL_PACKAGES
 from netns.describe.impair import NftRuleset
 from netns.describe.plan import Node, Plan, make_plan, new_prefix
@@ -38,6 +41,7 @@ from netns.describe.scenario import (
     parse_check,
 )
 from netns.realise.build import BuildError, build
+from netns.realise.faults import Faults
 from netns.realise.gateways import Gateway, GatewayError, make_gateway, peers_up
 from netns.realise.registry import Registry, kill_namespace_processes
 from netns.realise.undo import UndoStack
@@ -59,11 +63,15 @@ CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
     "restart": ("ping",),
     "command": (),  # its own program: see command_programs()
     "vlan_tags": ("tcpdump",),
+    "stream": ("ping",),  # or iperf3: see command_programs()
+    "recovers": ("ping",),
 }
 
 
 def command_programs(check: Check) -> tuple[str, ...]:
     """The programs a check runs: the fixed ones of its kind, plus a command's own."""
+    if check.kind == "stream":
+        return (check.params["tool"],)
     if check.kind != "command":
         return CHECK_PROGRAMS[check.kind]
     argv = check.params["argv"]
@@ -121,6 +129,13 @@ class Lab:
             s.name: RelayProcess(s.relay) for s in plan.sites if s.relay is not None
         }
         self.timings: dict[str, float] = {}
+        self.faults = Faults(plan, self.gateways, self.relays)
+        self.timeline: Timeline | None = None  # set while (and after) the timeline runs
+        self.event_results: list[EventResult] = []
+
+    def say(self, line: str) -> None:
+        """One progress line (stderr for ``lab run``)."""
+        self.progress(line)
 
     # -- naming
 
@@ -243,6 +258,13 @@ class Lab:
 
     async def run_checks(self, selected: list[Check] | None = None
                          ) -> list[checks_mod.CheckResult]:
+        """Every check of the scenario with its events (the timeline first, then the
+        checks in order: ``netns/checks/timeline.py``; the events' results go to
+        ``event_results``), or only ``selected``, one after the other."""
+        if selected is None:
+            results, self.event_results = await timeline_mod.run_all(
+                self, self.scenario.checks, self.scenario.events)
+            return results
         results = []
         for check in selected if selected is not None else self.scenario.checks:
             self.progress(f"check {check.name} …")

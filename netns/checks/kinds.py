@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
-from netns.checks import frames, traffic
+from netns.checks import frames, streams, traffic
 from netns.checks.report import CheckResult
 from netns.describe.plan import Node, Plan
 from netns.describe.scenario import Check, Scenario
@@ -545,6 +545,8 @@ RUNNERS: dict[str, Runner] = {
     "restart": check_restart,
     "command": check_command,
     "vlan_tags": check_vlan_tags,
+    "stream": streams.check_stream,  # type: ignore[dict-item]  # timeline checks: streams.Lab
+    "recovers": streams.check_recovers,  # type: ignore[dict-item]
 }
 
 

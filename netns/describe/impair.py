@@ -136,8 +136,13 @@ class RelayPlan:
             "--a", self.gw_leg, "--b", self.router_leg,
             "--delay-ms", f"{self.delay_ms:g}", "--jitter-ms", f"{self.jitter_ms:g}",
             "--reorder-percent", f"{self.reorder_percent:g}", "--seed", str(self.seed),
-            "--queue-frames", str(self.queue_frames),
+            "--queue-frames", str(self.queue_frames), "--knobs", self.knobs_path,
         ]
+
+    @property
+    def knobs_path(self) -> str:
+        """Where an impair event writes new knobs before it sends the relay SIGHUP."""
+        return self.log_path.removesuffix(".log") + ".json"
 
     def __str__(self) -> str:
         return (f"relay {self.ns}: {self.gw_leg} <-> {self.router_leg} delay "

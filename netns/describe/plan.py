@@ -58,6 +58,7 @@ from netns.describe.impair import (
     wan_mtu_for,
 )
 from netns.describe.scenario import Link, Scenario, ScenarioError, Site
+from netns.describe.timeline import L2BRIDGE_ONLY
 
 LAB_RUN_DIR = "/run/l2bridge/lab"
 PREFIX_HEAD = "l2b"
@@ -267,6 +268,7 @@ class Plan:
     nodes: dict[str, Node]
     sites: tuple[SitePlan, ...]
     steps: tuple[Step, ...]
+    offload: bool | None = None  # what the daemon configs say about offloads (None: default)
 
     def site(self, name: str) -> SitePlan:
         for s in self.sites:
@@ -302,7 +304,10 @@ class Plan:
                         f"remotes {' '.join(dev.remotes)}"
                     )
         for check in self.scenario.checks:
-            lines.append(f"check {check.index}: {check.kind}: {check.name}")
+            when = "" if check.at is None else f" (timeline, t = {check.at:g} s)"
+            lines.append(f"check {check.index}: {check.kind}: {check.name}{when}")
+        for event in self.scenario.events:
+            lines.append(f"event {event.index}: {event.when}: {event.name}")
         return lines
 
 
@@ -370,6 +375,7 @@ def make_plan(
         )
     if mode == "vxlan":
         _check_vxlan_links(scenario)
+        _check_vxlan_events(scenario)
     rundir = rundir or f"{LAB_RUN_DIR}/{prefix}"
     wan_ns = f"{prefix}-wan"
     nodes: dict[str, Node] = {"wan": Node(ref="wan", ns=wan_ns, site=None, role="wan")}
@@ -466,6 +472,7 @@ def make_plan(
         nodes=nodes,
         sites=tuple(finished),
         steps=(),
+        offload=offload,
     )
     return dataclasses.replace(plan, steps=tuple(_steps(plan)))
 
@@ -510,6 +517,25 @@ def _check_vxlan_links(scenario: Scenario) -> None:
                 f"fragments), found {link.mtu} on site {site.name}'s link; raise it or use the "
                 "l2bridge gateway",
             )
+
+
+def _check_vxlan_events(scenario: Scenario) -> None:
+    """Stopping, continuing and reloading act on an l2bridge process; VXLAN has none."""
+    for e in scenario.events:
+        if e.kind in L2BRIDGE_ONLY:
+            raise ScenarioError(
+                scenario.path, f"event[{e.index}].kind",
+                f'"{e.kind}" acts on an l2bridge process, which vxlan gateways do not have; '
+                "use the l2bridge gateway or remove the event")
+
+
+def reload_config(plan: Plan, site: str, changes: Mapping[str, object]) -> str:
+    """Site ``site``'s daemon config with ``changes`` to its ``[site]`` keys (a reload event)."""
+    scenario = plan.scenario
+    own = scenario.site(site)
+    changed = dataclasses.replace(own, l2bridge={**own.l2bridge, **changes})
+    by_name = {s.name: s for s in plan.sites}
+    return render_site_config(scenario, changed, by_name[site], by_name, offload=plan.offload)
 
 
 def _peers(scenario: Scenario) -> dict[str, list[str]]:

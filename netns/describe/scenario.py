@@ -54,6 +54,8 @@ from l2bridge.core.schema import (
     expected,
     format_number,
 )
+from netns.describe import timeline
+from netns.describe.timeline import HOST_REF, TIMELINE_CHECK_SCHEMAS, Event
 
 NAME_MAX = 12
 NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
@@ -164,6 +166,7 @@ class Check:
     params: Mapping[str, Any]
     timeout_s: float
     index: int
+    at: float | None = None  # seconds on the timeline (timeline.py); None: sequential
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,7 @@ class Scenario:
     sites: tuple[Site, ...]
     checks: tuple[Check, ...]
     insecure: bool = False  # l2bridge gateways without keys (cleartext)
+    events: tuple[Event, ...] = ()  # [[event]]: faults on the timeline or between checks
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -194,6 +198,8 @@ class Scenario:
         """Site ``name``'s WAN link: the ``[wan]`` defaults, then the site's own keys."""
         values = {k: getattr(self.wan, k) for k in LINK_KEYS if k != "nat"}
         values.update(self.site(name).wan)
+        if name in timeline.impaired_sites(self.events):
+            values["relay"] = True  # an event changes its delay: the relay is there from the start
         return Link(**values)
 
     def host_refs(self) -> list[str]:
@@ -272,8 +278,7 @@ def _count(high: int, default: int | None) -> Param:
 
 
 NAME = schema.name(NAME_RE, NAME_MAX, "a-z 0-9 - (the first one a-z)")
-# Every check parameter naming a host is this one object: ``checks`` finds them by it.
-HOST_REF = schema.string('a host reference "site.host"')
+# Every check parameter naming a host is one object, HOST_REF: ``checks`` finds them by it.
 FAMILIES = ("ipv4", "ipv6")
 LOSS_PATTERNS = ("random", "periodic")  # periodic: every Nth packet, the same in every run
 
@@ -396,6 +401,7 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "expect_output": schema.string(default=None),
         "regex": schema.boolean(False),
     },
+    **TIMELINE_CHECK_SCHEMAS,  # stream, recovers
     "vlan_tags": {
         "from": HOST_REF,
         "to": HOST_REF,
@@ -407,6 +413,8 @@ _COMMON_CHECK: dict[str, Param] = {
     "kind": CHECK_KIND,
     "name": schema.string(default=None),
     "timeout": _seconds(0.1, 3600),
+    "at": schema.number(-timeline.TIMELINE_MAX_S, timeline.TIMELINE_MAX_S, None,
+                        unit="seconds"),
 }
 CHECK_TIMEOUT_S: dict[str, float] = {
     "ping": 15.0,
@@ -419,6 +427,7 @@ CHECK_TIMEOUT_S: dict[str, float] = {
     "restart": 30.0,
     "command": 30.0,
     "vlan_tags": 15.0,
+    **timeline.TIMELINE_CHECK_TIMEOUT_S,
 }
 TOP_SCHEMA: dict[str, Param] = {
     "lab": schema.table(LAB_SCHEMA, {}, rule="a table [lab]"),
@@ -426,6 +435,7 @@ TOP_SCHEMA: dict[str, Param] = {
     "wan": schema.table(WAN_SCHEMA, {}, rule="a table [wan]"),
     "site": schema.tables(SITE_SCHEMA, "site", min_items=2, max_items=MAX_SITES),
     "check": schema.tables(None, "check", []),  # each against its kind's schema, below
+    "event": schema.tables(None, "event", []),  # each against its kind's schema (timeline.py)
 }
 
 
@@ -454,6 +464,7 @@ class _Parser:
         self.path = path
         self.checker = Checker(ScenarioError, path)
         self.vlans: dict[str, int | None] = dict(vlans or {})  # host ref -> VLAN
+        self.timeouts_given: set[str] = set()  # check keys with their own timeout
 
     def fail(self, key: str, message: str) -> SchemaError:
         return self.checker.fail(key, message)
@@ -478,6 +489,11 @@ class _Parser:
         refs = {f"{s.name}.{h.name}" for s in sites for h in s.hosts}
         self.vlans = {f"{s.name}.{h.name}": h.vlan for s in sites for h in s.hosts}
         checks = self.checks(doc["check"], refs, {s.name for s in sites})
+        links = {s.name: dataclasses.asdict(_link(wan, s)) for s in sites}
+        events = timeline.parse_events(
+            self.checker, doc["event"], sites=[s.name for s in sites], hosts=sorted(refs),
+            check_at=[c.at for c in checks], links=links)
+        checks = self.timeline_checks(checks, events)
         name = lab["name"]
         if name is None:
             name = os.path.splitext(os.path.basename(self.path))[0] or "lab"
@@ -493,6 +509,7 @@ class _Parser:
             sites=sites,
             checks=checks,
             insecure=lab["insecure"],
+            events=events,
         )
 
     def sites(self, tables: list[dict[str, Any]], lan: Lan) -> tuple[Site, ...]:
@@ -635,6 +652,8 @@ class _Parser:
             key = f"check[{i}]"
             kind = self.checker.get(raw, key, "kind", CHECK_KIND)
             t = self.checker.table(raw, key, {**_COMMON_CHECK, **CHECK_SCHEMAS[kind]})
+            if t["timeout"] is not None:
+                self.timeouts_given.add(key)
             for pname, param in CHECK_SCHEMAS[kind].items():
                 if param is HOST_REF and t[pname] not in refs:
                     raise self.fail(
@@ -652,11 +671,52 @@ class _Parser:
                 raise self.fail(
                     f"{key}.site", f'no site "{t["site"]}" (one of: {", ".join(sorted(sites))})'
                 )
+            at = t["at"]
+            if at is not None and at < 0:
+                raise self.fail(f"{key}.at", f"{format_number(at)} s is in the past: the "
+                                "timeline starts at 0 s, when the lab is up (expected at >= 0)")
+            if kind == "recovers" and at is not None:
+                raise self.fail(f"{key}.at", "a recovers check starts with its event (remove "
+                                '"at")')
+            if kind in ("stream", "recovers") and at is None:
+                at = 0.0  # on the timeline; a recovers check's real start is its event's
             params = {k: v for k, v in t.items() if k not in _COMMON_CHECK}
             name = t["name"] or _default_check_name(kind, params)
             timeout = t["timeout"] if t["timeout"] is not None else CHECK_TIMEOUT_S[kind]
-            checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i))
+            checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i,
+                                at=at))
         return tuple(checks)
+
+    def timeline_checks(self, checks: tuple[Check, ...], events: tuple[Event, ...]
+                        ) -> tuple[Check, ...]:
+        """Streams get their length (default: until after the last event) and timeout;
+        a recovers check names an event on the timeline and starts with it."""
+        out = []
+        for c in checks:
+            key = f"check[{c.index}]"
+            if c.kind == "stream":
+                at = c.at or 0.0
+                seconds = timeline.stream_seconds(at, c.params["seconds"], events)
+                params = {**c.params, "seconds": seconds}
+                timeout = c.timeout_s
+                if key not in self.timeouts_given:
+                    timeout = seconds + timeline.STREAM_TIMEOUT_SLACK_S
+                c = dataclasses.replace(c, params=params, timeout_s=timeout)
+            elif c.kind == "recovers":
+                n = c.params["event"]
+                if n >= len(events):
+                    raise self.fail(f"{key}.event", f"no event[{n}] (the scenario has "
+                                    f"{len(events)} events)")
+                event = events[n]
+                if event.at is None:
+                    raise self.fail(f"{key}.event", f"event[{n}] ({event.name}) runs between "
+                                    'checks; a recovers check needs an event with "at"')
+                timeout = c.timeout_s
+                if key not in self.timeouts_given:
+                    timeout = c.params["within_s"] + timeline.RECOVERS_SLACK_S
+                c = dataclasses.replace(c, at=event.at, timeout_s=timeout)
+            out.append(c)
+        return tuple(out)
 
     def check_extra(self, kind: str, t: dict[str, Any], key: str) -> None:
         """Cross-field rules of the ``command``, ``vlan_tags`` and ``iperf3`` checks."""
@@ -684,6 +744,13 @@ class _Parser:
             )
         if t["from"].split(".")[0] == t["to"].split(".")[0]:
             raise self.fail(f"{key}.to", f'expected a host at another site than {t["from"]}')
+
+
+def _link(wan: Wan, site: Site) -> Link:
+    """Site ``site``'s link as the file gives it: the ``[wan]`` defaults, its own keys."""
+    values = {k: getattr(wan, k) for k in LINK_KEYS if k != "nat"}
+    values.update(site.wan)
+    return Link(**values)
 
 
 def _daemon_value(value: Any) -> str | None:
@@ -749,5 +816,9 @@ def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:
         return f"broadcast_once from {params['from']}"
     if kind == "restart":
         return f"restart {params['site']}"
+    if kind == "recovers":
+        return f"recovers after event[{params['event']}]: {params['from']} → {params['to']}"
+    if kind == "stream":
+        return f"stream {params['tool']} {params['from']} → {params['to']}"
     suffix = " ipv6" if params.get("ipv6") else ""
     return f"{kind}{suffix} {params['from']} → {params['to']}"

@@ -20,6 +20,7 @@ stop delete ``br0`` and the VXLAN devices, as a crashed daemon would leave nothi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,6 +154,9 @@ class L2bridgeGateway:
 
     async def stop(self) -> None:
         if self.child is not None:
+            if self.child.running:  # a stopped (SIGSTOP) daemon must run to stop cleanly
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child.pid, signal.SIGCONT)
             await self.child.stop(signal.SIGTERM, grace_s=STOP_GRACE_S)
 
     async def show(self) -> dict[str, Any]:

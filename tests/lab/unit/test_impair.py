@@ -134,7 +134,8 @@ def test_relay_splits_the_link_into_two_legs() -> None:
     assert b.relay.argv()[1:] == ["-m", "netns.realise.relay", "--a", "b_g", "--b", "b_r",
                                   "--delay-ms", "20", "--jitter-ms", "5",
                                   "--reorder-percent", "1", "--seed", "42",
-                                  "--queue-frames", "10000"]
+                                  "--queue-frames", "10000", "--knobs",
+                                  f"{plan.rundir}/relay-b.json"]
     assert "relay l2b0c0de-wan: b_g <-> b_r delay 20ms jitter 5ms reorder 1% seed 42" in (
         plan.describe())
 
