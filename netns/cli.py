@@ -25,7 +25,14 @@ from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, L2bridgeError, sol
 from netns.bench import runner as bench
 from netns.bench import timing
 from netns.checks.report import CheckResult, format_table, make_report, to_json
-from netns.describe.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
+from netns.describe.plan import (
+    PREFIX_SHAPE,
+    VXLAN_OVERHEAD_V4,
+    VXLAN_OVERHEAD_V6,
+    is_prefix,
+    make_plan,
+    new_prefix,
+)
 from netns.describe.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
 from netns.lab import PreflightError, open_lab
 from netns.realise.nsenter import netns_path, netns_preexec
@@ -137,7 +144,8 @@ async def _compare(scenario: Any, args: argparse.Namespace,
     selected = [c for c in scenario.checks if c.kind == "iperf3"]
     if not selected:
         return []
-    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + VXLAN_OVERHEAD_V4)
+    overhead = VXLAN_OVERHEAD_V4 if scenario.ipv4_wan else VXLAN_OVERHEAD_V6
+    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + overhead)
     first = {r.index: r for r in results}
     rows = []
     async with open_lab(scenario, gateway=args.compare, wan_mtu=wan_mtu, progress=_err) as ref:
