@@ -200,7 +200,10 @@ def numgen_match(percent: float, pattern: str = "random") -> str:
     if pattern == "periodic":
         period = max(1, round(100 / percent))
         return f"numgen inc mod {period} 0"
-    return f"numgen random mod {NUMGEN_RANGE} < {numgen_threshold(percent)}"
+    threshold = numgen_threshold(percent)
+    if threshold >= NUMGEN_RANGE:
+        return ""  # every packet (nft refuses "< 10000": the values are 0..9999)
+    return f"numgen random mod {NUMGEN_RANGE} < {threshold}"
 
 
 def numgen_threshold(percent: float) -> int:
@@ -234,10 +237,10 @@ def nft_ruleset(table: str, links: Sequence[tuple[str, Link]],
         for ifname, link in links:
             if link.loss_percent:
                 hit = numgen_match(link.loss_percent, link.loss_pattern)
-                forward.append(f"{direction} {_q(ifname)} {hit} drop")
+                forward.append(_words(direction, _q(ifname), hit, "drop"))
             if link.duplicate_percent:
                 hit = numgen_match(link.duplicate_percent, link.loss_pattern)
-                dup.append(f"{direction} {_q(ifname)} {hit}")
+                dup.append(_words(direction, _q(ifname), hit))
     if not (forward or dup or relay_legs):
         return None
     lines = []
@@ -256,6 +259,10 @@ def nft_ruleset(table: str, links: Sequence[tuple[str, Link]],
                             "policy accept;", [f"{rule} dup to {family} daddr device oif"
                                                for rule in dup])
     return "\n".join(lines) + "\n"
+
+
+def _words(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
 
 
 def _table(family: str, table: str, chain: str, header: str, rules: Sequence[str]) -> list[str]:

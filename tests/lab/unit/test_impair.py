@@ -221,6 +221,8 @@ table ip6 l2b0c0de {
     assert replace == "".join(f"table {f} l2b0c0de {{}}\ndelete table {f} l2b0c0de\n"
                               for f in ("inet", "ip", "ip6"))
     assert nft_ruleset("x", [("a", Link(nat="symmetric"))]) is None  # NAT is not the router's
+    every = nft_ruleset("x", [("a", Link(loss_percent=100, duplicate_percent=100))]) or ""
+    assert '    iifname "a" drop\n' in every and '    oifname "a" dup to ip6 daddr' in every
     assert nft_ruleset("x", [("a", Link()), ("b", Link(mtu=1400))]) is None
     assert [numgen_threshold(p) for p in (0.004, 0.005, 2, 33.333, 100)] == [0, 0, 200, 3333,
                                                                               10_000]
