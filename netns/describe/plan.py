@@ -500,28 +500,29 @@ def _check_vxlan_links(scenario: Scenario, overhead: int) -> None:
 
 
 def _check_vxlan_events(scenario: Scenario) -> None:
-    """Stopping, continuing and reloading act on an l2bridge process, and a path shows in
-    its ``show``; VXLAN has neither, and knows its remotes by address only."""
+    """The first thing kernel VXLAN gateways cannot do, as a one-line error."""
+    for key, why, what in _vxlan_refusals(scenario):
+        raise ScenarioError(scenario.path, key,
+                            f"{why}; use the l2bridge gateway or remove {what}")
+
+
+def _vxlan_refusals(scenario: Scenario) -> Iterator[tuple[str, str, str]]:
+    """(key, why, what to remove): stopping, continuing and reloading act on an l2bridge
+    process and a path shows in its ``show``; VXLAN has neither, knows its remotes by
+    address only, and never asks a DNS server."""
     for e in scenario.events:
         if e.kind in L2BRIDGE_ONLY:
-            raise ScenarioError(
-                scenario.path, f"event[{e.index}].kind",
-                f'"{e.kind}" acts on an l2bridge process, which vxlan gateways do not have; '
-                "use the l2bridge gateway or remove the event")
-        if e.kind == "readdress":
-            raise ScenarioError(
-                scenario.path, f"event[{e.index}].kind",
-                "vxlan gateways know their remotes by address and never find a moved one; "
-                "use the l2bridge gateway or remove the event")
+            yield (f"event[{e.index}].kind", f'"{e.kind}" acts on an l2bridge process, which '
+                   "vxlan gateways do not have", "the event")
+        elif e.kind == "readdress":
+            yield (f"event[{e.index}].kind", "vxlan gateways know their remotes by address and "
+                   "never find a moved one", "the event")
     for c in scenario.checks:
         if c.kind in L2BRIDGE_CHECKS:
-            raise ScenarioError(
-                scenario.path, f"check[{c.index}].kind",
-                f'a {c.kind} check reads an l2bridge daemon\'s show, which vxlan gateways do '
-                "not have; use the l2bridge gateway or remove the check")
+            yield (f"check[{c.index}].kind", f"a {c.kind} check reads an l2bridge daemon's "
+                   "show, which vxlan gateways do not have", "the check")
     if scenario.dns:
-        raise ScenarioError(scenario.path, "lab.dns", "vxlan gateways take addresses, not "
-                            "names; use the l2bridge gateway or remove dns")
+        yield "lab.dns", "vxlan gateways take addresses, not names", "dns"
 
 
 def reload_config(plan: Plan, site: str, changes: Mapping[str, object]) -> str:

@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 from support import scenario_path
+from test_impair import error_of, plan_of, sites  # tests/lab/unit is on sys.path
 
 from l2bridge.core import config
 from netns.describe import features
@@ -20,24 +21,6 @@ from netns.describe.steps import AddAddress, AddRoute, AddVeth, NftRuleset, Sysc
 from netns.describe.underlay import peer_address, readdressed, site_addresses
 
 NEW = ["udp-blocked", "nat-to-nat", "nat-symmetric", "ipv6-wan", "dynamic-dns"]
-
-
-def sites(*tables: str) -> str:
-    """Sites a, b, c ... each with one host; ``tables[i]`` is extra text for site i."""
-    return "\n".join(f'[[site]]\nname = "{"abcdefgh"[i]}"\n{extra}\n[[site.host]]\nname = "h1"\n'
-                     for i, extra in enumerate(tables))
-
-
-def error_of(text: str) -> str:
-    with pytest.raises(ScenarioError) as info:
-        parse_scenario(text, "lab.toml")
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
-def plan_of(text: str, **kw: object):  # type: ignore[no-untyped-def]
-    return make_plan(parse_scenario(text, "lab.toml"), prefix="l2b0c0de", **kw)
 
 
 def peers(plan, site: str) -> list[tuple[str, str | None]]:  # type: ignore[no-untyped-def]
