@@ -291,6 +291,8 @@ async def test_quiet_sees_who_carries_the_data(lab_scenario, hub: bool,
 
 async def test_path_check_reports_what_show_said(lab_scenario) -> None:  # type: ignore[no-untyped-def]
     lab = await lab_scenario(parse_scenario(MESH3, "mesh3.toml"), gateway="l2bridge")
+    assert lab.dns is None  # a lab without [lab] dns starts no dnsmasq
+    assert [pid for pid in pids_in_netns(lab.plan.wan_ns) if _comm(pid) == "dnsmasq"] == []
     result = await lab.check("path", site="a", peer="b", expect="tcp", within=0.5)
     path = next(p for p in (await lab.show("a"))["peers"] if p["name"] == "b").get("path")
     if path == "tcp":  # a daemon with paths: a clean WAN is never on TCP
