@@ -30,7 +30,14 @@ from netns.bench import timing
 from netns.checks.junit import to_junit
 from netns.checks.report import CheckResult, format_table, make_report, to_json
 from netns.describe import pcap as pcap_spec
-from netns.describe.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
+from netns.describe.plan import (
+    PREFIX_SHAPE,
+    VXLAN_OVERHEAD_V4,
+    VXLAN_OVERHEAD_V6,
+    is_prefix,
+    make_plan,
+    new_prefix,
+)
 from netns.describe.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
 from netns.lab import PreflightError, open_lab
 from netns.realise.nsenter import netns_path, netns_preexec
@@ -210,7 +217,8 @@ async def _compare(scenario: Any, args: argparse.Namespace,
     selected = [c for c in scenario.checks if c.kind == "iperf3"]
     if not selected:
         return []
-    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + VXLAN_OVERHEAD_V4)
+    overhead = VXLAN_OVERHEAD_V4 if scenario.ipv4_wan else VXLAN_OVERHEAD_V6
+    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + overhead)
     first = {r.index: r for r in results}
     rows = []
     async with open_lab(scenario, gateway=args.compare, wan_mtu=wan_mtu, progress=_err) as ref:

@@ -4,10 +4,12 @@ Flow of ``open_lab``: 1. load and plan the scenario (pure; bad input raises
 ``ScenarioError`` before anything exists)  2. preflight: root, programs the checks
 need  3. write the registry's state file  4. build namespaces and links (each undo
 registered as soon as its object exists; tbf and nftables impairments are steps
-too)  5. start the delay relay of each link that has one (wanctl.py), then one
-gateway per site, and wait until each is ready and sees all its peers up  6. hand
+too)  5. start the delay relay of each link that has one (wanctl.py) and the lab's
+DNS server (``[lab] dns``: dnsmasq in the WAN router, realise/dns.py), then one
+gateway per site, and wait until each is ready and sees all its peers up
+(within ``[lab] up_within``)  6. hand
 the ``Lab`` to the caller  7. on every exit path (success, failure, exception,
-cancellation) stop the gateways and relays and unwind the undo stack, shielded
+cancellation) stop the gateways, relays and DNS server and unwind the undo stack, shielded
 from cancellation; with ``keep`` and a body that completed, the lab is detached
 instead and lives until ``lab down``.
 """
@@ -32,7 +34,7 @@ from netns.checks.streams import Timeline
 from netns.checks.traffic import TOOL_PACKAGES
 from netns.describe import pcap as pcap_spec
 from netns.describe.impair import NftRuleset
-from netns.describe.plan import Node, Plan, make_plan, new_prefix
+from netns.describe.plan import Node, Plan, dns_records, make_plan, new_prefix
 from netns.describe.scenario import (
     CHECK_TIMEOUT_S,
     Check,
@@ -42,15 +44,16 @@ from netns.describe.scenario import (
     parse_check,
 )
 from netns.realise.build import BuildError, build
+from netns.realise.dns import DnsError, DnsServer
 from netns.realise.faults import Faults
 from netns.realise.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.realise.nsenter import RESOLV_CONF
 from netns.realise.pcap import CaptureError, Captures
 from netns.realise.registry import Registry, kill_namespace_processes
 from netns.realise.undo import UndoStack
 from netns.realise.wanctl import RelayProcess, WanError
 
 READY_TIMEOUT_S = 10.0
-PEERS_UP_TIMEOUT_S = 10.0
 PEERS_POLL_S = 0.1
 STOP_TIMEOUT_S = 2.0
 
@@ -67,6 +70,8 @@ CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
     "vlan_tags": ("tcpdump",),
     "stream": ("ping",),  # or iperf3: see command_programs()
     "recovers": ("ping",),
+    "path": (),
+    "quiet": ("iperf3",),
 }
 
 
@@ -114,6 +119,13 @@ def preflight(plan: Plan) -> None:
             "gateway l2bridge needs the l2bridge package (l2bridge.ops.cli not importable); "
             "install it or use --gateway vxlan"
         )
+    if plan.dns is not None:
+        if shutil.which("dnsmasq") is None:
+            raise PreflightError("lab.dns needs dnsmasq, which is not on PATH; install it "
+                                 f"(apt-get install {TOOL_PACKAGES['dnsmasq']})")
+        if not os.path.isfile(os.path.realpath(RESOLV_CONF)):
+            raise PreflightError(f"lab.dns binds the lab's resolv.conf over {RESOLV_CONF}, "
+                                 f"which does not exist here ({os.path.realpath(RESOLV_CONF)})")
 
 
 class Lab:
@@ -130,8 +142,9 @@ class Lab:
         self.relays: dict[str, RelayProcess] = {
             s.name: RelayProcess(s.relay) for s in plan.sites if s.relay is not None
         }
+        self.dns = DnsServer(plan.dns) if plan.dns is not None else None
         self.timings: dict[str, float] = {}
-        self.faults = Faults(plan, self.gateways, self.relays)
+        self.faults = Faults(plan, self.gateways, self.relays, self.dns)
         self.timeline: Timeline | None = None  # set while (and after) the timeline runs
         self.event_results: list[EventResult] = []
         # Called after a check fails (``lab run --artifacts`` snapshots the gateways then).
@@ -180,8 +193,11 @@ class Lab:
         await self.wait_ready()
 
     async def wait_ready(self, ready_timeout_s: float = READY_TIMEOUT_S,
-                         peers_timeout_s: float = PEERS_UP_TIMEOUT_S) -> None:
-        """Every gateway answers its control socket, then sees all its peers up."""
+                         peers_timeout_s: float | None = None) -> None:
+        """Every gateway answers its control socket, then sees all its peers up (within
+        ``peers_timeout_s``, by default the scenario's ``[lab] up_within``)."""
+        if peers_timeout_s is None:
+            peers_timeout_s = self.scenario.up_within_s
         deadline = trio.current_time() + ready_timeout_s
         async with trio.open_nursery() as nursery:
             for gw in self.gateways.values():
@@ -216,6 +232,16 @@ class Lab:
         async with trio.open_nursery() as nursery:
             for relay in self.relays.values():
                 nursery.start_soon(relay.stop)
+
+    async def start_dns(self, undo: UndoStack) -> None:
+        """Start the lab's DNS server (``[lab] dns``); its kill is an undo at once."""
+        if self.dns is not None:
+            undo.push("kill dnsmasq", self.dns.kill_now)
+            await self.dns.start(dns_records(self.plan))
+
+    async def stop_dns(self) -> None:
+        if self.dns is not None:
+            await self.dns.stop()
 
     async def stop_gateways(self) -> None:
         with trio.move_on_after(STOP_TIMEOUT_S * 2):
@@ -361,6 +387,12 @@ async def open_lab(
                 await lab.start_relays(undo)
             except WanError as e:
                 raise LabError(f"lab {plan.prefix}: {e}") from None
+        if lab.dns is not None:
+            say(f"lab {plan.prefix}: starting dnsmasq …")
+            try:
+                await lab.start_dns(undo)
+            except DnsError as e:
+                raise LabError(f"lab {plan.prefix}: {e}") from None
         say(f"lab {plan.prefix}: starting {len(plan.sites)} {plan.gateway} gateways …")
         try:
             await lab.start_gateways()
@@ -386,6 +418,7 @@ async def open_lab(
                 await lab.captures.stop()
                 await lab.stop_gateways()
                 await lab.stop_relays()
+                await lab.stop_dns()
                 await trio.to_thread.run_sync(
                     kill_namespace_processes, list(registry.state.namespaces)
                 )

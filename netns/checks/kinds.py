@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
-from netns.checks import frames, streams, traffic
+from netns.checks import frames, paths, streams, traffic
 from netns.checks.report import CheckResult
 from netns.describe.plan import Node, Plan
 from netns.describe.scenario import Check, Scenario
@@ -547,6 +547,8 @@ RUNNERS: dict[str, Runner] = {
     "vlan_tags": check_vlan_tags,
     "stream": streams.check_stream,  # type: ignore[dict-item]  # timeline checks: streams.Lab
     "recovers": streams.check_recovers,  # type: ignore[dict-item]
+    "path": paths.check_path,  # type: ignore[dict-item]  # they read show: paths.Lab
+    "quiet": paths.check_quiet,  # type: ignore[dict-item]
 }
 
 

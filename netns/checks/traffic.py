@@ -50,6 +50,7 @@ from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
 from netns.checks.frames import ETH_HLEN, TPID_8021Q, insert_vlan_tag, parse_pcap
 from netns.realise.nsenter import in_netns, netns_path, netns_preexec
+from netns.realise.ports import port_open
 
 # Debian package that provides each program we run.
 TOOL_PACKAGES = types.MappingProxyType(
@@ -88,8 +89,6 @@ SOCKET_RCVBUF_BYTES = 8 * 1024 * 1024
 MAX_KEPT_FRAMES = 10_000  # FrameCounter.frames keeps at most this many
 COUNTER_SETTLE_S = 0.3
 OUTPUT_READ_BYTES = 65_536  # one pread of a tool's captured output
-
-TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 
 
 class TrafficError(L2bridgeError):
@@ -229,7 +228,7 @@ class _Child:
         pid = self.child.pid
 
         async def listening() -> bool:
-            return _port_open(pid, proto, port)
+            return port_open(pid, proto, port)
 
         await self.child.wait_ready(
             listening, deadline=trio.current_time() + timeout_s, poll_s=READY_POLL_S,
@@ -258,49 +257,6 @@ def _read_all(f: IO[bytes]) -> str:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks).decode(errors="replace")
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    """Inodes of the sockets process ``pid`` holds open."""
-    inodes: set[str] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
-def _port_open(pid: int, proto: str, port: int) -> bool:
-    """Whether process ``pid`` itself holds a ``proto`` socket on local ``port``.
-
-    For TCP only listening sockets count; for UDP any bound socket does.  The
-    socket must be one of ``pid``'s own (matched by inode), so another daemon
-    already on the port does not pass for ours.
-    """
-    owned = _socket_inodes(pid)
-    for table in (proto, proto + "6"):
-        try:
-            with open(f"/proc/{pid}/net/{table}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port != port or (proto == "tcp" and fields[3] != TCP_LISTEN):
-                continue
-            if len(fields) > 9 and fields[9] in owned:
-                return True
-    return False
 
 
 @contextlib.asynccontextmanager

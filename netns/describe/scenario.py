@@ -24,11 +24,11 @@ Invariants guaranteed to the planner:
 - at most one hub site;
 - every check kind is known, its parameters typed, its host references exist;
 - every site link (``Scenario.link``): jitter <= delay, reordering only with a
-  delay, and no two sites behind NAT that would have to peer with each other.
-
-Keys reserved for later versions (IPv6 underlay) are part of the schema so they
-validate by type, but a non-default value is rejected with a message saying it is
-not implemented yet.
+  delay;
+- every pair of sites that peer can reach each other (``reach_problem``): one
+  of them dials the other (it dials out and the other is not behind NAT), or
+  both are behind NAT and share a third site that is not, which tells each the
+  other's public address and relays when punching fails.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,12 @@ from l2bridge.core.schema import (
     format_number,
 )
 from netns.describe import timeline
+from netns.describe.paths import (
+    L2BRIDGE_CHECKS,
+    PATH_CHECK_SCHEMAS,
+    PATH_CHECK_TIMEOUT_S,
+    site_problem,
+)
 from netns.describe.timeline import HOST_REF, TIMELINE_CHECK_SCHEMAS, Event
 
 NAME_MAX = 12
@@ -70,6 +76,8 @@ DEFAULT_DEAD_AFTER_S = 3.0
 MIN_MTU = 576
 DEFAULT_WAN_SEED = 1
 MAX_MTU = 9000
+DEFAULT_UP_WITHIN_S = 10.0
+NAT_KINDS = ("cone", "symmetric")  # nat = true means "cone"
 
 
 class ScenarioError(SchemaError):
@@ -99,6 +107,7 @@ class Site:
     hub: bool = False
     l2bridge: Mapping[str, Any] = field(default_factory=dict)  # extra daemon [site] keys
     wan: Mapping[str, Any] = field(default_factory=dict)  # link keys overriding [wan]
+    dial_out: bool = True  # False: its config lists its peers without endpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +127,10 @@ class Wan:
     reorder_percent: float = 0.0
     loss_pattern: str = "random"  # "periodic": every Nth packet (the same in every run)
     relay: bool = False  # insert the relay even with delay, jitter and reorder at 0
-    nat: bool = False  # per site only (validation rejects it here)
+    nat: str = ""  # per site only (validation rejects it here)
+    block_udp: bool = False  # the router drops every UDP datagram to or from the link
     seed: int = DEFAULT_WAN_SEED  # the relay's random decisions
-    ipv6: bool = False  # reserved
+    ipv6: bool = False  # an IPv6 WAN (dual-stack when a site is behind NAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +146,8 @@ class Link:
     reorder_percent: float = 0.0
     loss_pattern: str = "random"  # or "periodic": loss and duplication hit every Nth packet
     relay: bool = False
-    nat: bool = False
+    nat: str = ""  # "" (a public address), "cone" or "symmetric": the site's own NAT router
+    block_udp: bool = False
 
     @property
     def needs_relay(self) -> bool:
@@ -145,7 +156,8 @@ class Link:
 
     @property
     def needs_nft(self) -> bool:
-        return bool(self.loss_percent or self.duplicate_percent or self.nat)
+        """Whether the WAN router needs rules for this link (NAT lives in its own router)."""
+        return bool(self.loss_percent or self.duplicate_percent or self.block_udp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +196,9 @@ class Scenario:
     insecure: bool = False  # l2bridge gateways without keys (cleartext)
     events: tuple[Event, ...] = ()  # [[event]]: faults on the timeline or between checks
     pcap: tuple[str, ...] = ()  # [lab] pcap: interfaces to capture ("NODE:IF" or "all")
+    dns: bool = False  # a dnsmasq in the WAN router; peers' endpoints are names
+    resolve_interval_s: float | None = None  # the daemons' resolve_interval (None: default)
+    up_within_s: float = DEFAULT_UP_WITHIN_S  # how long start-up waits for all peers up
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -197,11 +212,25 @@ class Scenario:
 
     def link(self, name: str) -> Link:
         """Site ``name``'s WAN link: the ``[wan]`` defaults, then the site's own keys."""
-        values = {k: getattr(self.wan, k) for k in LINK_KEYS if k != "nat"}
-        values.update(self.site(name).wan)
+        link = _link(self.wan, self.site(name))
         if name in timeline.impaired_sites(self.events):
-            values["relay"] = True  # an event changes its delay: the relay is there from the start
-        return Link(**values)
+            # an event changes its delay: the relay is there from the start
+            link = dataclasses.replace(link, relay=True)
+        return link
+
+    @property
+    def natted(self) -> set[str]:
+        """The sites behind a NAT router of their own."""
+        return {s.name for s in self.sites if _link(self.wan, s).nat}
+
+    @property
+    def ipv4_wan(self) -> bool:
+        """Whether the WAN carries IPv4: always, except an IPv6 WAN without NAT sites."""
+        return not self.wan.ipv6 or bool(self.natted)
+
+    def peers_of(self) -> dict[str, list[str]]:
+        """Mesh: everyone peers with everyone; with a hub: spokes peer only with the hub."""
+        return peerings(self.sites)
 
     def host_refs(self) -> list[str]:
         """Every host as ``"site.host"``, in file order."""
@@ -211,22 +240,18 @@ class Scenario:
 # ---------------------------------------------------------------- schemas
 
 
-def _not_yet(what: str, default: Any) -> Hook:
-    def check(value: Any) -> Any:
-        if value != default:
-            raise ValueError(
-                f"{what}: not implemented in this version of the lab (remove the key)"
-            )
-        return value
-
-    return check
-
-
-def _per_site_nat(value: bool) -> bool:
+def _per_site_nat(value: bool | str) -> str:
     if value:
         raise ValueError("NAT is per site: set it in the site's own table, "
                          "[[site]] wan = { nat = true } (remove it from [wan])")
-    return value
+    return ""
+
+
+def _nat_kind(value: bool | str) -> str:
+    """``true`` is a cone NAT, ``false`` none (``""``); a kind is kept (``schema`` hook)."""
+    if value is True:
+        return NAT_KINDS[0]
+    return value or ""
 
 
 def _families(value: list[str]) -> list[str]:
@@ -291,6 +316,9 @@ LAB_SCHEMA: dict[str, Param] = {
     "dead_after": _seconds(0.2, 600, DEFAULT_DEAD_AFTER_S),
     "insecure": schema.boolean(False),  # true: cleartext gateways (the demonstration only)
     "pcap": schema.strings([], of='"NODE:IF" strings or "all"'),  # captures (describe/pcap.py)
+    "dns": schema.boolean(False),  # dnsmasq in the WAN router; endpoints by name
+    "resolve_interval": _seconds(1, 3600),  # the daemons' [site] resolve_interval
+    "up_within": _seconds(1, 600, DEFAULT_UP_WITHIN_S),  # start-up: every peer up by then
 }
 LAN_SCHEMA: dict[str, Param] = {
     "ipv4": schema.string(f'an IPv4 network like "{DEFAULT_LAN_IPV4}"', DEFAULT_LAN_IPV4,
@@ -310,14 +338,17 @@ SITE_WAN_SCHEMA: dict[str, Param] = {
     "reorder_percent": _percent(0.0),
     "loss_pattern": schema.choice(LOSS_PATTERNS, "random"),
     "relay": schema.boolean(False),
-    "nat": schema.boolean(False),
+    "nat": dataclasses.replace(
+        schema.either('true, false, "cone" or "symmetric"', schema.boolean(),
+                      schema.choice(NAT_KINDS), default=False), check=_nat_kind),
+    "block_udp": schema.boolean(False),
 }
 LINK_KEYS = tuple(SITE_WAN_SCHEMA)
 WAN_SCHEMA: dict[str, Param] = {
     **SITE_WAN_SCHEMA,
-    "nat": schema.boolean(False, check=_per_site_nat),
+    "nat": dataclasses.replace(SITE_WAN_SCHEMA["nat"], check=_per_site_nat),
     "seed": schema.integer(0, 2**32 - 1, DEFAULT_WAN_SEED),
-    "ipv6": schema.boolean(False, check=_not_yet("an IPv6 underlay", False)),
+    "ipv6": schema.boolean(False),
 }
 # A site's own link keys: absent ones are None, so only what the site sets overrides [wan].
 _OVERRIDES_SCHEMA = {k: dataclasses.replace(p, default=None) for k, p in SITE_WAN_SCHEMA.items()}
@@ -331,6 +362,7 @@ HOST_SCHEMA: dict[str, Param] = {
 SITE_SCHEMA: dict[str, Param] = {
     "name": NAME,
     "hub": schema.boolean(False),
+    "dial_out": schema.boolean(True),  # false: its peers are listed without endpoints
     "l2bridge": schema.table(None, None),  # extra keys of the daemon's [site]: checked below
     "wan": schema.table(_OVERRIDES_SCHEMA, None),
     "host": schema.tables(HOST_SCHEMA, "site.host", min_items=1, max_items=MAX_HOSTS_PER_SITE),
@@ -404,6 +436,7 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "regex": schema.boolean(False),
     },
     **TIMELINE_CHECK_SCHEMAS,  # stream, recovers
+    **PATH_CHECK_SCHEMAS,  # path, quiet
     "vlan_tags": {
         "from": HOST_REF,
         "to": HOST_REF,
@@ -430,6 +463,7 @@ CHECK_TIMEOUT_S: dict[str, float] = {
     "command": 30.0,
     "vlan_tags": 15.0,
     **timeline.TIMELINE_CHECK_TIMEOUT_S,
+    **PATH_CHECK_TIMEOUT_S,
 }
 TOP_SCHEMA: dict[str, Param] = {
     "lab": schema.table(LAB_SCHEMA, {}, rule="a table [lab]"),
@@ -467,6 +501,7 @@ class _Parser:
         self.checker = Checker(ScenarioError, path)
         self.vlans: dict[str, int | None] = dict(vlans or {})  # host ref -> VLAN
         self.timeouts_given: set[str] = set()  # check keys with their own timeout
+        self.peers: dict[str, list[str]] = {}  # site -> the sites it peers with
 
     def fail(self, key: str, message: str) -> SchemaError:
         return self.checker.fail(key, message)
@@ -488,7 +523,11 @@ class _Parser:
         wan = Wan(**doc["wan"])
         sites = self.sites(doc["site"], lan)
         self.links(wan, sites)
+        problem = reach_problem(wan, sites)
+        if problem is not None:
+            raise self.fail(*problem)
         refs = {f"{s.name}.{h.name}" for s in sites for h in s.hosts}
+        self.peers = peerings(sites)
         self.vlans = {f"{s.name}.{h.name}": h.vlan for s in sites for h in s.hosts}
         checks = self.checks(doc["check"], refs, {s.name for s in sites})
         links = {s.name: dataclasses.asdict(_link(wan, s)) for s in sites}
@@ -513,6 +552,9 @@ class _Parser:
             insecure=lab["insecure"],
             events=events,
             pcap=tuple(lab["pcap"]),
+            dns=lab["dns"],
+            resolve_interval_s=lab["resolve_interval"],
+            up_within_s=lab["up_within"],
         )
 
     def sites(self, tables: list[dict[str, Any]], lan: Lan) -> tuple[Site, ...]:
@@ -548,26 +590,18 @@ class _Parser:
                     raise self.fail(f"{key}.l2bridge.{k}", problem)
             link = {k: v for k, v in (t["wan"] or {}).items() if v is not None}
             hosts = self.hosts(t["host"], key, v4, v6, addresses, macs)
-            sites.append(
-                Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra, wan=link)
-            )
+            sites.append(Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra, wan=link,
+                              dial_out=t["dial_out"]))
         return tuple(sites)
 
     def links(self, wan: Wan, sites: tuple[Site, ...]) -> None:
         """Cross-key rules of every effective site link; errors name where the value came from.
 
         - jitter never exceeds the delay (a frame is never due before it arrived);
-        - reordering needs a delay: a frame overtakes only frames still held back;
-        - two sites that peer with each other are never both behind NAT (neither
-          could open the path), so a mesh has at most one NAT site, and with a hub
-          either the hub or any spokes may be behind NAT.
+        - reordering needs a delay: a frame overtakes only frames still held back.
         """
-        hub = next((s for s in sites if s.hub), None)
-        natted: list[tuple[int, Site]] = []
         for i, site in enumerate(sites):
-            values = {k: getattr(wan, k) for k in LINK_KEYS if k != "nat"}
-            values.update(site.wan)
-            link = Link(**values)
+            link = _link(wan, site)
 
             def where(k: str, i: int = i, site: Site = site) -> str:
                 return f"site[{i}].wan.{k}" if k in site.wan else f"wan.{k}"
@@ -584,22 +618,6 @@ class _Parser:
                     f"reordering on site {site.name}'s link needs a delay to overtake "
                     "(set delay_ms > 0)",
                 )
-            if link.nat:
-                natted.append((i, site))
-        if len(natted) < 2 or (hub is not None and not hub.wan.get("nat")):
-            return
-        # A mesh: the second NAT site clashes with the first; with a NAT hub: the
-        # first NAT spoke clashes with the hub.
-        (_, a), (j, b) = natted[0], natted[1]
-        if hub is not None:
-            a = hub
-            j, b = next((j, s) for j, s in natted if s is not hub)
-        raise self.fail(
-            f"site[{j}].wan.nat",
-            f'sites "{a.name}" and "{b.name}" would both be behind NAT and peer with each '
-            "other, so neither could reach the other (at most one side of each peering may "
-            "be behind NAT)",
-        )
 
     def hosts(
         self,
@@ -670,6 +688,10 @@ class _Parser:
                 raise self.fail(f"{key}.client", "client must differ from server")
             if kind in ("command", "vlan_tags", "iperf3"):
                 self.check_extra(kind, t, key)
+            if kind in L2BRIDGE_CHECKS:
+                problem = site_problem(kind, t, self.peers)
+                if problem is not None:
+                    raise self.fail(f"{key}.{problem[0]}", problem[1])
             if kind == "restart" and t["site"] not in sites:
                 raise self.fail(
                     f"{key}.site", f'no site "{t["site"]}" (one of: {", ".join(sorted(sites))})'
@@ -756,6 +778,55 @@ def _link(wan: Wan, site: Site) -> Link:
     return Link(**values)
 
 
+def peerings(sites: Sequence[Site]) -> dict[str, list[str]]:
+    """Who peers with whom: a mesh, or with a hub, spokes only with the hub."""
+    names = [s.name for s in sites]
+    hub = next((s for s in sites if s.hub), None)
+    if hub is None:
+        return {n: [p for p in names if p != n] for n in names}
+    return {n: ([p for p in names if p != n] if n == hub.name else [hub.name]) for n in names}
+
+
+def reach_problem(wan: Wan, sites: Sequence[Site]) -> tuple[str, str] | None:
+    """(key, message) for the first pair of peering sites that could never reach each
+    other, or None.
+
+    Site ``a`` dials ``b`` when ``a`` dials out and ``b`` is not behind NAT.  A pair
+    in which neither dials the other is refused, except two NAT sites that share a
+    third site not behind NAT (it hints each one's public address to the other and
+    relays when the NATs cannot be punched).
+    """
+    index = {s.name: i for i, s in enumerate(sites)}
+    by_name = {s.name: s for s in sites}
+    natted = {s.name for s in sites if _link(wan, s).nat}
+    peers = peerings(sites)
+    for a in sites:
+        for name in peers[a.name]:
+            b = by_name[name]
+            if index[b.name] < index[a.name]:
+                continue  # each pair once, named at its later site
+            if (a.dial_out and b.name not in natted) or (b.dial_out and a.name not in natted):
+                continue
+            if a.name in natted and b.name in natted:
+                if any(c not in natted for c in peers[a.name] if c in peers[b.name]):
+                    continue
+                return (f"site[{index[b.name]}].wan.nat",
+                        f'sites "{a.name}" and "{b.name}" are both behind NAT and share no '
+                        "peer with a public address, so neither could reach the other (add a "
+                        "site not behind NAT that peers with both, or remove one nat)")
+            if not a.dial_out and not b.dial_out:
+                return (f"site[{index[b.name]}].dial_out",
+                        f'sites "{a.name}" and "{b.name}" both have dial_out = false, so '
+                        "neither would dial the other")
+            q, o = (a, b) if not a.dial_out else (b, a)
+            why = (f'its peer "{o.name}" is behind NAT' if o.name in natted
+                   else f'it is behind NAT, so "{o.name}" cannot dial it')
+            return (f"site[{index[q.name]}].dial_out",
+                    f'site "{q.name}" has dial_out = false and {why}; neither would dial the '
+                    "other")
+    return None
+
+
 def _daemon_value(value: Any) -> str | None:
     """What is wrong with a value for the daemon's [site] table, or None.
 
@@ -780,7 +851,9 @@ def parse_check(raw: Mapping[str, Any], scenario: Scenario, path: str = "<check>
     refs = set(scenario.host_refs())
     sites = {s.name for s in scenario.sites}
     vlans = {f"{s.name}.{h.name}": h.vlan for s in scenario.sites for h in s.hosts}
-    return _Parser(path, vlans).checks([dict(raw)], refs, sites)[0]
+    parser = _Parser(path, vlans)
+    parser.peers = scenario.peers_of()
+    return parser.checks([dict(raw)], refs, sites)[0]
 
 
 def check_host_address(text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
@@ -823,5 +896,10 @@ def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:
         return f"recovers after event[{params['event']}]: {params['from']} → {params['to']}"
     if kind == "stream":
         return f"stream {params['tool']} {params['from']} → {params['to']}"
+    if kind == "path":
+        via = f" via {params['via']}" if params["via"] else ""
+        return f"path {params['site']} → {params['peer']} is {params['expect']}{via}"
+    if kind == "quiet":
+        return f"quiet {params['site']} during iperf3 {params['from']} → {params['to']}"
     suffix = " ipv6" if params.get("ipv6") else ""
     return f"{kind}{suffix} {params['from']} → {params['to']}"

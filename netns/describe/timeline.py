@@ -1,9 +1,10 @@
 """Timelines: faults over time and the checks that measure them (pure: parsing and validation).
 
 A scenario's ``[[event]]`` tables change the running lab: a site's WAN link
-down or up, a partition between two sites, an impairment change on a link, a
-gateway killed, stopped, continued, restarted or reloaded, a LAN host or a LAN
-link down or up.  Each event has exactly one anchor:
+down or up, a partition between two sites, an impairment change on a link
+(UDP blocked or let through again among them), a site's public address changed
+(``readdress``), a gateway killed, stopped, continued, restarted or reloaded, a
+LAN host or a LAN link down or up.  Each event has exactly one anchor:
 
 - ``at = SECONDS``: on the **timeline**, which starts (t = 0) as soon as the lab
   is up.  Checks with ``at`` (and every ``stream`` and ``recovers`` check) run on
@@ -54,7 +55,8 @@ GATEWAY_KINDS = ("kill", "stop", "continue", "restart", "reload")
 HOST_KINDS = ("host_down", "host_up")
 LAN_KINDS = ("lan_down", "lan_up")
 IMPAIR_KEYS = ("loss_percent", "duplicate_percent", "delay_ms", "jitter_ms", "reorder_percent",
-               "rate_mbit", "mtu")
+               "rate_mbit", "mtu", "block_udp")
+MAX_READDRESSES = 200  # per site: each one takes the next host address of its /24 (.3, .4, ...)
 RELAY_KEYS = ("delay_ms", "jitter_ms", "reorder_percent")
 L2BRIDGE_ONLY = ("stop", "continue", "reload")  # kinds that need an l2bridge process
 
@@ -91,6 +93,8 @@ class Event:
         """What the event acts on, in words (two events on one target at one time clash)."""
         if self.kind in LINK_KINDS or self.kind == "impair":
             return f"{self.site}'s WAN link"
+        if self.kind == "readdress":
+            return f"{self.site}'s public address"
         if self.kind in PATH_KINDS:
             return f"the path {self.sites[0]} ↔ {self.sites[1]}"
         if self.kind in GATEWAY_KINDS:
@@ -113,7 +117,7 @@ def _default_name(kind: str, site: str | None, sites: Sequence[str], host: str |
     if kind in PATH_KINDS:
         return f"{kind} {sites[0]} ↔ {sites[1]}"
     if kind == "impair":
-        shown = ", ".join(f"{k} {format_number(v)}" for k, v in changes.items())
+        shown = ", ".join(f"{k} {schema.show(v)}" for k, v in changes.items())
         return f"impair {site}: {shown}"
     if kind == "reload":
         shown = ", ".join(f"{k} = {v!r}" for k, v in changes.items())
@@ -135,6 +139,7 @@ _IMPAIR: dict[str, Param] = {
     "reorder_percent": schema.number(0, 100, None),
     "rate_mbit": schema.number(0, 10_000, None, unit="Mbit/s (0: unlimited)"),
     "mtu": schema.integer(576, 9000, None),
+    "block_udp": schema.boolean(None),
 }
 EVENT_SCHEMAS: dict[str, dict[str, Param]] = {
     "link_down": {"site": _SITE},
@@ -142,6 +147,7 @@ EVENT_SCHEMAS: dict[str, dict[str, Param]] = {
     "partition": {"sites": schema.strings(of="two site names", min_items=2)},
     "heal": {"sites": schema.strings(of="two site names", min_items=2)},
     "impair": {"site": _SITE, **_IMPAIR},
+    "readdress": {"site": _SITE},
     "kill": {"site": _SITE},
     "stop": {"site": _SITE},
     "continue": {"site": _SITE},
@@ -319,6 +325,8 @@ def _state_key(e: Event) -> tuple[str, str]:
         return "lan", e.host or f"{e.site}.gw"
     if e.kind in GATEWAY_KINDS:
         return "gateway", e.site or ""
+    if e.kind == "readdress":
+        return "address", e.site or ""
     return "impair", e.site or ""
 
 
@@ -360,6 +368,12 @@ def simulate(events: Sequence[Event], links: Mapping[str, Mapping[str, Any]] | N
             state[skey] = "killed"
         elif e.kind == "restart":
             state[skey] = "running"
+        elif e.kind == "readdress":
+            moves = int(state.get(skey) or 0) + 1
+            if moves > MAX_READDRESSES:
+                raise EventProblem(key, f"{e.name} {e.when} would be the {moves}th readdress of "
+                                   f"{e.site}; its /24 holds at most {MAX_READDRESSES}")
+            state[skey] = str(moves)
         elif e.kind == "impair" and e.site in current:
             link = current[e.site]
             link.update(e.changes)

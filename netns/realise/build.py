@@ -24,14 +24,15 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.errors import L2bridgeError
-from netns.describe.impair import AddTbf, NftRuleset
-from netns.describe.plan import (
+from netns.describe.plan import Plan
+from netns.describe.steps import (
     AddAddress,
     AddBridge,
     AddNetns,
     AddRoute,
+    AddTbf,
     AddVeth,
-    Plan,
+    NftRuleset,
     SetLink,
     Step,
     Sysctl,

@@ -9,15 +9,20 @@ Mechanisms, each inside the lab's own namespaces:
   (the site's cable pulled at the router: its gateway's ``wan0`` loses carrier,
   its routes stay) or up again;
 - ``partition`` / ``heal``: a pair of elements ``"a" . "b"`` and ``"b" . "a"`` in
-  the set ``cut`` of the nftables table ``P_faults`` in the router (a forward
+  the set ``cut`` of the nftables table ``inet P_faults`` in the router (a forward
   chain before the impairments drops ``iifname . oifname @cut``); the table is
   made at the first partition;
-- ``impair``: the link's values change; loss and duplication: the router's
-  table ``ip P`` is replaced in one ``nft -f`` transaction, built by the same
-  ``impair.nft_ruleset`` as at build time; rate: tbf replaced (or removed with
-  0) at both ends; MTU: every veth of the link; delay, jitter, reordering: the
-  relay reads its knobs file again on SIGHUP (the planner gives every link an
-  event delays a relay from the start);
+- ``impair``: the link's values change; loss, duplication and blocked UDP: the
+  router's tables ``P`` are replaced in one ``nft -f`` transaction, built by
+  the same ``impair.nft_ruleset`` as at build time; rate: tbf replaced (or
+  removed with 0) at both ends of the public link; MTU: every veth of the link
+  (a NAT router's too); delay, jitter, reordering: the relay reads its knobs
+  file again on SIGHUP (the planner gives every link an event delays a relay
+  from the start);
+- ``readdress``: the site's public address(es) move to the next host of their
+  subnet on the link's public end (the gateway's ``wan0``, or its NAT router's):
+  the old ones deleted, the new ones added, the default routes put back; with
+  the lab's DNS, its records follow (``DnsServer.update``);
 - ``kill`` (SIGKILL), ``stop`` (SIGSTOP), ``continue`` (SIGCONT), ``restart``
   (a graceful stop if it runs, then start, until its control socket answers);
   ``reload``: the config is written again with the event's keys and the daemon
@@ -45,10 +50,13 @@ import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.errors import L2bridgeError
-from netns.describe.impair import NftRuleset, nft_ruleset, tbf_step
-from netns.describe.plan import SWITCH_UPLINK, Plan, reload_config
+from netns.describe.impair import NftRuleset, nft_replace, tbf_step
+from netns.describe.plan import SWITCH_UPLINK, Plan, dns_records, reload_config
 from netns.describe.timeline import Event
+from netns.describe.underlay import DEFAULT4, DEFAULT6, SiteAddresses, cidr, readdressed
+from netns.describe.wanlink import link_ends, public_end
 from netns.realise.build import IFA_F_NODAD, netlink
+from netns.realise.dns import DnsError, DnsServer, write_atomically
 from netns.realise.gateways import Gateway, GatewayError, L2bridgeGateway, query_control
 from netns.realise.wanctl import RelayProcess, WanError, apply_tbf, load_nft
 
@@ -65,11 +73,14 @@ class Faults:
     """Applies events to one lab; remembers each link as it is now."""
 
     def __init__(self, plan: Plan, gateways: Mapping[str, Gateway],
-                 relays: Mapping[str, RelayProcess]) -> None:
+                 relays: Mapping[str, RelayProcess], dns: DnsServer | None = None) -> None:
         self.plan = plan
         self.gateways = gateways
         self.relays = relays
+        self.dns = dns
         self.links = {s.name: s.link for s in plan.sites}
+        self.addresses = {s.name: s.addresses for s in plan.sites}  # as they are now
+        self.moves: dict[str, int] = {}  # readdresses so far, per site
         self.daemon_keys: dict[str, dict[str, Any]] = {}
         self.partition_table = False
 
@@ -79,7 +90,7 @@ class Faults:
         except (NetlinkError, OSError) as e:
             code = getattr(e, "code", None) or getattr(e, "errno", None) or 0
             raise FaultError(f"{event.name}: {os.strerror(code) if code else e}") from None
-        except (WanError, GatewayError) as e:
+        except (WanError, GatewayError, DnsError) as e:
             raise FaultError(f"{event.name}: {e}") from None
 
     async def _apply(self, e: Event) -> str:
@@ -93,6 +104,8 @@ class Faults:
             return await trio.to_thread.run_sync(self._path, e)
         if kind == "impair":
             return await self._impair(e)
+        if kind == "readdress":
+            return await self._readdress(e)
         if kind in ("host_down", "host_up"):
             node = plan.nodes[e.host or ""]
             up = kind == "host_up"
@@ -116,11 +129,11 @@ class Faults:
         a, b = (self.plan.site(name).wan_if for name in e.sites)
         text = ""
         if not self.partition_table:
-            text += (f"table ip {table} {{\n  set cut {{ type ifname . ifname; }}\n"
+            text += (f"table inet {table} {{\n  set cut {{ type ifname . ifname; }}\n"
                      "  chain forward {\n    type filter hook forward priority filter - 10; "
                      "policy accept;\n    iifname . oifname @cut drop\n  }\n}\n")
         verb = "add" if e.kind == "partition" else "delete"
-        text += f'{verb} element ip {table} cut {{ "{a}" . "{b}", "{b}" . "{a}" }}\n'
+        text += f'{verb} element inet {table} cut {{ "{a}" . "{b}", "{b}" . "{a}" }}\n'
         load_nft(NftRuleset(self.plan.wan_ns, table, text))
         self.partition_table = True
         return f"router drops {a} ↔ {b}" if verb == "add" else f"router forwards {a} ↔ {b}"
@@ -137,9 +150,12 @@ class Faults:
             new = dataclasses.replace(new, rate_mbit=e.changes["rate_mbit"] or None)
         self.links[s.name] = new
         done = []
-        if new.loss_percent != old.loss_percent or new.duplicate_percent != old.duplicate_percent:
+        if (new.loss_percent, new.duplicate_percent, new.block_udp) != (
+                old.loss_percent, old.duplicate_percent, old.block_udp):
             await trio.to_thread.run_sync(self._reload_ip_table)
             done.append(f"loss {new.loss_percent:g}% duplicate {new.duplicate_percent:g}%")
+            if new.block_udp != old.block_udp:
+                done.append("UDP blocked" if new.block_udp else "UDP let through")
         if new.rate_mbit != old.rate_mbit or (new.mtu != old.mtu and new.rate_mbit):
             await trio.to_thread.run_sync(self._tbf, s.name)
             done.append(f"rate {new.rate_mbit:g} Mbit/s" if new.rate_mbit else "rate unlimited")
@@ -155,14 +171,13 @@ class Faults:
 
     def _reload_ip_table(self) -> None:
         plan = self.plan
-        ruleset = nft_ruleset(plan.prefix, [(s.wan_if, self.links[s.name]) for s in plan.sites])
-        text = f"table ip {plan.prefix} {{}}\ndelete table ip {plan.prefix}\n" + (ruleset or "")
+        text = nft_replace(plan.prefix, [(s.wan_if, self.links[s.name]) for s in plan.sites])
         load_nft(NftRuleset(plan.wan_ns, plan.prefix, text))
 
     def _tbf(self, site: str) -> None:
         s = self.plan.site(site)
         link = self.links[site]
-        for ns, ifname in ((self.plan.wan_ns, s.wan_if), (s.gw_ns, "wan0")):
+        for ns, ifname in ((self.plan.wan_ns, s.wan_if), public_end(s.gw_ns, s.nat)):
             with netlink(ns) as ipr:
                 index = ipr.link_lookup(ifname=ifname)[0]
                 with contextlib.suppress(NetlinkError):  # no qdisc of ours yet
@@ -174,10 +189,7 @@ class Faults:
     def _mtu(self, site: str) -> None:
         s = self.plan.site(site)
         mtu = self.links[site].mtu
-        ends = [(s.gw_ns, "wan0"), (self.plan.wan_ns, s.wan_if)]
-        if s.relay is not None:
-            ends += [(self.plan.wan_ns, s.relay.gw_leg), (self.plan.wan_ns, s.relay.router_leg)]
-        for ns, ifname in ends:
+        for ns, ifname in link_ends(self.plan.wan_ns, s.wan_if, s.gw_ns, s.relay, s.nat):
             with netlink(ns) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu)
 
@@ -188,11 +200,24 @@ class Faults:
         link = self.links[site]
         knobs = {"delay_ms": link.delay_ms, "jitter_ms": link.jitter_ms,
                  "reorder_percent": link.reorder_percent}
-        path = relay.plan.knobs_path
-        with open(path + ".tmp", "w") as f:
-            json.dump(knobs, f)
-        os.replace(path + ".tmp", path)
+        write_atomically(relay.plan.knobs_path, json.dumps(knobs))
         os.kill(relay.child.pid, signal.SIGHUP)
+
+    # -- addresses
+
+    async def _readdress(self, e: Event) -> str:
+        s = self.plan.site(e.site or "")
+        old = self.addresses[s.name]
+        self.moves[s.name] = self.moves.get(s.name, 0) + 1
+        new = readdressed(s.addresses, s.index, self.moves[s.name])
+        ns, ifname = public_end(s.gw_ns, s.nat)
+        await trio.to_thread.run_sync(_move_addresses, ns, ifname, old, new)
+        self.addresses[s.name] = new
+        moved = ", ".join(f"{a} → {b}" for a, b in _public_pairs(old, new))
+        if self.dns is None:
+            return f"{s.name}'s public address: {moved} on {ns}:{ifname}"
+        self.dns.update(dns_records(self.plan, self.addresses))
+        return f"{s.name}'s public address: {moved} on {ns}:{ifname}; DNS records updated"
 
     # -- gateways
 
@@ -222,10 +247,7 @@ class Faults:
         keys = self.daemon_keys.setdefault(site, {})
         keys.update(e.changes)
         text = reload_config(self.plan, site, keys)
-        path = gw.site.config_path
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_atomically(gw.site.config_path, text)
         gw.site = dataclasses.replace(gw.site, config_text=text)  # a restart keeps it
         if e.via == "control":
             answer = await query_control(gw.site.control_path, "reload", timeout_s=25.0)
@@ -259,6 +281,30 @@ async def _set_state(ns: str, ifname: str, up: bool) -> None:
                      state="up" if up else "down")
 
     await trio.to_thread.run_sync(run)
+
+
+def _public_pairs(old: SiteAddresses, new: SiteAddresses) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in ((old.public4, new.public4), (old.public6, new.public6))
+            if a is not None and b is not None]
+
+
+def _move_addresses(ns: str, ifname: str, old: SiteAddresses, new: SiteAddresses) -> None:
+    """Old public addresses off ``ifname``, the new ones on, default routes put back."""
+    with netlink(ns) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        for before, after in _public_pairs(old, new):
+            _address(ipr, "del", index, before)
+            _address(ipr, "add", index, after)
+        for default, router in ((DEFAULT4, new.router4), (DEFAULT6, new.router6)):
+            if router is not None:
+                ipr.route("replace", dst=default, gateway=router)
+
+
+def _address(ipr: Any, verb: str, index: int, address: str) -> None:
+    iface = ipaddress.ip_interface(cidr(address))
+    extra = {"flags": IFA_F_NODAD} if iface.version == 6 and verb == "add" else {}
+    ipr.addr(verb, index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+             **extra)
 
 
 def _host_state(ns: str, ifname: str, up: bool, addresses: list[str]) -> None:

@@ -7,15 +7,17 @@ status as the control socket's JSON).
 
 l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. spawn
 ``python -m l2bridge up -c CONFIG`` inside the gateway namespace (own session, so
-a terminal's Ctrl-C reaches only the runner, which then tears down in order),
-output to ``RUNDIR/<site>.log``  3. READY when the control socket answers
+a terminal's Ctrl-C reaches only the runner, which then tears down in order; with
+the lab's DNS, in a mount namespace of its own that shows it the lab's
+``resolv.conf``), output to ``RUNDIR/<site>.log``  3. READY when the control socket answers
 ``{"cmd": "show"}``; an early exit fails with its status and the tail of the log
 4. stop: SIGTERM, then SIGKILL after a grace; kill: SIGKILL (``l2bridge.io.proc``).
 
 vxlan flow: 1. bridge ``br0`` (STP off, forward delay 0) in the gateway namespace
 2. VXLAN devices from the plan (learning on, an all-zero fdb entry per remote for
-head-end replication) enslaved to ``br0``  3. ``eth1`` enslaved, all up.  Kill and
-stop delete ``br0`` and the VXLAN devices, as a crashed daemon would leave nothing.
+head-end replication; local and remotes IPv6 over an IPv6 WAN) enslaved to
+``br0``  3. ``eth1`` enslaved, all up.  Kill and stop delete ``br0`` and the VXLAN
+devices, as a crashed daemon would leave nothing.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class L2bridgeGateway:
                 name=f"gateway {self.site.name}",
                 stdout=log,
                 stderr=log,
-                preexec=netns_preexec(self.site.gw_ns),
+                preexec=netns_preexec(self.site.gw_ns, self.site.resolv_conf),
                 env=env,
                 cwd=PROJECT_ROOT,
                 error=GatewayError,
@@ -177,9 +179,10 @@ class VxlanGateway:
                      mtu=max(d.mtu for d in s.vxlan))
             br = ipr.link_lookup(ifname=s.bridge)[0]
             for dev in s.vxlan:
+                local = "vxlan_local6" if ":" in dev.local else "vxlan_local"
                 ipr.link("add", ifname=dev.ifname, kind="vxlan", vxlan_id=dev.vni,
-                         vxlan_local=dev.local, vxlan_port=VXLAN_PORT, vxlan_learning=1,
-                         mtu=dev.mtu)
+                         vxlan_port=VXLAN_PORT, vxlan_learning=1, mtu=dev.mtu,
+                         **{local: dev.local})
                 idx = ipr.link_lookup(ifname=dev.ifname)[0]
                 for remote in dev.remotes:
                     ipr.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)

@@ -4,7 +4,13 @@ Linux network namespaces are per thread: ``setns(2)`` changes only the calling
 thread. ``in_netns`` switches the current thread and always switches back, so a
 socket or tap opened inside the block belongs to the namespace and keeps
 belonging to it afterwards.  ``netns_preexec`` does the same for a child
-process between fork and exec (used to start daemons and tools in lab hosts).
+process between fork and exec (used to start daemons and tools in lab hosts);
+with ``resolv_conf`` it also gives the child a mount namespace of its own in
+which that file is bind-mounted over ``/etc/resolv.conf`` (what ``ip netns
+exec`` does with ``/etc/netns/NAME/resolv.conf``): 1. ``unshare(CLONE_NEWNS)``
+2. ``/`` made private, recursively, so nothing mounted here reaches the host
+3. the bind mount.  The resolver of that child (and of what it starts) then asks
+only the lab's DNS server; the host's file is untouched.
 
 ``create_netns`` makes a named namespace the way ``ip netns add`` does, without
 forking: a short-lived thread unshares its own network namespace and bind-mounts
@@ -26,6 +32,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_PRIVATE = 1 << 18
+RESOLV_CONF = "/etc/resolv.conf"
 NETNS_RUN_DIR = "/run/netns"
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -127,9 +136,12 @@ def _bind_new_netns(path: str, name: str, failure: list[NetnsError]) -> None:
         os.close(home)
 
 
-def netns_preexec(name: str) -> Callable[[], None]:
-    """A ``preexec_fn`` for subprocess that moves the child into namespace ``name``."""
+def netns_preexec(name: str, resolv_conf: str | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` for subprocess that moves the child into namespace ``name``
+    (and, with ``resolv_conf``, shows it that file as ``/etc/resolv.conf``: module doc)."""
     path = netns_path(name)
+    target = os.path.realpath(RESOLV_CONF).encode()  # a symlink's target, as mount does
+    source = resolv_conf.encode() if resolv_conf is not None else None
 
     def enter() -> None:
         fd = os.open(path, os.O_RDONLY)
@@ -137,8 +149,25 @@ def netns_preexec(name: str) -> Callable[[], None]:
             _setns(fd, name)
         finally:
             os.close(fd)
+        if source is not None:
+            private_file(source, target)
 
     return enter
+
+
+def private_file(source: bytes, target: bytes) -> None:
+    """(In a child, before exec.) A mount namespace of its own with ``source`` bound over
+    ``target``; raises ``OSError`` naming the step that failed."""
+    for what, ok in (
+        ("unshare(CLONE_NEWNS)", lambda: _libc.unshare(CLONE_NEWNS) == 0),
+        ("make / private", lambda: _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE,
+                                               None) == 0),
+        (f"bind {source.decode()} on {target.decode()}",
+         lambda: _libc.mount(source, target, b"none", MS_BIND, None) == 0),
+    ):
+        if not ok():
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def netns_inode(name: str) -> int:

@@ -94,21 +94,21 @@ def test_shipped_timelines_parse_and_order() -> None:
      't.toml: event[0].sites: expected two different site names, found ["london", "london"]'),
     (event(at=1, kind="impair", site="berlin"),
      "t.toml: event[0]: an impair event changes at least one of loss_percent, "
-     "duplicate_percent, delay_ms, jitter_ms, reorder_percent, rate_mbit, mtu"),
+     "duplicate_percent, delay_ms, jitter_ms, reorder_percent, rate_mbit, mtu, block_udp"),
     (event(at=1, kind="impair", site="berlin", jitter_ms=5),
      "t.toml: event[0]: impair berlin: jitter_ms 5 at 1 s leaves berlin's WAN link with "
      "jitter 5 ms above its delay 0 ms (expected jitter_ms <= delay_ms)"),
     (event(at=1, kind="reload", site="berlin") + "l2bridge = { mtu = 1400 }\n",
      't.toml: event[0].l2bridge.mtu: the daemon cannot change "mtu" while it runs '
      "(reloadable: ageing, dead_after, keepalive, log_level, max_entries, "
-     "max_entries_per_peer, pinned_macs)"),
+     "max_entries_per_peer, pinned_macs, relay, resolve_interval)"),
     (event(at=1, kind="lan_down", site="berlin", host="berlin.h1"),
      't.toml: event[0]: give exactly one of "site" (the link from its LAN switch to its '
      'gateway) or "host" (that host\'s switch port)'),
     (event(at=1, kind="explode", site="berlin"),
      't.toml: event[0].kind: expected one of "link_down", "link_up", "partition", "heal", '
-     '"impair", "kill", "stop", "continue", "restart", "reload", "host_down", "host_up", '
-     '"lan_down", "lan_up", found "explode" (did you mean "reload"?)'),
+     '"impair", "readdress", "kill", "stop", "continue", "restart", "reload", "host_down", '
+     '"host_up", "lan_down", "lan_up", found "explode" (did you mean "reload"?)'),
     (event(at=1, kind="kill", site="berlin", sitee="x"),
      't.toml: event[0].sitee: unknown key "sitee" (did you mean "site"?)'),
     (PING + event(after_check=3, kind="kill", site="berlin"),
