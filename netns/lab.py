@@ -215,15 +215,20 @@ class Lab:
             for gw in self.gateways.values():
                 nursery.start_soon(gw.wait_ready, deadline)
         deadline = trio.current_time() + peers_timeout_s
+        counts: dict[str, tuple[int, int]] = {}
+
+        async def count(name: str, gw: Gateway) -> None:
+            try:
+                counts[name] = peers_up(await gw.show())
+            except (OSError, ValueError, GatewayError, trio.TooSlowError):
+                counts[name] = (0, -1)
+
         while True:
-            lagging = []
-            for name, gw in self.gateways.items():
-                try:
-                    up, total = peers_up(await gw.show())
-                except (OSError, ValueError, GatewayError, trio.TooSlowError):
-                    up, total = 0, -1
-                if up != total:
-                    lagging.append(f"{name} {max(up, 0)}/{max(total, 0)}")
+            async with trio.open_nursery() as nursery:  # every gateway at once
+                for name, gw in self.gateways.items():
+                    nursery.start_soon(count, name, gw)
+            lagging = [f"{name} {max(up, 0)}/{max(total, 0)}"
+                       for name, (up, total) in counts.items() if up != total]
             if not lagging:
                 return
             if trio.current_time() >= deadline:

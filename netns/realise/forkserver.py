@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -409,6 +410,7 @@ def main(argv: Sequence[str], stderr: IO[str] = sys.stderr) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab stops it, never a terminal
     for module in argv[1:]:
         importlib.import_module(module)
+    gc.freeze()  # what the imports made is never collected: children share it, uncopied
     Server(control).serve()
     return 0
 
