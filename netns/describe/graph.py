@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from netns.describe.plan import Plan, SitePlan
 from netns.describe.scenario import Link
+from netns.describe.underlay import UNDERLAY_NET, UNDERLAY_NET6
 
 FONT = "Helvetica"
 NEWLINE = "\\n"  # a line break inside a DOT label
@@ -27,9 +28,11 @@ def _id(*parts: str) -> str:
 
 def link_label(link: Link, router: str) -> str:
     """The words on a site's WAN link: its router address and every impairment."""
-    parts = [f"{router}/24"]
+    parts = [f"{router}/{64 if ':' in router else 24}"]
     if link.nat:
-        parts.append("NAT (outbound only)")
+        parts.append(f"{link.nat} NAT (outbound only)")
+    if link.block_udp:
+        parts.append("UDP blocked")
     if link.rate_mbit:
         parts.append(f"{link.rate_mbit:g} Mbit/s")
     if link.loss_percent:
@@ -55,6 +58,18 @@ def _gateway_label(s: SitePlan) -> str:
     return NEWLINE.join([f"gateway{role}", kind, f"wan0 {s.underlay}", f"br0 + {tunnel}"])
 
 
+def _wan_nets(plan: Plan) -> list[str]:
+    """The WAN's address ranges: IPv4, IPv6, or both (sites behind NAT on an IPv6 WAN)."""
+    routers = [a for s in plan.sites if s.addrs is not None
+               for a in (s.addrs.router4, s.addrs.router6) if a]
+    nets = []
+    if any(":" not in a for a in routers) or not routers:
+        nets.append(UNDERLAY_NET)
+    if any(":" in a for a in routers):
+        nets.append(UNDERLAY_NET6)
+    return nets
+
+
 def to_dot(plan: Plan) -> str:
     sc = plan.scenario
     lines = [
@@ -64,7 +79,7 @@ def to_dot(plan: Plan) -> str:
         f'  node [fontname="{FONT}", fontsize=10, shape=box, style="rounded,filled", '
         'fillcolor="#ffffff"];',
         f'  edge [fontname="{FONT}", fontsize=9];',
-        f'  wan [label={_q(NEWLINE.join(["WAN router", "198.18.0.0/15"]))}, shape=ellipse, '
+        f'  wan [label={_q(NEWLINE.join(["WAN router", *_wan_nets(plan)]))}, shape=ellipse, '
         'fillcolor="#dfe9f7"];',
     ]
     for s in plan.sites:
@@ -111,5 +126,6 @@ def _title(plan: Plan) -> str:
     text += f"\nLAN {sc.lan.ipv4}" + (f" + {sc.lan.ipv6}" if sc.lan.ipv6 else "")
     text += f", MTU {sc.lan.mtu}"
     if sc.events:
-        text += f"\ntimeline: {len(sc.events)} events"
+        n = len(sc.events)
+        text += f"\ntimeline: {n} event{'' if n == 1 else 's'}"
     return text

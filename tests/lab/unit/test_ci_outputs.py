@@ -67,7 +67,7 @@ def test_junit_has_one_case_per_check_with_failures_and_figures() -> None:
 
 def test_topology_dot_names_addresses_impairments_and_nat() -> None:
     dot = to_dot(plan_of("site-behind-nat"))
-    assert '"home/gw" -- wan [label="100.64.3.1/24\\nNAT (outbound only)"' in dot
+    assert '"home/gw" -- wan [label="100.64.3.1/24\\ncone NAT (outbound only)"' in dot
     assert "10.77.1.1/16\\nfd00:77::1:1/64\\n02:77:00:01:00:01" in dot
     lossy = to_dot(plan_of("lossy-wan"))
     assert "198.18.2.1/24\\n2% loss\\n40 ± 10 ms\\n5% reorder" in lossy
@@ -84,3 +84,12 @@ def test_graph_command(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["graph", scenario_path("hub-and-spoke"), "-o", out]) == 0
     with open(out) as f:
         assert "<svg" in f.read()
+
+
+def test_topology_dot_shows_an_ipv6_wan_and_a_udp_block() -> None:
+    v6 = to_dot(plan_of("ipv6-wan"))
+    assert "2001:db8:1::1/64" in v6 and "WAN router\\n2001:db8::/32" in v6
+    assert "198.18." not in v6
+    blocked = to_dot(plan_of("udp-blocked"))
+    assert "UDP blocked" in blocked and "timeline: 1 event\"" in blocked
+    assert "symmetric NAT (outbound only)" in to_dot(plan_of("nat-symmetric"))
