@@ -67,6 +67,8 @@ def _wan_nets(plan: Plan) -> list[str]:
         nets.append(UNDERLAY_NET)
     if any(":" in a for a in routers):
         nets.append(UNDERLAY_NET6)
+    if plan.dns is not None:  # the lab's dnsmasq answers on the router's loopback
+        nets.append("DNS " + " ".join(plan.dns.listen))
     return nets
 
 

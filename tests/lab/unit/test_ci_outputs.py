@@ -93,3 +93,4 @@ def test_topology_dot_shows_an_ipv6_wan_and_a_udp_block() -> None:
     blocked = to_dot(plan_of("udp-blocked"))
     assert "UDP blocked" in blocked and "timeline: 1 event\"" in blocked
     assert "symmetric NAT (outbound only)" in to_dot(plan_of("nat-symmetric"))
+    assert "DNS 198.18.0.53" in to_dot(plan_of("dynamic-dns"))
