@@ -301,7 +301,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the command
     try:
-        return subprocess.call(cmd, preexec_fn=preexec)
+        status = subprocess.call(cmd, preexec_fn=preexec)
+        return 128 - status if status < 0 else status  # killed by signal N: 128 + N
     except FileNotFoundError:
         _err(f"exec: {cmd[0]}: command not found")
         return 127

@@ -2,16 +2,18 @@
 
 Flow of ``open_lab``: 1. load and plan the scenario (pure; bad input raises
 ``ScenarioError`` before anything exists)  2. preflight: root, programs the checks
-need  3. write the registry's state file  4. build namespaces and links (each undo
-registered as soon as its object exists; tbf and nftables impairments are steps
-too)  5. start the delay relay of each link that has one (wanctl.py) and the lab's
-DNS server (``[lab] dns``: dnsmasq in the WAN router, realise/dns.py), then one
-gateway per site, and wait until each is ready and sees all its peers up
-(within ``[lab] up_within``)  6. hand
-the ``Lab`` to the caller  7. on every exit path (success, failure, exception,
-cancellation) stop the gateways, relays and DNS server and unwind the undo stack, shielded
-from cancellation; with ``keep`` and a body that completed, the lab is detached
-instead and lives until ``lab down``.
+need  3. write the registry's state file, and start the gateways' fork server
+(``realise/forkserver.py``), whose imports run beside the build  4. build
+namespaces and links (each undo registered as soon as its object exists; tbf and
+nftables impairments are steps too)  5. start the delay relay of each link that
+has one (wanctl.py) and the lab's DNS server (``[lab] dns``: dnsmasq in the WAN
+router, realise/dns.py), then one gateway per site (forked by the fork server),
+and wait until each is ready and sees all its peers up (within ``[lab]
+up_within``)  6. hand the ``Lab`` to the caller  7. on every exit path (success,
+failure, exception, cancellation) stop the gateways, the fork server, relays and
+DNS server and unwind the undo stack, shielded from cancellation; with ``keep``
+and a body that completed, the lab is detached instead (the fork server exits,
+its gateways run on) and lives until ``lab down``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ from netns.describe.scenario import (
 from netns.realise.build import BuildError, build
 from netns.realise.dns import DnsError, DnsServer
 from netns.realise.faults import Faults
-from netns.realise.gateways import Gateway, GatewayError, make_gateway, peers_up
+from netns.realise.forkserver import LauncherError
+from netns.realise.gateways import (
+    Gateway,
+    GatewayError,
+    gateway_launcher,
+    make_gateway,
+    peers_up,
+)
 from netns.realise.nsenter import RESOLV_CONF
 from netns.realise.pcap import CaptureError, Captures
 from netns.realise.registry import Registry, kill_namespace_processes
@@ -55,6 +64,7 @@ from netns.realise.undo import UndoStack
 from netns.realise.wanctl import RelayProcess, WanError
 
 READY_TIMEOUT_S = 10.0
+LAUNCHER_LOG = "launcher.log"  # the gateways' fork server's output, in the run directory
 PEERS_POLL_S = 0.1
 STOP_TIMEOUT_S = 2.0
 
@@ -142,13 +152,15 @@ def preflight(plan: Plan) -> None:
 class Lab:
     """Handle on a running lab: its nodes, its gateways, its checks."""
 
-    def __init__(self, plan: Plan, registry: Registry, *, detached: bool,
+    def __init__(self, plan: Plan, registry: Registry, *,
                  progress: Progress | None = None) -> None:
         self.plan = plan
         self.registry = registry
         self.progress = progress or (lambda line: None)
+        self.launcher = (gateway_launcher(os.path.join(plan.rundir, LAUNCHER_LOG))
+                         if any(s.gateway == "l2bridge" for s in plan.sites) else None)
         self.gateways: dict[str, Gateway] = {
-            s.name: make_gateway(s, detached=detached) for s in plan.sites
+            s.name: make_gateway(s, self.launcher) for s in plan.sites
         }
         self.relays: dict[str, RelayProcess] = {
             s.name: RelayProcess(s.relay) for s in plan.sites if s.relay is not None
@@ -214,15 +226,20 @@ class Lab:
             for gw in self.gateways.values():
                 nursery.start_soon(gw.wait_ready, deadline)
         deadline = trio.current_time() + peers_timeout_s
+        counts: dict[str, tuple[int, int]] = {}
+
+        async def count(name: str, gw: Gateway) -> None:
+            try:
+                counts[name] = peers_up(await gw.show())
+            except (OSError, ValueError, GatewayError, trio.TooSlowError):
+                counts[name] = (0, -1)
+
         while True:
-            lagging = []
-            for name, gw in self.gateways.items():
-                try:
-                    up, total = peers_up(await gw.show())
-                except (OSError, ValueError, GatewayError, trio.TooSlowError):
-                    up, total = 0, -1
-                if up != total:
-                    lagging.append(f"{name} {max(up, 0)}/{max(total, 0)}")
+            async with trio.open_nursery() as nursery:  # every gateway at once
+                for name, gw in self.gateways.items():
+                    nursery.start_soon(count, name, gw)
+            lagging = [f"{name} {max(up, 0)}/{max(total, 0)}"
+                       for name, (up, total) in counts.items() if up != total]
             if not lagging:
                 return
             if trio.current_time() >= deadline:
@@ -374,17 +391,20 @@ async def open_lab(
     undo = UndoStack()
     registry = Registry.create(plan, detached=detached)
     undo.push(f"remove {registry.dir}", registry.remove_dir)
-    lab = Lab(plan, registry, detached=detached, progress=progress)
+    lab = Lab(plan, registry, progress=progress)
     lab.captures = Captures(list(dict.fromkeys(captures)),
                             pcap_dir or os.path.abspath(f"pcap-{plan.prefix}"), plan.rundir)
     completed = False
     try:
         started = time.monotonic()
+        if lab.launcher is not None:  # its imports run while the build does
+            undo.push("stop the gateway launcher", lab.launcher.kill_now)
+            await lab.launcher.start()
         say(f"lab {plan.prefix}: building {len(plan.sites)} sites "
             f"({len(plan.namespaces)} namespaces) …")
         try:
             await trio.to_thread.run_sync(
-                lambda: build(plan, undo, record_netns=registry.add_namespace),
+                lambda: build(plan, undo, record_netns=registry.add_namespaces),
                 abandon_on_cancel=False,
             )
         except (BuildError, OSError) as e:
@@ -407,7 +427,7 @@ async def open_lab(
         say(f"lab {plan.prefix}: starting {len(plan.sites)} {plan.gateway} gateways …")
         try:
             await lab.start_gateways()
-        except GatewayError as e:
+        except (GatewayError, LauncherError) as e:
             raise LabError(str(e)) from None
         lab.timings["start_s"] = time.monotonic() - started
         say(f"lab {plan.prefix}: gateways ready, all peers up in {lab.timings['start_s']:.2f} s")
@@ -423,11 +443,16 @@ async def open_lab(
     finally:
         if keep and completed:
             registry.detach()
+            if lab.launcher is not None:  # the gateways it forked run on without it
+                with trio.CancelScope(shield=True):
+                    await lab.launcher.close()
         else:
             started = time.monotonic()
             with trio.CancelScope(shield=True):
                 await lab.captures.stop()
                 await lab.stop_gateways()
+                if lab.launcher is not None:
+                    await lab.launcher.close()
                 await lab.stop_relays()
                 await lab.stop_dns()
                 await trio.to_thread.run_sync(

@@ -27,7 +27,7 @@ File format (every key of [site] but ``name`` is optional)::
     wan_mtu = 1500                   # underlay path MTU, 576..9000
     mss_clamp = false                # false | true | 536..9000
     offload = true                   # super-frames from the tap, UDP GSO/GRO; false: per frame
-    workers = 2                      # processes, one per tap queue (default: number of cores)
+    workers = 2                      # processes, one per tap queue (default: cores / 2)
     low_latency = false              # true: CPUs poll instead of halting while the site runs
     ageing = 300                     # seconds, 0..86400 (0 = never learn)
     max_entries = 8192

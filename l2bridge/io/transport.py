@@ -197,6 +197,9 @@ class UdpTransport:
     def local_port(self) -> int:
         return self.sock.getsockname()[1]
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
 

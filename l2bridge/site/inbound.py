@@ -1,9 +1,9 @@
 """Inbound: datagrams from the peers to the tap.
 
-Inbound flow, per wake-up of the socket (``run``):
-  1. wait until the socket is readable (or until an incomplete burst's hold
-     time ends), then drain up to BATCH_DATAGRAMS receive calls; ``now`` is the
-     batch's time, passed down;
+Inbound flow, per batch of the socket (``l2bridge.site.loop`` reads it, ``run``
+for a TCP link):
+  1. drain up to BATCH_DATAGRAMS receive calls; ``now`` is the batch's time,
+     passed down; bursts past their hold time are given up (``expire_held``);
   2. demultiplex each datagram (``demux``): sealed mode - a handshake message
      goes to ``SessionTable.receive`` (``events.handshake`` when it completes
      one), a DATA packet to ``SessionTable.open``, whose keys name the peer
@@ -17,7 +17,7 @@ Inbound flow, per wake-up of the socket (``run``):
      a relay (a hub), or a drop counted for the peer.  Relays wait until the
      batch is read (``Relay``, sent by ``outbound``; and ``reach.flush`` for
      datagrams relayed between two peers): the per-datagram path never awaits.
-A TCP link runs the same loop over its records (``run(state, link)``).
+A TCP link runs ``run(state, link)`` over its records.
 
 Kept inline on purpose (the per-datagram path, where a call costs): the
 common case of step 2 (an authenticated datagram from a peer already up at its
@@ -52,35 +52,48 @@ _DATA = bytes((noise.MSG_DATA,))
 _FRAME, _HDR = wire.TYPE_FRAME, wire.HEADER_LEN
 
 
-async def run(state: SiteState, source: Source | None = None) -> None:
-    """Until cancelled: the peers' datagrams to the tap (module flow), from the UDP
-    transport or from ``source`` (a TCP link: ``l2bridge.site.reach``)."""
-    transport = state.transport if source is None else source
+async def run(state: SiteState, source: Source) -> None:
+    """Until cancelled: ``source``'s datagrams to the tap (module flow).  The site's UDP
+    socket is served by ``l2bridge.site.loop`` together with the tap; this loop serves
+    one TCP link (``l2bridge.site.reach``)."""
     waiting: set[Peer] = set()  # peers holding incomplete bursts
     while True:
-        if waiting:
-            waiting = {p for p in waiting if p.bursts.pending}
-        if waiting:
-            deadline = min(p.bursts.next_deadline() for p in waiting)
-            with trio.move_on_at(deadline):
-                await transport.wait_readable()
-            batch = transport.recv_batch(BATCH_DATAGRAMS)
-            now = trio.current_time()
-            relays: list[Relay] = []
-            for held in list(waiting):
-                for raw in held.bursts.expire(now):
-                    deliver_super(state, held, raw, now, relays)
-                if not held.bursts.pending:
-                    waiting.discard(held)
-            for relay in relays:
-                await relay.send(state, now)
+        deadline = next_hold(waiting)
+        if deadline is None:
+            await source.wait_readable()
         else:
-            await transport.wait_readable()
-            batch = transport.recv_batch(BATCH_DATAGRAMS)
-            now = trio.current_time()
+            with trio.move_on_at(deadline):
+                await source.wait_readable()
+        batch = source.recv_batch(BATCH_DATAGRAMS)
+        now = trio.current_time()
+        await expire_held(state, waiting, now)
         state.inbound_since = now
         await demux(state, batch, now, waiting)
         state.inbound_since = None
+
+
+def next_hold(waiting: set[Peer]) -> float | None:
+    """When the earliest incomplete burst of ``waiting`` must be given up (None: none);
+    peers whose bursts completed leave ``waiting``."""
+    for peer in [p for p in waiting if not p.bursts.pending]:
+        waiting.discard(peer)
+    if not waiting:
+        return None
+    return min(p.bursts.next_deadline() for p in waiting)
+
+
+async def expire_held(state: SiteState, waiting: set[Peer], now: float) -> None:
+    """Deliver what incomplete bursts past their hold time have (the rest is counted lost)."""
+    if not waiting:
+        return
+    relays: list[Relay] = []
+    for held in list(waiting):
+        for raw in held.bursts.expire(now):
+            deliver_super(state, held, raw, now, relays)
+        if not held.bursts.pending:
+            waiting.discard(held)
+    for relay in relays:
+        await relay.send(state, now)
 
 
 async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,

@@ -1,8 +1,8 @@
 """Outbound: frames from the tap to the peers.
 
-Outbound flow, per wake-up of the tap (``run``):
-  1. wait until the tap is readable, then drain up to BATCH_FRAMES reads; ``now``
-     is the batch's time, passed down;
+Outbound flow, per batch of tap reads (``handle``; ``l2bridge.site.loop`` reads
+the tap):
+  1. up to BATCH_FRAMES reads; ``now`` is the batch's time, passed down;
   2. on a vnet tap, runs of same-flow UDP datagrams become USO super-frames
      (``offload.coalesce_udp``);
   3. per read: a super-frame leaves on its own (``send_super``) after what is
@@ -21,15 +21,13 @@ are cut for its path (``peer.room``: the site's budget, less through a relay,
 more on a TCP link).  Control datagrams (handshakes, keepalives) go out one by
 one with ``reach.send_to``, never waiting.
 
-The batch loop of ``run`` dispatches unicast / flood / drop inline on purpose
+The batch loop of ``handle`` dispatches unicast / flood / drop inline on purpose
 (it is the per-frame path); everything else uses ``targets``.
 """
 
 from __future__ import annotations
 
 import errno
-
-import trio
 
 from l2bridge.core import offload
 from l2bridge.core.mss import clamp_mss
@@ -48,9 +46,9 @@ _NEEDS_CSUM = offload.F_NEEDS_CSUM
 _VNET_HDR = offload.VNET_HDR
 
 
-async def run(state: SiteState) -> None:
-    """Until cancelled: the tap's frames to the peers (module flow)."""
-    tap = state.tap
+async def handle(state: SiteState, frames: list[bytes], now: float) -> None:
+    """Steps 2-4 for one batch of tap reads (module flow)."""
+    state.outbound_since = now
     egress = state.switch.egress
     split = state.fragmenter.split
     within = state.fragmenter.split_within
@@ -59,54 +57,46 @@ async def run(state: SiteState) -> None:
     mss = state.config.mss_clamp
     counters = state.counters
     vnet = state.caps.vnet_hdr
-    bursts = state.caps.bursts
-    # Per peer, this wake-up's datagrams: [datagrams, frames, bytes], sent together.
+    counters.tap_frames_in += len(frames)
+    counters.tap_bytes_in += sum(map(len, frames))
+    if vnet and state.caps.bursts and len(frames) > 1 and peers.any_offload():
+        frames = offload.coalesce_udp(frames)
+    # Per peer, this batch's datagrams: [datagrams, frames, bytes], sent together.
     queued: dict[Peer, list] = {}
-    while True:
-        await tap.wait_readable()
-        frames = tap.read_batch(BATCH_FRAMES)
-        if not frames:
-            continue
-        now = trio.current_time()
-        state.outbound_since = now
-        counters.tap_frames_in += len(frames)
-        counters.tap_bytes_in += sum(map(len, frames))
-        if vnet and bursts and len(frames) > 1 and peers.any_offload():
-            frames = offload.coalesce_udp(frames)
-        for frame in frames:
-            if vnet:
-                if frame[1]:  # gso_type: a super-frame, after what is queued
-                    if queued:
-                        await send_queued(state, queued, now)
-                    await send_super(state, frame, now)
-                    continue
-                plain = _plain_from_vnet(state, frame)
-                if plain is None:
-                    continue
-                frame = plain
-            if mss is not None:
-                frame = clamp_mss(frame, mss)
-            decision = egress(frame, now)
-            if type(decision) is int and decision > 0:
-                peer = by_port[decision]
-                peer.unicast_out += 1
-                room = peer.room
-                _queue(queued, peer, split(frame) if room is None else within(frame, room),
-                       len(frame))
-            elif decision is FLOOD:
-                live = peers.live
-                if live:
-                    datagrams = split(frame)
-                    for peer in live:
-                        peer.flooded_out += 1
-                        room = peer.room
-                        _queue(queued, peer, datagrams if room is None else within(frame, room),
-                               len(frame))
-            else:
-                counters.tap_drop(decision.value)  # type: ignore[union-attr]
-        if queued:
-            await send_queued(state, queued, now)
-        state.outbound_since = None
+    for frame in frames:
+        if vnet:
+            if frame[1]:  # gso_type: a super-frame, after what is queued
+                if queued:
+                    await send_queued(state, queued, now)
+                await send_super(state, frame, now)
+                continue
+            plain = _plain_from_vnet(state, frame)
+            if plain is None:
+                continue
+            frame = plain
+        if mss is not None:
+            frame = clamp_mss(frame, mss)
+        decision = egress(frame, now)
+        if type(decision) is int and decision > 0:
+            peer = by_port[decision]
+            peer.unicast_out += 1
+            room = peer.room
+            _queue(queued, peer, split(frame) if room is None else within(frame, room),
+                   len(frame))
+        elif decision is FLOOD:
+            live = peers.live
+            if live:
+                datagrams = split(frame)
+                for peer in live:
+                    peer.flooded_out += 1
+                    room = peer.room
+                    _queue(queued, peer, datagrams if room is None else within(frame, room),
+                           len(frame))
+        else:
+            counters.tap_drop(decision.value)  # type: ignore[union-attr]
+    if queued:
+        await send_queued(state, queued, now)
+    state.outbound_since = None
 
 
 def targets(state: SiteState, decision: int | Drop, *, ingress: Peer | None = None

@@ -3,7 +3,7 @@
 ``Site(config, tap=..., transport=...)`` builds the state; ``run`` resolves the
 configured endpoints (the leader) and starts, in one nursery:
 
-  outbound.run   tap → peers              inbound.run   peers → tap
+  loop.run       tap → peers and peers → tap, one wake-up for both
   events.timers  handshakes, keepalives, liveness (a follower: events.follower_timers)
   events.table_gc  aged MAC entries
   reach.run      (the leader) TCP links, hints, relays, punching, DNS re-resolution
@@ -21,7 +21,7 @@ import trio
 from l2bridge.core.config import SiteConfig
 from l2bridge.io.tap import Tap
 from l2bridge.io.transport import Transport
-from l2bridge.site import events, inbound, outbound, reach, status
+from l2bridge.site import events, loop, reach, status
 from l2bridge.site.state import SiteState
 
 
@@ -44,8 +44,7 @@ class Site:
                     await reach.resolve(state, peer)
         async with trio.open_nursery() as nursery:
             state.nursery = nursery
-            nursery.start_soon(outbound.run, state)
-            nursery.start_soon(inbound.run, state)
+            nursery.start_soon(loop.run, state)
             nursery.start_soon(events.follower_timers if state.follower else events.timers, state)
             nursery.start_soon(events.table_gc, state)
             if not state.follower:

@@ -7,7 +7,8 @@ stop, like kill -9), ``stop()`` (graceful, bounded) and ``show()`` (the site's
 status as the control socket's JSON; the references say only whether each peer
 is up).
 
-l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. spawn
+l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. the lab's
+fork server (``forkserver.py``: one per lab, the daemon imported once) forks
 ``python -m l2bridge up -c CONFIG`` inside the gateway namespace (own session, so
 a terminal's Ctrl-C reaches only the runner, which then tears down in order; with
 the lab's DNS, in a mount namespace of its own that shows it the lab's
@@ -37,7 +38,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from typing import Any, Protocol
 
 import trio
@@ -49,6 +49,7 @@ from l2bridge.io import proc, tap
 from netns.describe.openvpn import OPENVPN_PROGRAM, OPENVPN_TAP
 from netns.describe.plan import VXLAN_PORT, SitePlan
 from netns.realise.build import is_missing, netlink
+from netns.realise.forkserver import ForkedProcess, Launcher
 from netns.realise.nsenter import in_netns, netns_path, netns_preexec
 
 READY_POLL_S = 0.05
@@ -75,12 +76,22 @@ class Gateway(Protocol):
     async def show(self) -> dict[str, Any]: ...
 
 
-def make_gateway(site: SitePlan, *, detached: bool = False) -> Gateway:
+def make_gateway(site: SitePlan, launcher: Launcher | None) -> Gateway:
+    """The site's gateway; an l2bridge one is forked by ``launcher``."""
     if site.gateway == "vxlan":
         return VxlanGateway(site)
     if site.gateway == "openvpn":
         return OpenvpnGateway(site)
-    return L2bridgeGateway(site, detached=detached)
+    if launcher is None:
+        raise GatewayError(f"gateway {site.name}: l2bridge gateways need the lab's launcher")
+    return L2bridgeGateway(site, launcher)
+
+
+def gateway_launcher(log_path: str) -> Launcher:
+    """The lab's fork server for its l2bridge gateways (the project's code on their path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    return Launcher(log_path, env=env, cwd=PROJECT_ROOT)
 
 
 async def query_control(path: str, cmd: str = "show", timeout_s: float = CONTROL_TIMEOUT_S
@@ -113,18 +124,20 @@ def peers_up(show: dict[str, Any]) -> tuple[int, int]:
 class L2bridgeGateway:
     """One ``l2bridge up`` process in the site's gateway namespace."""
 
-    def __init__(self, site: SitePlan, *, detached: bool = False) -> None:
+    def __init__(self, site: SitePlan, launcher: Launcher) -> None:
         self.site = site
-        self.detached = detached
-        self.child: proc.Child | None = None
+        self.launcher = launcher
+        self.child: proc.Child[ForkedProcess] | None = None
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "l2bridge", "up", "-c", self.site.config_path]
+        """What the child runs, as arguments of ``python``."""
+        return ["-m", "l2bridge", "up", "-c", self.site.config_path]
 
     @property
-    def process(self) -> trio.Process | None:
-        """The running ``l2bridge up``, for whoever watches it (None before ``start``)."""
+    def process(self) -> ForkedProcess | None:
+        """The running ``l2bridge up`` (pid, poll, wait), for whoever watches it (None
+        before ``start``)."""
         return self.child.process if self.child is not None else None
 
     async def start(self) -> None:
@@ -134,22 +147,15 @@ class L2bridgeGateway:
             fd = os.open(self.site.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(keys.encode_key(self.site.private_key) + "\n")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p
+        self.child = await self.launcher.spawn(
+            self.command,
+            name=f"gateway {self.site.name}",
+            netns=self.site.gw_ns,
+            resolv_conf=self.site.resolv_conf,
+            log_path=self.site.log_path,
+            error=GatewayError,
+            detail=proc.log_detail(self.site.log_path, LOG_TAIL_LINES),
         )
-        with open(self.site.log_path, "ab") as log:
-            self.child = await proc.start(
-                self.command,
-                name=f"gateway {self.site.name}",
-                stdout=log,
-                stderr=log,
-                preexec=netns_preexec(self.site.gw_ns, self.site.resolv_conf),
-                env=env,
-                cwd=PROJECT_ROOT,
-                error=GatewayError,
-                detail=proc.log_detail(self.site.log_path, LOG_TAIL_LINES),
-            )
 
     async def wait_ready(self, deadline: float) -> None:
         if self.child is None:
@@ -227,7 +233,7 @@ class OpenvpnGateway:
 
     def __init__(self, site: SitePlan) -> None:
         self.site = site
-        self.child: proc.Child | None = None
+        self.child: proc.Child[trio.Process] | None = None
 
     @property
     def command(self) -> list[str]:

@@ -860,3 +860,7 @@ def test_secure_mss_clamp_leaves_room_for_the_seal() -> None:
     secure = parse_config(SECURE + "mss_clamp = true\n")
     clear = parse_config(MINIMAL + "mss_clamp = true\n")
     assert clear.mss_clamp - secure.mss_clamp == 32
+
+
+def test_default_workers_leave_a_core_to_the_kernel_per_worker() -> None:
+    assert [default_workers(n) for n in (1, 2, 3, 4, 8, 200)] == [1, 1, 1, 2, 4, 64]

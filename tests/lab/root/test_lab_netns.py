@@ -120,11 +120,11 @@ async def test_exception_mid_build_undoes_everything(monkeypatch: pytest.MonkeyP
     real = build_mod.apply_step
     applied = []
 
-    def failing(step, pool, undo, record):  # type: ignore[no-untyped-def]
+    def failing(step, pool, undo):  # type: ignore[no-untyped-def]
         if len(applied) == 40:
             raise OSError(5, "injected failure")
         applied.append(step)
-        return real(step, pool, undo, record)
+        return real(step, pool, undo)
 
     monkeypatch.setattr(build_mod, "apply_step", failing)
     with pytest.raises(LabError) as info:
