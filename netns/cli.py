@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("timing", help="time build, start and teardown of generated meshes "
                                       "of 2..N sites (and Mininet with --mininet)")
     timing.add_arguments(p)
-    p = sub.add_parser("bench", help="benchmark l2bridge (encrypted and insecure) against "
-                                     "kernel VXLAN and a direct veth, interleaved")
+    p = sub.add_parser("bench", help="benchmark l2bridge with its shipped defaults (and "
+                                     "tuned, insecure) against OpenVPN, kernel VXLAN and a "
+                                     "direct veth, interleaved")
     bench.add_arguments(p)
     return parser
 

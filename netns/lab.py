@@ -36,6 +36,7 @@ from netns.checks.streams import Timeline
 from netns.checks.traffic import TOOL_PACKAGES
 from netns.describe import pcap as pcap_spec
 from netns.describe.impair import NftRuleset
+from netns.describe.openvpn import OPENVPN_PACKAGE, OPENVPN_PROGRAM
 from netns.describe.plan import Node, Plan, dns_records, make_plan, new_prefix
 from netns.describe.scenario import (
     CHECK_TIMEOUT_S,
@@ -107,6 +108,14 @@ class PreflightError(LabError):
     exit_status = EXIT_USAGE
 
 
+def openvpn_problem() -> str | None:
+    """Why the openvpn gateway cannot run on this machine (one line), or None."""
+    if shutil.which(OPENVPN_PROGRAM) is None:
+        return (f"{OPENVPN_PROGRAM} is not on PATH (install it: apt-get install "
+                f"{OPENVPN_PACKAGE})")
+    return None
+
+
 def preflight(plan: Plan) -> None:
     """Fail before creating anything when the lab cannot run here."""
     if os.geteuid() != 0:
@@ -129,6 +138,8 @@ def preflight(plan: Plan) -> None:
             "gateway l2bridge needs the l2bridge package (l2bridge.ops.cli not importable); "
             "install it or use --gateway vxlan"
         )
+    if plan.gateway == "openvpn" and (why := openvpn_problem()) is not None:
+        raise PreflightError(f"gateway openvpn: {why}; or use another --gateway")
     if plan.dns is not None:
         if shutil.which("dnsmasq") is None:
             raise PreflightError("lab.dns needs dnsmasq, which is not on PATH; install it "

@@ -1,19 +1,25 @@
-"""``l2bridge lab bench``: encrypted l2bridge, insecure l2bridge, kernel VXLAN and a direct
-veth, measured in the same run, interleaved.
+"""``l2bridge lab bench``: l2bridge with its shipped defaults, tuned and insecure l2bridge,
+OpenVPN, kernel VXLAN and a direct veth, measured in the same run, interleaved.
 
 Topology: a generated two-site scenario (sites ``west`` and ``east``, one host
-``h1`` each, WAN MTU 1600 so VXLAN carries full 1500-byte frames unfragmented),
-brought up five times with ``open_lab``: l2bridge gateways (encrypted, the
-default), l2bridge gateways with ``insecure = true``, kernel VXLAN gateways, and
-a lossy twin of the encrypted and of the VXLAN lab whose west WAN link has
+``h1`` each, WAN MTU 1600 so VXLAN carries full 1500-byte frames unfragmented,
+``[lab] daemon_defaults``: the lab writes none of the daemon's performance keys),
+brought up once per variant with ``open_lab``: l2bridge gateways (encrypted, the
+defaults the daemon ships with: the headline), the same with ``workers = N``
+(``--workers``) and with ``low_latency = true`` (``--low-latency``), l2bridge
+gateways with ``insecure = true``, OpenVPN tap gateways (when ``openvpn`` is
+installed; otherwise one line says it was skipped), kernel VXLAN gateways, and a
+lossy twin of the headline and of the VXLAN lab whose west WAN link has
 ``loss_percent = 1``.  The lab applies a link's loss to both directions of that
 link, and a frame between the two sites crosses the west link exactly once, so
 the path loses 1% each way (loss on both links would make it about 2%).  The
 "direct" reference is one more veth (``bench0``, 10.78.0.1/24 ↔ 10.78.0.2/24)
 between the two host namespaces of the VXLAN lab: the same hosts, no tunnel.
 
-Flow: 1. open the five labs (all kept up for the whole run; idle daemons only
-send a keepalive a second) and add the direct veth  2. warm up: a few pings per
+Flow: 1. open the labs (all kept up for the whole run; idle daemons only send a
+keepalive a second) and add the direct veth; the ``low_latency`` lab's gateways,
+which hold every CPU's wake-up latency at 0 for the whole machine, run only while
+that variant is measured, so the others are measured without it  2. warm up: a few pings per
 lab (ARP, learning, sessions) — a lab that does not answer fails the run
 3. for each round, for each measurement (ping, TCP 1 stream, TCP 1 stream through
 the lossy twin, TCP 4 streams, UDP 64-byte payloads), run it on every variant
@@ -21,7 +27,7 @@ that has it in turn, the order rotating by one each round, so neighbouring
 numbers of different variants are seconds apart and no variant always goes first
 4. after each round read the daemons' peak RSS  5. tear the labs down
 (``open_lab``'s own teardown, on every exit path)  6. summarise and render
-(``netns/benchstats.py``).
+(``netns/bench/stats.py``).
 
 CPU accounting: utime+stime of every process in both gateway namespaces (the
 daemons; a future multi-process daemon included) and the machine's busy time
@@ -41,17 +47,20 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+
+import trio
 
 from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from netns.bench import stats as bs
 from netns.bench import transports
 from netns.checks.traffic import TrafficError, iperf3, ping
 from netns.describe.scenario import Scenario, parse_scenario
-from netns.lab import Lab, LabError, open_lab
+from netns.lab import Lab, LabError, open_lab, openvpn_problem
 from netns.realise.build import netlink
+from netns.realise.gateways import GatewayError
 from netns.realise.nsenter import pids_in_netns
 
 WAN_MTU = 1600
@@ -86,26 +95,28 @@ class Variant:
     server_addr: str
     gateway_namespaces: list[str] = field(default_factory=list)  # where daemons run
     lossy: Variant | None = None  # the same gateways over a WAN losing WAN_LOSS_PERCENT
+    transient: bool = False  # its gateways run only while it is measured
 
 
 def bench_scenario(*, insecure: bool = False, loss_percent: float = 0.0,
-                   workers: int = 1, low_latency: bool = False) -> Scenario:
-    """Two sites, one host each, WAN MTU 1600, no checks.
+                   workers: int | None = None, low_latency: bool = False) -> Scenario:
+    """Two sites, one host each, WAN MTU 1600, no checks, the daemons' own defaults.
 
     ``loss_percent`` goes on the west site's link only: the lab drops it in both
     directions of that link, so the path between the sites loses that much each way.
-    ``workers`` is each l2bridge gateway's number of worker processes;
-    ``low_latency`` has them hold the CPU wake-up latency at 0 (for the whole
-    machine, so every variant measured while they run gets it too).
+    ``workers`` (None: the daemon's default) is each l2bridge gateway's number of
+    worker processes; ``low_latency`` has them hold the CPU wake-up latency at 0 (for
+    the whole machine while they run).
     """
     name = "bench" + ("-insecure" if insecure else "") + ("-lossy" if loss_percent else "")
     west_wan = f"wan = {{ loss_percent = {loss_percent:g} }}\n" if loss_percent else ""
-    keys = ([f"workers = {workers}"] if workers != 1 else []) + (
+    keys = ([f"workers = {workers}"] if workers is not None else []) + (
         ["low_latency = true"] if low_latency else [])
     daemon = f"l2bridge = {{ {', '.join(keys)} }}\n" if keys else ""
     text = "\n".join([
         "[lab]",
         f'name = "{name}"',
+        "daemon_defaults = true",
         f"insecure = {'true' if insecure else 'false'}",
         "[wan]",
         f"mtu = {WAN_MTU}",
@@ -178,39 +189,52 @@ def add_direct_link(lab: Lab) -> str:
 
 
 def lab_variant(name: str, lab: Lab) -> Variant:
-    daemons = [s.gw_ns for s in lab.plan.sites] if lab.plan.gateway == "l2bridge" else []
+    daemons = [s.gw_ns for s in lab.plan.sites] if lab.plan.gateway != "vxlan" else []
     return Variant(name=name, lab=lab, client_ns=lab.ns("west.h1"),
                    server_ns=lab.ns("east.h1"), server_addr=lab.node("east.h1").ip,
-                   gateway_namespaces=daemons)
+                   gateway_namespaces=daemons, transient=name == "low_latency")
+
+
+def openvpn_skipped() -> str | None:
+    """The line that says why the OpenVPN row is left out, or None when it can run."""
+    why = openvpn_problem()
+    if why is None:
+        return None
+    return f"{bs.VARIANT_TITLES[bs.OPENVPN]} ({bs.OPENVPN_CIPHER_NOTE}): skipped, {why}"
 
 
 async def open_variants(stack: contextlib.AsyncExitStack, settings: bs.Settings,
-                        progress: Progress) -> list[Variant]:
-    """Bring up the five labs (torn down by ``stack``) and the direct link; in VARIANTS order,
-    each of ``bs.LOSSY_VARIANTS`` with its lossy twin attached."""
-    workers, low_latency = settings.workers, settings.low_latency
-    plain = bench_scenario(workers=workers, low_latency=low_latency)
-    insecure = bench_scenario(insecure=True, workers=workers, low_latency=low_latency)
-    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT, workers=workers,
-                           low_latency=low_latency)
+                        names: tuple[str, ...], progress: Progress) -> list[Variant]:
+    """Bring up a lab per variant of ``names`` (torn down by ``stack``) and the direct
+    link; in ``names`` order, each of ``bs.LOSSY_VARIANTS`` with its lossy twin attached."""
+    scenarios = {
+        "l2bridge": (bench_scenario(), "l2bridge"),
+        "workers": (bench_scenario(workers=settings.workers), "l2bridge"),
+        "low_latency": (bench_scenario(low_latency=True), "l2bridge"),
+        "insecure": (bench_scenario(insecure=True), "l2bridge"),
+        bs.OPENVPN: (bench_scenario(), "openvpn"),
+        "vxlan": (bench_scenario(), "vxlan"),
+    }
+    lossy = bench_scenario(loss_percent=bs.WAN_LOSS_PERCENT)
 
     async def up(scenario: Scenario, gateway: str) -> Lab:
         return await stack.enter_async_context(
             open_lab(scenario, gateway=gateway, wan_mtu=settings.wan_mtu, progress=progress))
 
-    enc = await up(plain, "l2bridge")
-    ins = await up(insecure, "l2bridge")
-    vx = await up(plain, "vxlan")
-    direct_addr = add_direct_link(vx)
-    direct = Variant(name="direct", lab=vx, client_ns=vx.ns("west.h1"),
-                     server_ns=vx.ns("east.h1"), server_addr=direct_addr)
-    found = {"l2bridge": lab_variant("l2bridge", enc), "insecure": lab_variant("insecure", ins),
-             "vxlan": lab_variant("vxlan", vx), "direct": direct}
+    found: dict[str, Variant] = {}
+    for name in names:
+        if name == bs.BASELINE:
+            vx = found["vxlan"].lab
+            found[name] = Variant(name=name, lab=vx, client_ns=vx.ns("west.h1"),
+                                  server_ns=vx.ns("east.h1"), server_addr=add_direct_link(vx))
+            continue
+        scenario, gateway = scenarios[name]
+        found[name] = lab_variant(name, await up(scenario, gateway))
     for name in bs.LOSSY_VARIANTS:
         gateway = "vxlan" if name == "vxlan" else "l2bridge"
         found[name].lossy = lab_variant(f"{name} {bs.WAN_LOSS_PERCENT:g}% loss",
                                         await up(lossy, gateway))
-    return [found[name] for name in bs.VARIANTS]
+    return [found[name] for name in names]
 
 
 def all_paths(variants: list[Variant]) -> list[Variant]:
@@ -219,16 +243,42 @@ def all_paths(variants: list[Variant]) -> list[Variant]:
 
 
 async def warm_up(variants: list[Variant]) -> None:
-    """Every path answers pings (ARP resolved, MACs learned, sessions up) or BenchError.
+    """Every path answers pings (ARP resolved, MACs learned, sessions up) or BenchError;
+    then the transient variants' gateways stop until they are measured.
 
     A lossy twin is given the same few pings: losing all of them at 1% loss each way
     is a one-in-a-million event, not a property of the path."""
     for v in all_paths(variants):
-        result = await ping(v.client_ns, v.server_addr, count=WARMUP_PINGS,
-                            interval_s=bs.PING_INTERVAL_S, deadline_s=WARMUP_DEADLINE_S)
-        if result.received == 0:
-            raise BenchError(f"bench: variant {v.name}: {v.server_addr} does not answer pings "
-                             f"from {v.client_ns}; see the lab logs in {v.lab.plan.rundir}")
+        await answers(v)
+    for v in variants:
+        if v.transient:
+            await v.lab.stop_gateways()
+
+
+async def answers(v: Variant) -> None:
+    """A few pings over ``v`` get an answer, or BenchError."""
+    result = await ping(v.client_ns, v.server_addr, count=WARMUP_PINGS,
+                        interval_s=bs.PING_INTERVAL_S, deadline_s=WARMUP_DEADLINE_S)
+    if result.received == 0:
+        raise BenchError(f"bench: variant {v.name}: {v.server_addr} does not answer pings "
+                         f"from {v.client_ns}; see the lab logs in {v.lab.plan.rundir}")
+
+
+@contextlib.asynccontextmanager
+async def running(v: Variant) -> AsyncIterator[None]:
+    """``v``'s gateways running for one measurement: a transient variant's are started
+    (every peer up, the path answering) and stopped after it, its peak RSS noted
+    before they go."""
+    if not v.transient:
+        yield
+        return
+    await v.lab.start_gateways()
+    try:
+        await answers(v)
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            await v.lab.stop_gateways()
 
 
 # ---------------------------------------------------------------- measurements
@@ -308,7 +358,7 @@ def measurements() -> list[tuple[str, Measurement, Callable[[Variant], bool]]]:
             ("udp64", measure_udp, _every)]
 
 
-def round_order(rnd: int, names: tuple[str, ...] = bs.VARIANTS) -> list[str]:
+def round_order(rnd: int, names: tuple[str, ...]) -> list[str]:
     """The variants in round ``rnd``'s order: rotated by one each round."""
     k = rnd % len(names)
     return list(names[k:] + names[:k])
@@ -320,34 +370,49 @@ async def run_bench(settings: bs.Settings, progress: Progress | None = None) -> 
     say = progress or (lambda line: None)
     started = time.monotonic()
     result = bs.BenchResult(settings=settings, samples=[], machine=machine_info())
+    skipped = openvpn_skipped()
+    if skipped is not None:
+        result.skipped.append(skipped)
+        say(f"bench: {skipped}")
+    names = settings.variants(openvpn=skipped is None)
     async with contextlib.AsyncExitStack() as stack:
-        variants = await open_variants(stack, settings, say)
+        variants = await open_variants(stack, settings, names, say)
         by_name = {v.name: v for v in variants}
         result.labs = list(dict.fromkeys(v.lab.prefix for v in all_paths(variants)))
         await warm_up(variants)
         for rnd in range(settings.rounds):
-            samples = {name: bs.Sample(round=rnd, variant=name) for name in bs.VARIANTS}
-            order = round_order(rnd)
+            samples = {name: bs.Sample(round=rnd, variant=name) for name in names}
+            order = round_order(rnd, names)
             for what, measure, applies in measurements():
                 for name in order:
                     v = by_name[name]
                     if not applies(v):
                         continue
+                    raw = samples[name].raw
                     try:
-                        await measure(v, settings, samples[name].raw)
-                    except TrafficError as e:
+                        async with running(v):
+                            await measure(v, settings, raw)
+                            if v.transient:
+                                note_rss(v, raw)
+                    except (TrafficError, BenchError, GatewayError) as e:
                         result.errors.append(f"round {rnd + 1} {name} {what}: {e}")
                         say(f"bench: round {rnd + 1} {name} {what}: FAILED {e}")
                         continue
                     say(f"bench: round {rnd + 1}/{settings.rounds} {name} {what}: "
-                        f"{_brief(what, samples[name].raw)}")
-            for name in bs.VARIANTS:
-                pids = daemon_pids(by_name[name])
-                if pids:
-                    samples[name].raw["daemon_rss_peak_kib"] = peak_rss_kib(pids)
+                        f"{_brief(what, raw)}")
+            for name in names:
+                if not by_name[name].transient:
+                    note_rss(by_name[name], samples[name].raw)
                 result.samples.append(bs.finish_sample(samples[name]))
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def note_rss(v: Variant, raw: dict[str, Any]) -> None:
+    """The largest peak RSS of ``v``'s daemons so far this round into ``raw``."""
+    peak = peak_rss_kib(daemon_pids(v))
+    if peak is not None:
+        raw["daemon_rss_peak_kib"] = max(peak, raw.get("daemon_rss_peak_kib") or 0)
 
 
 def _brief(what: str, raw: dict[str, Any]) -> str:
@@ -385,19 +450,20 @@ def write_plot(result: bs.BenchResult, path: str) -> None:
                          f"({PLOT_PIP}) or leave out --plot") from None
     rat = bs.ratios(result)
     summ = bs.summaries(result)
+    names = result.variants()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / len(bs.VARIANTS)
-    for i, v in enumerate(bs.VARIANTS):
+    width = 0.8 / len(names)
+    for i, v in enumerate(names):
         xs, ys, lo, hi = [], [], [], []
         for j, key in enumerate(bs.RATIO_KEYS):
             s = rat[v][key]
             if s is None:
                 continue
-            xs.append(j + (i - (len(bs.VARIANTS) - 1) / 2) * width)
+            xs.append(j + (i - (len(names) - 1) / 2) * width)
             ys.append(s.median)
             lo.append(s.median - s.min)
             hi.append(s.max - s.median)
-        left.bar(xs, ys, width, yerr=[lo, hi], label=bs.VARIANT_TITLES[v], capsize=2)
+        left.bar(xs, ys, width, yerr=[lo, hi], label=result.title(v), capsize=2)
     left.set_yscale("log")
     labels = {"tcp1_mbit_s": "TCP 1 stream", "tcp4_mbit_s": "TCP 4 streams",
               "udp64_fps": f"UDP {bs.UDP_PAYLOAD_BYTES} B frames/s",
@@ -408,7 +474,7 @@ def write_plot(result: bs.BenchResult, path: str) -> None:
     left.legend(fontsize="small")
     for k, key in enumerate(("rtt_avg_ms", "rtt_p99_ms")):
         xs, ys, lo, hi = [], [], [], []
-        for i, v in enumerate(bs.VARIANTS):
+        for i, v in enumerate(names):
             s = summ[v][key]
             if s is None:
                 continue
@@ -417,7 +483,8 @@ def write_plot(result: bs.BenchResult, path: str) -> None:
             lo.append((s.median - s.min) * bs.US_PER_MS)
             hi.append((s.max - s.median) * bs.US_PER_MS)
         right.bar(xs, ys, 0.4, yerr=[lo, hi], capsize=2, label="avg" if k == 0 else "p99")
-    right.set_xticks(range(len(bs.VARIANTS)), [bs.VARIANT_TITLES[v] for v in bs.VARIANTS])
+    right.set_xticks(range(len(names)), [result.title(v) for v in names],
+                     rotation=20, ha="right")
     right.set_ylabel("ping RTT (µs)")
     right.legend(fontsize="small")
     st = result.settings
@@ -451,12 +518,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"one round of short runs ({bs.QUICK_SECONDS:g} s, {bs.QUICK_PINGS} "
                         f"pings, the {bs.WAN_LOSS_PERCENT:g}%% loss runs included): about 35 s")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes of each l2bridge gateway (default 1: the two "
-                        "gateways, the hosts and iperf3 share this machine's cores)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="also measure l2bridge with workers = N, as an extra row beside the "
+                        "headline, which keeps the daemon's shipped defaults")
     p.add_argument("--low-latency", action="store_true",
-                   help="run the l2bridge gateways with low_latency = true: idle CPUs poll "
-                        "instead of halting, machine-wide, for every variant alike")
+                   help="also measure l2bridge with low_latency = true, as an extra row (its "
+                        "gateways run only while it is measured: idle CPUs poll "
+                        "machine-wide while they do)")
     p.add_argument("--transports", action="store_true",
                    help="instead: the TCP transport against UDP (bounded and unbounded "
                         "queue) on a clean, a lossy and a 50 Mbit/s WAN, with RTTs under load")
@@ -499,7 +567,7 @@ def cmd_bench(args: argparse.Namespace,
 def _cmd_transports(args: argparse.Namespace,
                     runner: Callable[[Callable[[], Awaitable[int]]], int], stream: TextIO) -> int:
     """``--transports``: the TCP transport against UDP (``netns.bench.transports``)."""
-    if args.plot or args.workers != 1 or args.low_latency:
+    if args.plot or args.workers is not None or args.low_latency:
         _err("--transports takes --rounds, --seconds, --quick and --json only")
         return EXIT_USAGE
     settings = transports.Settings()

@@ -10,12 +10,18 @@ and (in the title) who tunnels to whom: a full mesh or a hub.  Graphviz (``dot``
 
 from __future__ import annotations
 
+from netns.describe.openvpn import OPENVPN_TAP
 from netns.describe.plan import Plan, SitePlan
 from netns.describe.scenario import Link
 from netns.describe.underlay import UNDERLAY_NET, UNDERLAY_NET6
 
 FONT = "Helvetica"
 NEWLINE = "\\n"  # a line break inside a DOT label
+GATEWAY_LABELS = {  # gateway mode -> (what runs, its tunnel device)
+    "l2bridge": ("l2bridge", "l2b0"),
+    "vxlan": ("kernel VXLAN", "vxlan"),
+    "openvpn": ("OpenVPN tap", OPENVPN_TAP),
+}
 
 
 def _q(text: str) -> str:
@@ -53,8 +59,7 @@ def link_label(link: Link, router: str) -> str:
 
 def _gateway_label(s: SitePlan) -> str:
     role = " (hub)" if s.hub else ""
-    kind = "l2bridge" if s.gateway == "l2bridge" else "kernel VXLAN"
-    tunnel = "l2b0" if s.gateway == "l2bridge" else "vxlan"
+    kind, tunnel = GATEWAY_LABELS[s.gateway]
     return NEWLINE.join([f"gateway{role}", kind, f"wan0 {s.underlay}", f"br0 + {tunnel}"])
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from netns.describe.openvpn import OPENVPN_TAP
 from netns.describe.plan import SWITCH_BRIDGE, SWITCH_UPLINK, Plan
 from netns.describe.scenario import ScenarioError
 
@@ -46,6 +47,8 @@ def interfaces(plan: Plan) -> dict[str, list[str]]:
         gw = ["wan0", s.lan_ifname]
         if s.gateway == "l2bridge":
             gw += [s.bridge, "l2b0"]
+        elif s.gateway == "openvpn":
+            gw += [s.bridge, OPENVPN_TAP]
         else:
             gw += [s.bridge, *(d.ifname for d in s.vxlan)]
         out[f"{s.name}.gw"] = gw

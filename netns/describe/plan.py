@@ -52,11 +52,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from l2bridge.core import config, keys
+from l2bridge.core.caps import default_workers
 from netns.describe.dns import HOSTS_FILE as DNS_HOSTS_FILE
 from netns.describe.dns import LOG_FILE as DNS_LOG_FILE
 from netns.describe.dns import RESOLV_FILE, DnsPlan, dns_name
 from netns.describe.impair import RelayPlan, nft_ruleset, relay_plan, wan_mtu_for
 from netns.describe.nat import NAT_SUFFIX, NatPlan
+from netns.describe.openvpn import (
+    CONFIG_SUFFIX as OPENVPN_CONFIG_SUFFIX,
+)
+from netns.describe.openvpn import (
+    OPENVPN_PORT,
+    OPENVPN_TAP,
+    make_identity,
+    render_config,
+)
+from netns.describe.openvpn import refusals as openvpn_refusals
 from netns.describe.paths import L2BRIDGE_CHECKS
 from netns.describe.scenario import Link, Scenario, ScenarioError, Site
 from netns.describe.steps import (
@@ -97,6 +108,8 @@ SWITCH_BRIDGE = "br0"  # the LAN switch's bridge, in P-<site>-sw
 SWITCH_UPLINK = "gw"  # its port towards the gateway's eth1
 # Daemon keys of [[peer]] a site's ``l2bridge = {...}`` may give: they go on every peer.
 PEER_KEYS = ("transport",)
+# The daemon's performance keys: with ``[lab] daemon_defaults`` the lab writes none of them.
+DAEMON_DEFAULT_KEYS = ("workers", "offload", "low_latency")
 
 
 def new_prefix() -> str:
@@ -164,7 +177,7 @@ class SitePlan:
     name: str
     index: int  # 1-based
     hub: bool
-    gateway: str  # "l2bridge" | "vxlan"
+    gateway: str  # "l2bridge" | "vxlan" | "openvpn"
     gw_ns: str
     sw_ns: str
     underlay: str  # gateway's WAN address (bare; behind NAT its private one)
@@ -173,7 +186,7 @@ class SitePlan:
     config_path: str
     log_path: str
     control_path: str
-    config_text: str  # the daemon's TOML (l2bridge mode)
+    config_text: str  # the daemon's TOML (l2bridge mode), or OpenVPN's config (openvpn mode)
     private_key: bytes  # the site's key (l2bridge mode, unless the scenario is insecure)
     key_path: str
     vxlan: tuple[VxlanDev, ...]  # the kernel devices (vxlan mode)
@@ -183,6 +196,7 @@ class SitePlan:
     wan_if: str = ""  # the router's interface toward this site (named after the site)
     relay: RelayPlan | None = None  # the delay relay on this link, if any
     wan_mtu: int = 1500  # the daemon's wan_mtu: the smallest MTU on its paths
+    lan_mtu: int = 1500  # lan.mtu: eth1, and the bridge and tunnel of a reference gateway
     addrs: SiteAddresses | None = None  # every underlay address (underlay.py)
     nat: NatPlan | None = None  # its own NAT router, when it is behind NAT
     resolv_conf: str | None = None  # the resolv.conf its daemon sees (lab DNS)
@@ -236,6 +250,13 @@ class Plan:
                 lines.append(
                     f"gateway {s.name}{role}: l2bridge up -c {s.config_path} "
                     f"in {s.gw_ns}, peers: {peers}"
+                )
+            elif s.gateway == "openvpn":
+                lines.append(
+                    f"gateway {s.name}: openvpn --config {s.config_path} in {s.gw_ns} "
+                    f"(tap {OPENVPN_TAP} bridged with {s.lan_ifname} in {s.bridge}), peers: "
+                    + ", ".join(f"{p.name} {host_port(p.address or '?', OPENVPN_PORT)}"
+                                for p in s.peers)
                 )
             else:
                 for dev in s.vxlan:
@@ -317,7 +338,11 @@ def make_plan(
         )
     if mode == "vxlan":
         _check_vxlan_links(scenario, overhead)
-        _check_vxlan_events(scenario)
+    if mode == "openvpn":
+        for key, message in openvpn_refusals(scenario):
+            raise ScenarioError(scenario.path, key, message)
+    if mode != "l2bridge":
+        _check_tunnel_events(scenario, mode)
     rundir = rundir or f"{LAB_RUN_DIR}/{prefix}"
     wan_ns = f"{prefix}-wan"
     nodes: dict[str, Node] = {"wan": Node(ref="wan", ns=wan_ns, site=None, role="wan")}
@@ -374,7 +399,8 @@ def make_plan(
             underlay=addrs.underlay,
             router=addrs.router,
             peers=(),
-            config_path=f"{rundir}/{site.name}.toml",
+            config_path=f"{rundir}/{site.name}"
+                        f"{OPENVPN_CONFIG_SUFFIX if mode == 'openvpn' else '.toml'}",
             log_path=f"{rundir}/{site.name}.log",
             control_path=f"{rundir}/{site.name}.sock",
             config_text="",
@@ -383,6 +409,7 @@ def make_plan(
             vxlan=(),
             link=link,
             wan_if=site.name,
+            lan_mtu=scenario.lan.mtu,
             relay=relay_plan(site.name, i, link, ns=wan_ns, seed=scenario.wan.seed,
                              rundir=rundir),
             addrs=addrs,
@@ -399,6 +426,7 @@ def make_plan(
             for s in site_plans
         ]
         by_name = {s.name: s for s in site_plans}
+    identities = {s.name: make_identity(s.name) for s in site_plans} if mode == "openvpn" else {}
     finished = []
     for s in site_plans:
         dials = scenario.site(s.name).dial_out
@@ -411,6 +439,15 @@ def make_plan(
             s, peers=peers,
             wan_mtu=wan_mtu_for(s.link, [by_name[p].link for p in peers_of[s.name]]),
         )
+        if mode == "openvpn":
+            (peer,) = peers  # openvpn_refusals: exactly two sites, each dials the other
+            assert peer.address is not None
+            text = render_config(site=s.name, remote=peer.address, tls_server=s.index == 1,
+                                 own=identities[s.name],
+                                 peer_fingerprint=identities[peer.name].fingerprint,
+                                 management=s.control_path, lan_mtu=scenario.lan.mtu)
+            finished.append(dataclasses.replace(s, config_text=text))
+            continue
         s = dataclasses.replace(
             s,
             config_text=render_site_config(scenario, scenario.site(s.name), s, by_name,
@@ -496,30 +533,31 @@ def _check_vxlan_links(scenario: Scenario, overhead: int) -> None:
             )
 
 
-def _check_vxlan_events(scenario: Scenario) -> None:
-    """The first thing kernel VXLAN gateways cannot do, as a one-line error."""
-    for key, why, what in _vxlan_refusals(scenario):
+def _check_tunnel_events(scenario: Scenario, mode: str) -> None:
+    """The first thing the reference gateways (``mode``: vxlan, openvpn) cannot do, as a
+    one-line error."""
+    for key, why, what in _tunnel_refusals(scenario, mode):
         raise ScenarioError(scenario.path, key,
                             f"{why}; use the l2bridge gateway or remove {what}")
 
 
-def _vxlan_refusals(scenario: Scenario) -> Iterator[tuple[str, str, str]]:
+def _tunnel_refusals(scenario: Scenario, mode: str) -> Iterator[tuple[str, str, str]]:
     """(key, why, what to remove): stopping, continuing and reloading act on an l2bridge
-    process and a path shows in its ``show``; VXLAN has neither, knows its remotes by
-    address only, and never asks a DNS server."""
+    process and a path shows in its ``show``; the reference gateways have neither, know
+    their remotes by address only, and never ask a DNS server."""
     for e in scenario.events:
         if e.kind in L2BRIDGE_ONLY:
             yield (f"event[{e.index}].kind", f'"{e.kind}" acts on an l2bridge process, which '
-                   "vxlan gateways do not have", "the event")
+                   f"{mode} gateways do not have", "the event")
         elif e.kind == "readdress":
-            yield (f"event[{e.index}].kind", "vxlan gateways know their remotes by address and "
-                   "never find a moved one", "the event")
+            yield (f"event[{e.index}].kind", f"{mode} gateways know their remotes by address "
+                   "and never find a moved one", "the event")
     for c in scenario.checks:
         if c.kind in L2BRIDGE_CHECKS:
             yield (f"check[{c.index}].kind", f"a {c.kind} check reads an l2bridge daemon's "
-                   "show, which vxlan gateways do not have", "the check")
+                   f"show, which {mode} gateways do not have", "the check")
     if scenario.dns:
-        yield "lab.dns", "vxlan gateways take addresses, not names", "dns"
+        yield "lab.dns", f"{mode} gateways take addresses, not names", "dns"
 
 
 def reload_config(plan: Plan, site: str, changes: Mapping[str, object]) -> str:
@@ -686,12 +724,13 @@ def render_site_config(
         ("control", s.control_path),
         ("keepalive", scenario.keepalive_s),
         ("dead_after", scenario.dead_after_s),
-        # Lab gateways share one machine: one process each unless the scenario says.
-        ("workers", 1),
     ]
+    if not scenario.daemon_defaults:
+        # Lab gateways share one machine: one process each unless the scenario says.
+        table.append(("workers", 1))
     if scenario.resolve_interval_s is not None:
         table.append(("resolve_interval", scenario.resolve_interval_s))
-    if offload is not None:
+    if offload is not None and not scenario.daemon_defaults:
         table.append(("offload", offload))
     if scenario.insecure:
         table.append(("insecure", True))
@@ -701,6 +740,11 @@ def render_site_config(
     merged.update(site.l2bridge)  # keys the lab owns were rejected by validation
     per_peer = {k: merged.pop(k) for k in PEER_KEYS if k in merged}
     lines = ["[site]"] + [f"{k} = {_toml_value(v)}" for k, v in merged.items()]
+    if scenario.daemon_defaults:
+        left = [k for k in DAEMON_DEFAULT_KEYS if k not in merged]
+        if left:
+            lines.append(f"# {', '.join(left)}: the daemon's own defaults (workers: "
+                         f"{default_workers()} on this machine)")
     for p in s.peers:
         lines += ["", "[[peer]]", f"name = {_toml_value(p.name)}"]
         endpoint = endpoint_text(scenario, p)

@@ -67,7 +67,7 @@ NAME_MAX = 12
 NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
 MAX_SITES = 200
 MAX_HOSTS_PER_SITE = 200
-GATEWAY_MODES = ("l2bridge", "vxlan")
+GATEWAY_MODES = ("l2bridge", "vxlan", "openvpn")
 DEFAULT_LAN_IPV4 = "10.77.0.0/16"
 DEFAULT_LAN_IPV6 = "fd00:77::/64"
 DEFAULT_MTU = 1500
@@ -199,6 +199,9 @@ class Scenario:
     dns: bool = False  # a dnsmasq in the WAN router; peers' endpoints are names
     resolve_interval_s: float | None = None  # the daemons' resolve_interval (None: default)
     up_within_s: float = DEFAULT_UP_WITHIN_S  # how long start-up waits for all peers up
+    # True: the lab writes none of the daemon's performance keys (workers, offload,
+    # low_latency), so each daemon runs with its own defaults; False: workers = 1.
+    daemon_defaults: bool = False
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -319,6 +322,7 @@ LAB_SCHEMA: dict[str, Param] = {
     "dns": schema.boolean(False),  # dnsmasq in the WAN router; endpoints by name
     "resolve_interval": _seconds(1, 3600),  # the daemons' [site] resolve_interval
     "up_within": _seconds(1, 600, DEFAULT_UP_WITHIN_S),  # start-up: every peer up by then
+    "daemon_defaults": schema.boolean(False),  # true: no workers = 1, the daemon's defaults
 }
 LAN_SCHEMA: dict[str, Param] = {
     "ipv4": schema.string(f'an IPv4 network like "{DEFAULT_LAN_IPV4}"', DEFAULT_LAN_IPV4,
@@ -555,6 +559,7 @@ class _Parser:
             dns=lab["dns"],
             resolve_interval_s=lab["resolve_interval"],
             up_within_s=lab["up_within"],
+            daemon_defaults=lab["daemon_defaults"],
         )
 
     def sites(self, tables: list[dict[str, Any]], lan: Lan) -> tuple[Site, ...]:

@@ -1,9 +1,11 @@
-"""Site gateways: a real ``l2bridge up`` process, or the kernel's own VXLAN as reference.
+"""Site gateways: a real ``l2bridge up`` process, or a reference: the kernel's own VXLAN,
+or OpenVPN in tap mode.
 
-Both kinds offer the same small interface so checks and the ``restart`` check do
+Every kind offers the same small interface so checks and the ``restart`` check do
 not care which one runs: ``start()``, ``wait_ready(deadline)``, ``kill()`` (hard
 stop, like kill -9), ``stop()`` (graceful, bounded) and ``show()`` (the site's
-status as the control socket's JSON).
+status as the control socket's JSON; the references say only whether each peer
+is up).
 
 l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. the lab's
 fork server (``forkserver.py``: one per lab, the daemon imported once) forks
@@ -19,6 +21,15 @@ vxlan flow: 1. bridge ``br0`` (STP off, forward delay 0) in the gateway namespac
 head-end replication; local and remotes IPv6 over an IPv6 WAN) enslaved to
 ``br0``  3. ``eth1`` enslaved, all up.  Kill and stop delete ``br0`` and the VXLAN
 devices, as a crashed daemon would leave nothing.
+
+openvpn flow (``netns/describe/openvpn.py`` has the config and why each option):
+1. write ``RUNDIR/<site>.ovpn`` (mode 0600: it holds the key inline)  2. a persistent
+tap ``ovpn0`` (as ``openvpn --mktun`` makes it) and ``br0`` with it and ``eth1``,
+all up, before OpenVPN runs, so the bridge is whole whoever waits for what  3. spawn
+``openvpn --config`` inside the gateway namespace (own session), which attaches
+to that tap; output to ``RUNDIR/<site>.log``  4. READY when its management socket
+(``RUNDIR/<site>.sock``) answers; a peer is "up" when it says ``CONNECTED``
+5. stop and kill as for l2bridge, then ``ovpn0`` and ``br0`` are deleted.
 """
 
 from __future__ import annotations
@@ -34,17 +45,20 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.core import keys
 from l2bridge.errors import L2bridgeError
-from l2bridge.io import proc
+from l2bridge.io import proc, tap
+from netns.describe.openvpn import OPENVPN_PROGRAM, OPENVPN_TAP
 from netns.describe.plan import VXLAN_PORT, SitePlan
 from netns.realise.build import is_missing, netlink
 from netns.realise.forkserver import ForkedProcess, Launcher
-from netns.realise.nsenter import netns_path
+from netns.realise.nsenter import in_netns, netns_path, netns_preexec
 
 READY_POLL_S = 0.05
 CONTROL_TIMEOUT_S = 2.0
 STOP_GRACE_S = 1.0
 LOG_TAIL_LINES = 8
 CONTROL_MAX_BYTES = 4 * 1024 * 1024
+MANAGEMENT_MAX_BYTES = 64 * 1024  # a "state" answer is one line and END
+OPENVPN_CONNECTED = "CONNECTED"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,6 +80,8 @@ def make_gateway(site: SitePlan, launcher: Launcher | None) -> Gateway:
     """The site's gateway; an l2bridge one is forked by ``launcher``."""
     if site.gateway == "vxlan":
         return VxlanGateway(site)
+    if site.gateway == "openvpn":
+        return OpenvpnGateway(site)
     if launcher is None:
         raise GatewayError(f"gateway {site.name}: l2bridge gateways need the lab's launcher")
     return L2bridgeGateway(site, launcher)
@@ -181,9 +197,6 @@ class VxlanGateway:
     async def start(self) -> None:
         s = self.site
         with netlink(s.gw_ns) as ipr:
-            ipr.link("add", ifname=s.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0,
-                     mtu=max(d.mtu for d in s.vxlan))
-            br = ipr.link_lookup(ifname=s.bridge)[0]
             for dev in s.vxlan:
                 local = "vxlan_local6" if ":" in dev.local else "vxlan_local"
                 ipr.link("add", ifname=dev.ifname, kind="vxlan", vxlan_id=dev.vni,
@@ -192,28 +205,15 @@ class VxlanGateway:
                 idx = ipr.link_lookup(ifname=dev.ifname)[0]
                 for remote in dev.remotes:
                     ipr.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
-                ipr.link("set", index=idx, master=br, state="up")
-            lan = ipr.link_lookup(ifname=s.lan_ifname)[0]
-            ipr.link("set", index=lan, master=br, state="up")
-            ipr.link("set", index=br, state="up")
+        bridge_ports(s, [d.ifname for d in s.vxlan])
         self.running = True
 
     async def wait_ready(self, deadline: float) -> None:
         return None
 
     async def kill(self) -> None:
-        s = self.site
-        if not self.running and not os.path.exists(netns_path(s.gw_ns)):
-            return  # never started in a namespace that was never built: nothing to remove
-        with netlink(s.gw_ns) as ipr:
-            for name in [d.ifname for d in s.vxlan] + [s.bridge]:
-                try:
-                    found = ipr.link_lookup(ifname=name)
-                    if found:
-                        ipr.link("del", index=found[0])
-                except NetlinkError as e:
-                    if not is_missing(e):
-                        raise
+        if self.running or os.path.exists(netns_path(self.site.gw_ns)):
+            remove_links(self.site.gw_ns, [d.ifname for d in self.site.vxlan] + [self.site.bridge])
         self.running = False
 
     async def stop(self) -> None:
@@ -226,3 +226,139 @@ class VxlanGateway:
             "gateway": "vxlan",
             "peers": [{"name": p.name, "state": state} for p in self.site.peers],
         }
+
+
+class OpenvpnGateway:
+    """OpenVPN 2.6 in tap mode, its tap bridged with the LAN NIC: the encrypted reference."""
+
+    def __init__(self, site: SitePlan) -> None:
+        self.site = site
+        self.child: proc.Child[trio.Process] | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [OPENVPN_PROGRAM, "--config", self.site.config_path]
+
+    async def start(self) -> None:
+        s = self.site
+        fd = os.open(s.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(s.config_text)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(s.control_path)  # a management socket of ours from a killed run
+        await trio.to_thread.run_sync(make_tap, s.gw_ns, OPENVPN_TAP)
+        bridge_ports(s, [OPENVPN_TAP])
+        with open(s.log_path, "ab") as log:
+            self.child = await proc.start(
+                self.command,
+                name=f"openvpn {s.name}",
+                stdout=log,
+                stderr=log,
+                preexec=netns_preexec(s.gw_ns),
+                cwd=os.path.dirname(s.config_path),
+                error=GatewayError,
+                detail=proc.log_detail(s.log_path, LOG_TAIL_LINES),
+            )
+
+    async def wait_ready(self, deadline: float) -> None:
+        """Until its management socket answers; whether the tunnel is up is ``show``'s."""
+        if self.child is None:
+            raise GatewayError(f"openvpn {self.site.name}: not started")
+        path = self.site.control_path
+
+        async def answers() -> bool:
+            try:
+                await management_state(path)
+            except (OSError, trio.TooSlowError, GatewayError):
+                return False
+            return True
+
+        await self.child.wait_ready(answers, deadline=deadline, poll_s=READY_POLL_S,
+                                    late=f"management socket {path} did not answer in time")
+
+    async def kill(self) -> None:
+        await self._stop(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        await self._stop(signal.SIGTERM)
+
+    async def _stop(self, sig: int) -> None:
+        if self.child is not None:
+            await self.child.stop(sig, grace_s=STOP_GRACE_S)
+        if os.path.exists(netns_path(self.site.gw_ns)):
+            remove_links(self.site.gw_ns, [OPENVPN_TAP, self.site.bridge])
+
+    async def show(self) -> dict[str, Any]:
+        running = self.child is not None and self.child.running
+        state = await management_state(self.site.control_path) if running else "EXITED"
+        up = "up" if state == OPENVPN_CONNECTED else "down"
+        return {
+            "site": self.site.name,
+            "gateway": "openvpn",
+            "state": state,
+            "peers": [{"name": p.name, "state": up} for p in self.site.peers],
+        }
+
+
+async def management_state(path: str, timeout_s: float = CONTROL_TIMEOUT_S) -> str:
+    """OpenVPN's state (``CONNECTED``, ``WAIT``, ``AUTH``, ...) from its management socket.
+
+    The answer to ``state`` is ``TIME,STATE,DETAIL,...`` and a line ``END``; lines
+    starting with ``>`` are notifications (the greeting among them)."""
+    with trio.fail_after(timeout_s):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await stream.send_all(b"state\r\n")
+            data = b""
+            while (lines := management_answer(data)) is None:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > MANAGEMENT_MAX_BYTES:
+                    raise GatewayError(f"management socket {path}: answer larger than "
+                                       f"{MANAGEMENT_MAX_BYTES} bytes")
+    fields = lines[0].split(",") if lines else []
+    if len(fields) < 2:
+        raise GatewayError(f"management socket {path}: no state in {data[:200]!r}")
+    return fields[1]
+
+
+def management_answer(data: bytes) -> list[str] | None:
+    """The lines of a complete management answer (before ``END``, notifications left
+    out), or None while ``END`` has not arrived."""
+    lines = [ln for ln in data.decode(errors="replace").split("\r\n")[:-1]
+             if not ln.startswith(">")]
+    return lines[:lines.index("END")] if "END" in lines else None
+
+
+def bridge_ports(s: SitePlan, ports: list[str]) -> None:
+    """``br0`` in the gateway namespace (STP off, forward delay 0) with ``ports`` and the
+    LAN NIC enslaved, all up, all at the LAN's MTU."""
+    with netlink(s.gw_ns) as ipr:
+        ipr.link("add", ifname=s.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                 mtu=s.lan_mtu)
+        br = ipr.link_lookup(ifname=s.bridge)[0]
+        for name in [*ports, s.lan_ifname]:
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], master=br, mtu=s.lan_mtu,
+                     state="up")
+        ipr.link("set", index=br, state="up")
+
+
+def make_tap(ns: str, name: str) -> None:
+    """A persistent tap ``name`` in namespace ``ns`` (blocking: run it in a thread)."""
+    with in_netns(ns):
+        tap.make_persistent(name, "tap")
+
+
+def remove_links(ns: str, names: list[str]) -> None:
+    """Delete the links ``names`` in namespace ``ns`` that exist (others are fine)."""
+    with netlink(ns) as ipr:
+        for name in names:
+            try:
+                found = ipr.link_lookup(ifname=name)
+                if found:
+                    ipr.link("del", index=found[0])
+            except NetlinkError as e:
+                if not is_missing(e):
+                    raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import tomllib
 
 import pytest
 
@@ -128,6 +130,8 @@ def test_finish_sample_derives_the_metrics() -> None:
     assert m["daemon_cpu_s_per_gb"] == pytest.approx(24.0)
     assert m["machine_cpu_s_per_gb"] == pytest.approx(30.0)
     assert m["daemon_rss_peak_mib"] == pytest.approx(48.5)
+    assert m["tcp4_over_tcp1"] == pytest.approx(546.0 / 445.0)
+    assert m["rtt_p99_over_avg"] == pytest.approx(2.0 / ((0.5 * 98 + 5.0) / 100))
     assert set(m) == set(bs.METRIC_KEYS)
     assert m["tcp1_loss1_mbit_s"] is None and m["tcp1_loss1_retained"] is None
     empty = bs.finish_sample(bs.Sample(round=0, variant="vxlan", raw={})).metrics
@@ -167,52 +171,125 @@ def test_loss_figure_is_paired_with_vxlan_per_round() -> None:
 
 
 def good_round(**over: float | None) -> bs.BenchResult:
-    """One round in which encrypted l2bridge meets every target (some exactly)."""
+    """One round in which the headline row meets every target (some exactly)."""
     l2b: dict[str, float | None] = {
-        "tcp1_mbit_s": 2000, "tcp4_mbit_s": 2500, "udp64_fps": 60_000, "rtt_avg_ms": 0.19,
-        "daemon_cpu_s_per_gb": 8.0, "daemon_rss_peak_mib": 40.0, "tcp1_loss1_retained": 0.7}
+        "tcp1_mbit_s": 2700, "tcp4_mbit_s": 2700, "rtt_avg_ms": 0.25, "rtt_p99_ms": 0.5,
+        "daemon_cpu_s_per_gb": 6.0}
     l2b.update(over)
+    for key, a, b in (("tcp4_over_tcp1", "tcp4_mbit_s", "tcp1_mbit_s"),
+                      ("rtt_p99_over_avg", "rtt_p99_ms", "rtt_avg_ms")):
+        l2b[key] = bs.quotient(l2b[a], l2b[b])
     return result_of({"l2bridge": [l2b], "insecure": [{}],
-                      "vxlan": [{"tcp1_mbit_s": 15000, "tcp1_loss1_retained": 0.7}],
-                      "direct": [{"rtt_avg_ms": 0.05}]}, rounds=1)
+                      "openvpn": [{"tcp1_mbit_s": 600, "tcp4_mbit_s": 600}],
+                      "vxlan": [{"tcp1_mbit_s": 15000}],
+                      "direct": [{"rtt_avg_ms": 0.125}]}, rounds=1)
 
 
 def verdicts(r: bs.BenchResult) -> dict[str, str]:
     return {c.key: c.verdict for c in bs.targets(r)}
 
 
-def test_targets_met_including_on_the_bound() -> None:
+def test_targets_are_the_issues_figures_met_on_the_bound() -> None:
     checks = bs.targets(good_round())
-    assert [c.key for c in checks] == [
-        "tcp1_mbit_s", "tcp1_vxlan_ratio", "tcp4_over_tcp1", "udp64_fps", "rtt_avg_added_us",
-        "daemon_cpu_s_per_gb", "daemon_rss_peak_mib", "tcp1_loss1_retained"]
+    assert [(c.key, c.op, c.bound, c.next_bound) for c in checks] == [
+        ("rtt_avg_added_us", "<=", 150.0, None), ("rtt_p99_over_avg", "<=", 2.0, None),
+        ("tcp1_openvpn_ratio", ">=", 4.0, 5.0), ("tcp1_vxlan_ratio", ">=", 0.18, 0.25),
+        ("tcp4_over_tcp1", ">=", 1.0, None), ("daemon_cpu_s_per_gb", "<=", 6.0, None)]
     assert all(c.met is True for c in checks), checks
     by_key = {c.key: c for c in checks}
-    assert by_key["tcp1_vxlan_ratio"].measured == pytest.approx(2000 / 15000)
-    assert by_key["rtt_avg_added_us"].measured == pytest.approx(140.0)
-    assert by_key["daemon_cpu_s_per_gb"].measured == 8.0  # exactly the bound: met
-    assert by_key["tcp4_over_tcp1"].bound == 2000  # the same run's TCP 1 stream median
-    assert by_key["tcp1_loss1_retained"].bound == 0.7  # kernel VXLAN's, same run
+    assert by_key["rtt_avg_added_us"].measured == pytest.approx(125.0)  # 250 - 125 µs
+    assert by_key["rtt_p99_over_avg"].measured == pytest.approx(2.0)
+    assert by_key["tcp1_openvpn_ratio"].measured == pytest.approx(2700 / 600)
+    assert by_key["tcp1_openvpn_ratio"].next_met is False  # 4.5 < 5
+    assert by_key["tcp1_vxlan_ratio"].measured == pytest.approx(0.18)
+    assert by_key["tcp1_vxlan_ratio"].next_met is False
+    assert by_key["tcp4_over_tcp1"].measured == 1.0  # four streams as fast as one: met
 
 
-def test_targets_not_met() -> None:
-    v = verdicts(good_round(tcp1_mbit_s=1399, tcp4_mbit_s=1399, udp64_fps=59_999,
-                            rtt_avg_ms=0.201, daemon_cpu_s_per_gb=8.01,
-                            daemon_rss_peak_mib=60.5, tcp1_loss1_retained=0.69))
-    assert v == dict.fromkeys(v, bs.NOT_MET)  # TCP 4 = TCP 1 is not "higher"
-    v = verdicts(good_round(tcp1_mbit_s=1400, tcp4_mbit_s=1401))
-    assert v["tcp1_mbit_s"] == v["tcp4_over_tcp1"] == bs.MET
-    assert v["tcp1_vxlan_ratio"] == bs.NOT_MET  # 1400 / 15000 < 0.10
+def test_targets_missed() -> None:
+    v = verdicts(good_round(tcp1_mbit_s=2399, tcp4_mbit_s=2398, rtt_avg_ms=0.2751,
+                            rtt_p99_ms=0.56, daemon_cpu_s_per_gb=6.01))
+    assert v == dict.fromkeys(v, bs.NOT_MET) and bs.NOT_MET == "missed"
+    fast = bs.targets(good_round(tcp1_mbit_s=3750, tcp4_mbit_s=3750))
+    assert {c.key: c.next_met for c in fast if c.next_bound} == {
+        "tcp1_openvpn_ratio": True, "tcp1_vxlan_ratio": True}  # 6.25 ≥ 5, 0.25 ≥ 0.25
 
 
-def test_targets_not_measured_is_neither_met_nor_failed() -> None:
-    r = good_round(tcp1_mbit_s=None, daemon_rss_peak_mib=None)
-    r.samples[2].metrics["tcp1_loss1_retained"] = None  # kernel VXLAN's lossy run failed
+def test_targets_not_measured_is_neither_met_nor_missed() -> None:
+    r = good_round(tcp1_mbit_s=None, daemon_cpu_s_per_gb=None)
     checks = {c.key: c for c in bs.targets(r)}
-    for key in ("tcp1_mbit_s", "tcp1_vxlan_ratio", "tcp4_over_tcp1", "daemon_rss_peak_mib",
-                "tcp1_loss1_retained"):
+    for key in ("tcp1_openvpn_ratio", "tcp1_vxlan_ratio", "tcp4_over_tcp1",
+                "daemon_cpu_s_per_gb"):
         assert checks[key].met is None and checks[key].verdict == "not measured", key
-    assert checks["udp64_fps"].verdict == "met"
+    assert checks["rtt_avg_added_us"].verdict == "met"
+    # without OpenVPN in the run, the ratio to it is not measured and the rest stands
+    without = good_round()
+    without.samples = [s for s in without.samples if s.variant != "openvpn"]
+    checks = {c.key: c for c in bs.targets(without)}
+    assert checks["tcp1_openvpn_ratio"].verdict == "not measured"
+    assert checks["tcp1_vxlan_ratio"].verdict == "met"
+
+
+def test_ratios_to_openvpn_pair_each_round_with_openvpn_of_that_round() -> None:
+    rows = {
+        "l2bridge": [{"tcp1_mbit_s": 1000, "tcp4_mbit_s": 1200},
+                     {"tcp1_mbit_s": 1500, "tcp4_mbit_s": None},
+                     {"tcp1_mbit_s": 900, "tcp4_mbit_s": 1000}],
+        "openvpn": [{"tcp1_mbit_s": 500, "tcp4_mbit_s": 400},
+                    {"tcp1_mbit_s": 300, "tcp4_mbit_s": 300},
+                    {"tcp1_mbit_s": 600, "tcp4_mbit_s": 500}],
+        "vxlan": [{"tcp1_mbit_s": 10000}] * 3,
+        "direct": [{}] * 3,
+    }
+    r = result_of(rows, rounds=3)
+    to_openvpn = bs.ratios(r, bs.OPENVPN, bs.OPENVPN_RATIO_KEYS)
+    tcp1 = to_openvpn["l2bridge"]["tcp1_mbit_s"]
+    assert tcp1 is not None  # 2.0, 5.0, 1.5 per round
+    assert (tcp1.median, tcp1.min, tcp1.max, tcp1.n) == pytest.approx((2.0, 1.5, 5.0, 3))
+    tcp4 = to_openvpn["l2bridge"]["tcp4_mbit_s"]
+    assert tcp4 is not None and tcp4.n == 2  # round 2 not measured: left out
+    assert to_openvpn["openvpn"]["tcp1_mbit_s"] == bs.Summary(1.0, 1.0, 1.0, 3)
+    assert bs.ratios(three_rounds(), bs.OPENVPN) == {}  # no OpenVPN in the run
+    text = bs.format_table(r)
+    row = next(line for line in text.splitlines() if line.startswith("TCP 1 stream / OpenVPN"))
+    assert row.split()[5:7] == ["2.00", "(1.50–5.00)"]
+    assert "TCP 4 streams / OpenVPN" not in bs.format_table(three_rounds())  # no such row
+
+
+# ---------------------------------------------------------------- the regression guard
+
+
+def test_guard_bounds_follow_from_what_was_achieved() -> None:
+    """Half the throughput and twice the added latency of a full run: what was achieved
+    passes the guard with room for noise."""
+    assert (bs.GUARD_FLOOR_SHARE, bs.GUARD_CEILING_FACTOR) == (0.5, 2.0)
+    floor, ceiling = bs.GUARD_TCP1_VXLAN_FLOOR, bs.GUARD_RTT_ADDED_CEILING_US
+    assert floor / bs.GUARD_TCP1_VXLAN_ACHIEVED == pytest.approx(0.5)
+    assert ceiling / bs.GUARD_RTT_ADDED_ACHIEVED_US == pytest.approx(2.0)
+
+
+def test_guard_checks_the_headline_against_vxlan_and_the_direct_veth_of_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bs, "GUARD_TCP1_VXLAN_FLOOR", 0.1)
+    monkeypatch.setattr(bs, "GUARD_RTT_ADDED_CEILING_US", 125.0)
+    # 2700 / 15000 = 0.18 ≥ 0.1; 250 - 125 = 125 µs ≤ 125 µs: both met, on the bound
+    checks = {c.key: c for c in bs.guard(good_round())}
+    assert checks["tcp1_vxlan_ratio"].measured == pytest.approx(0.18)
+    assert checks["rtt_avg_added_us"].measured == 125.0
+    assert [c.met for c in checks.values()] == [True, True]
+    slow = {c.key: c.met for c in bs.guard(good_round(tcp1_mbit_s=1400, rtt_avg_ms=0.26))}
+    assert slow == {"tcp1_vxlan_ratio": False, "rtt_avg_added_us": False}
+    # the insecure or tuned rows never count: only the headline
+    r = good_round(tcp1_mbit_s=None, rtt_avg_ms=None)
+    r.samples[1].metrics.update(tcp1_mbit_s=9000.0, rtt_avg_ms=0.06)  # insecure
+    assert [c.met for c in bs.guard(r)] == [None, None]
+    assert "Regression guard" not in bs.format_table(good_round())  # full runs: not shown
+    quick = good_round()
+    quick.settings = bs.Settings(rounds=1, quick=True)
+    text = bs.format_table(quick)
+    assert "Regression guard (quick mode, tests/lab/root/test_bench.py" in text
+    guard = text.split("Regression guard")[1]
+    assert "TCP 1 stream / VXLAN  " in guard and "RTT avg added over direct  " in guard
 
 
 def test_ratios_pair_each_round_with_the_reference_of_that_round() -> None:
@@ -263,8 +340,10 @@ def test_table_headline_then_absolute_numbers() -> None:
     assert lines[0].startswith("l2bridge lab bench: 3 rounds, variants interleaved")
     assert lines[1] == "iperf3 5 s per run, UDP payload 64 B, 200 pings at 10 ms, WAN MTU 1600"
     header = next(line for line in lines if line.startswith(" ") and "kernel VXLAN" in line)
-    assert header.split() == ["l2bridge", "l2bridge", "insecure", "kernel", "VXLAN", "direct",
-                              "veth"] and header.startswith(" ")  # first column: the metric
+    assert header.split() == ["l2bridge", "defaults", "l2bridge", "insecure", "kernel", "VXLAN",
+                              "direct", "veth"] and header.startswith(" ")  # 1st: the metric
+    assert lines[2] == ("l2bridge defaults: encrypted, with the defaults the daemon ships with "
+                        "(the lab writes no workers, offload or low_latency)")
     row = next(line for line in lines if line.startswith("TCP 1 stream / VXLAN"))
     assert "0.040 (0.025–0.060)" in row and "1.00 (1.00–1.00)" in row
     row = next(line for line in lines if line.startswith("RTT avg added (µs)"))
@@ -283,19 +362,18 @@ def test_table_headline_then_absolute_numbers() -> None:
     assert "1.25 (1.00–1.80)" in row
     row = next(line for line in lines if line.startswith("TCP 1 stream, 1% WAN loss (Mbit/s)"))
     assert lines.index(row) > absolute and "300 (240–450)" in row
-    targets = lines.index("Targets: l2bridge (encrypted), medians of this run")
-    assert lines[targets + 1].split() == ["measured", "target", "verdict"]
-    got = {line[:30].strip(): line[30:].split("  ") for line in lines[targets + 3:targets + 11]}
+    targets = lines.index("Targets: l2bridge defaults (encrypted, shipped defaults), medians "
+                          "of this run")
+    assert lines[targets + 1].split() == ["measured", "target", "verdict", "next", "bar"]
+    got = {line[:27].strip(): line[27:].split("  ") for line in lines[targets + 3:targets + 9]}
     cells = {k: [c.strip() for c in v if c.strip()] for k, v in got.items()}
     assert cells == {
-        "TCP 1 stream": ["400 Mbit/s", "≥ 1400 Mbit/s", "NOT met"],
-        "TCP 1 stream / VXLAN": ["0.040", "≥ 0.100", "NOT met"],
-        "TCP 4 streams": ["-", "> 400 Mbit/s (TCP 1 stream)", "not measured"],
-        "UDP 64 B received": ["-", "≥ 60000 frames/s", "not measured"],
-        "RTT avg added over direct": ["+850 µs", "≤ 150 µs", "NOT met"],
-        "daemon CPU": ["22.5 s per GB", "≤ 8.00 s per GB", "NOT met"],
-        "daemon peak RSS": ["-", "≤ 60.0 MiB", "not measured"],
-        "TCP 1 stream kept at 1% loss": ["0.800", "≥ 0.600 (kernel VXLAN)", "met"],
+        "RTT avg added over direct": ["+850 µs", "≤ 150 µs", "missed"],
+        "RTT p99 / avg": ["-", "≤ 2.00", "not measured"],  # fed metrics: not derived
+        "TCP 1 stream / OpenVPN": ["-", "≥ 4.00", "not measured", "≥ 5.00: not measured"],
+        "TCP 1 stream / VXLAN": ["0.040", "≥ 0.180", "missed", "≥ 0.250: missed"],
+        "TCP 4 streams / 1 stream": ["-", "≥ 1.00", "not measured"],
+        "daemon CPU": ["22.5 s per GB", "≤ 6.00 s per GB", "missed"],
     }
     assert "1 measurement(s) failed:" in text and "round 2 insecure tcp1" in text
     assert lines[-1] == "done in 12.3 s"
@@ -320,12 +398,15 @@ def test_json_carries_everything() -> None:
     assert doc["settings"]["lossy_variants"] == ["l2bridge", "vxlan"]
     assert doc["summaries"]["l2bridge"]["tcp1_loss1_retained"]["median"] == 0.8
     assert doc["ratios_to_reference"]["l2bridge"]["tcp1_loss1_retained"]["median"] == 1.25
-    assert len(doc["targets"]) == 8
-    assert doc["targets"][-1] == {
-        "key": "tcp1_loss1_retained", "title": "TCP 1 stream kept at 1% loss",
-        "measured": 0.8, "op": ">=", "target": 0.6, "unit": "", "against": "kernel VXLAN",
-        "met": True}
+    assert len(doc["targets"]) == 6
+    assert doc["targets"][3] == {
+        "key": "tcp1_vxlan_ratio", "title": "TCP 1 stream / VXLAN", "measured": 0.04,
+        "op": ">=", "target": 0.18, "unit": "", "against": None, "met": False,
+        "next_target": 0.25, "next_met": False}
     assert doc["targets"][0]["met"] is False and doc["targets"][2]["met"] is None
+    assert [g["key"] for g in doc["guard"]] == ["tcp1_vxlan_ratio", "rtt_avg_added_us"]
+    assert doc["headline"] == "l2bridge" and doc["variants"]["l2bridge"] == "l2bridge defaults"
+    assert doc["ratios_to_openvpn"] == {} and doc["skipped"] == []
 
 
 # ---------------------------------------------------------------- options and plan
@@ -340,23 +421,70 @@ def test_settings() -> None:
         bs.make_settings(rounds=0)
     with pytest.raises(ValueError, match=r"--seconds: expected 1\.\.60, found 0\.5"):
         bs.make_settings(seconds=0.5)
+    assert bs.make_settings().workers is None  # no tuned row unless asked for
     assert bs.make_settings(workers=2).workers == 2
     with pytest.raises(ValueError, match=rf"--workers: expected 1\.\.{MAX_WORKERS}, found 0"):
         bs.make_settings(workers=0)
 
 
-def test_bench_scenario_gives_every_gateway_its_workers() -> None:
+def test_bench_scenarios_keep_the_daemons_defaults_unless_tuned() -> None:
+    plain = bench.bench_scenario()
+    assert plain.daemon_defaults and [dict(site.l2bridge) for site in plain.sites] == [{}, {}]
+    site = tomllib.loads(make_plan(plain, prefix="l2b00000").site("west").config_text)["site"]
+    assert not {"workers", "offload", "low_latency"} & set(site)
     sites = bench.bench_scenario(workers=2).sites
     assert [dict(site.l2bridge) for site in sites] == [{"workers": 2}, {"workers": 2}]
-    assert [dict(site.l2bridge) for site in bench.bench_scenario().sites] == [{}, {}]
     both = bench.bench_scenario(workers=2, low_latency=True).sites
     assert [dict(site.l2bridge) for site in both] == [{"workers": 2, "low_latency": True}] * 2
+    assert bench.bench_scenario(insecure=True).daemon_defaults
+
+
+def test_the_headline_is_the_defaults_and_tuned_variants_are_extra_rows() -> None:
+    assert bs.Settings().variants() == ("l2bridge", "insecure", "openvpn", "vxlan", "direct")
+    tuned = bs.make_settings(workers=2, low_latency=True)
+    assert tuned.variants(openvpn=False) == (
+        "l2bridge", "workers", "low_latency", "insecure", "vxlan", "direct")
+    assert [bs.title(v, tuned) for v in tuned.variants()] == [
+        "l2bridge defaults", "l2bridge workers=2", "l2bridge low_latency", "l2bridge insecure",
+        "OpenVPN tap", "kernel VXLAN", "direct veth"]
+    rows = {v: [{"tcp1_mbit_s": 1000.0}] for v in tuned.variants()}
+    r = result_of(rows, rounds=1)
+    r.settings = tuned
+    text = bs.format_table(r)
+    assert "l2bridge workers=2: the same with workers = 2" in text
+    assert "l2bridge low_latency: the same with low_latency = true" in text
+    assert "Targets: l2bridge defaults (encrypted, shipped defaults)" in text
+    assert bs.TARGET_VARIANT == bs.HEADLINE == "l2bridge"
+
+
+def test_openvpn_row_is_skipped_with_one_line_when_it_is_not_installed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    line = bench.openvpn_skipped()
+    assert line == ("OpenVPN tap (AES-256-GCM, everything else OpenVPN's defaults): skipped, "
+                    "openvpn is not on PATH (install it: apt-get install openvpn)")
+    r = three_rounds()
+    r.skipped.append(line)
+    text = bs.format_table(r)
+    assert text.count(line) == 1 and "OpenVPN tap  " not in text
+    assert json.loads(bs.to_json(r))["skipped"] == [line]
+
+
+def test_openvpn_row_is_measured_when_it_is_installed(tmp_path: object,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = f"{tmp_path}/openvpn"
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\n")
+    os.chmod(fake, 0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bench.openvpn_skipped() is None
 
 
 def test_round_order_rotates() -> None:
-    assert bench.round_order(0) == ["l2bridge", "insecure", "vxlan", "direct"]
-    assert bench.round_order(1) == ["insecure", "vxlan", "direct", "l2bridge"]
-    assert bench.round_order(4) == bench.round_order(0)
+    names = ("l2bridge", "insecure", "vxlan", "direct")
+    assert bench.round_order(0, names) == ["l2bridge", "insecure", "vxlan", "direct"]
+    assert bench.round_order(1, names) == ["insecure", "vxlan", "direct", "l2bridge"]
+    assert bench.round_order(4, names) == bench.round_order(0, names)
 
 
 def test_lossy_scenario_loses_one_percent_each_way_on_the_path() -> None:
@@ -401,7 +529,7 @@ def test_scenario_is_two_sites_with_one_host_and_a_vxlan_sized_wan() -> None:
 
 def args(**kw: object) -> argparse.Namespace:
     base: dict[str, object] = {"json": False, "plot": None, "rounds": None, "seconds": None,
-                               "quick": False, "workers": 1, "low_latency": False,
+                               "quick": False, "workers": None, "low_latency": False,
                                "transports": False}
     base.update(kw)
     return argparse.Namespace(**base)
@@ -476,3 +604,40 @@ def test_transports_takes_only_its_options() -> None:
     out = io.StringIO()
     code = bench.cmd_bench(args(transports=True, workers=2), lambda body: 99, out)
     assert code == 2
+
+
+async def test_a_transient_variants_gateways_run_only_while_it_is_measured(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """low_latency holds the CPUs' wake-up latency machine-wide while its daemons run:
+    they are stopped after the warm-up and started for each of its measurements only."""
+    events: list[str] = []
+
+    class FakeLab:
+        async def start_gateways(self) -> None:
+            events.append("start")
+
+        async def stop_gateways(self) -> None:
+            events.append("stop")
+
+    async def fake_ping(ns: str, addr: str, **kw: object) -> object:
+        events.append(f"ping {ns}")
+        return argparse.Namespace(received=3)
+
+    monkeypatch.setattr(bench, "ping", fake_ping)
+    lab = FakeLab()
+    tuned = bench.Variant("low_latency", lab, "w", "e", "10.77.2.1",  # type: ignore[arg-type]
+                          transient=True)
+    plain = bench.Variant("l2bridge", lab, "a", "b", "10.77.2.1")  # type: ignore[arg-type]
+    await bench.warm_up([plain, tuned])
+    assert events == ["ping a", "ping w", "stop"]
+    events.clear()
+    async with bench.running(plain):
+        events.append("measure")
+    async with bench.running(tuned):
+        events.append("measure")
+    assert events == ["measure", "start", "ping w", "measure", "stop"]
+    events.clear()
+    with pytest.raises(RuntimeError):
+        async with bench.running(tuned):
+            raise RuntimeError("iperf3 failed")
+    assert events == ["start", "ping w", "stop"]  # stopped whatever happens

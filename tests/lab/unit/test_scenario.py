@@ -99,7 +99,7 @@ to = "berlin.h1"
         ("[wan]\nipv6 = 1\n" + TWO_SITES,
          "lab.toml: wan.ipv6: expected true or false, found an integer (1)"),
         ("[lab]\ngateway = 'gre'\n" + TWO_SITES,
-         'lab.toml: lab.gateway: expected one of "l2bridge", "vxlan", found "gre"'),
+         'lab.toml: lab.gateway: expected one of "l2bridge", "vxlan", "openvpn", found "gre"'),
         ("[lab]\nkeepalive = 3\ndead_after = 2\n" + TWO_SITES,
          "lab.toml: lab.dead_after: expected more than lab.keepalive (3 s), found 2"),
         ("[[site]]\nname = 'a'\n[[site.host]]\nname = 'h1'\n",
