@@ -31,7 +31,6 @@ from l2bridge.site import inbound, outbound
 from l2bridge.site.state import SiteState
 
 
-
 async def run(state: SiteState) -> None:
     """Until cancelled: the tap's frames to the peers and the peers' datagrams to the tap."""
     tap, transport = state.tap, state.transport
