@@ -26,7 +26,9 @@ Per-frame flow (``egress`` from the tap, ``ingress`` from peer ``port``):
   3. Decide:
      egress:            group dst -> FLOOD; dst at peer p -> p;
                         dst at TAP -> LOCAL_DEST; unknown -> FLOOD
-     ingress (mesh):    TAP, always (split horizon: never peer to peer)
+     ingress (mesh):    group dst -> FLOOD (the caller delivers it to the tap,
+                        through the policy of flooded frames; split horizon:
+                        never peer to peer); else TAP
      ingress (hub):     group dst -> FLOOD (caller: tap + live peers but
                         `port`); dst at TAP -> TAP; dst at q != port -> q;
                         dst at `port` -> HAIRPIN; unknown -> FLOOD
@@ -323,7 +325,11 @@ class Switch:
         return entry[0]
 
     def ingress(self, frame: bytes, port: int, now: float) -> int | Drop:
-        """Decide for a frame received from peer ``port`` (precondition: port >= 1)."""
+        """Decide for a frame received from peer ``port`` (precondition: port >= 1).
+
+        A group destination goes to ``_group_ingress``, so the unicast path tests
+        the group bit once, as it always did (it is the per-frame path).
+        """
         n = len(frame)
         if n < ETH_HLEN:
             return _RUNT
@@ -332,9 +338,8 @@ class Switch:
         src = frame[6:12]
         if frame[6] & 1 or src == ZERO_MAC:
             return _BAD_SOURCE
-        group = frame[0] & 1
-        if group and frame[:6] == PAUSE_MAC:
-            return _PAUSE
+        if frame[0] & 1:
+            return self._group_ingress(frame, n, src, port, now)
         vid = 0
         if n >= _TAGGED_HLEN and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
             vid = (frame[14] << 8 | frame[15]) & 0x0FFF
@@ -350,8 +355,6 @@ class Switch:
                 return refused
         if not self._hub:
             return TAP
-        if group:
-            return FLOOD
         dst = frame[:6]
         entry = table.get((vid, dst) if vid else dst)
         if entry is None or now - entry[1] >= ageing:
@@ -359,6 +362,22 @@ class Switch:
         if entry[0] == port:
             return _HAIRPIN
         return entry[0]
+
+    def _group_ingress(self, frame: bytes, n: int, src: bytes, port: int,
+                       now: float) -> int | Drop:
+        """``ingress`` of a group destination: PAUSE dropped, the source learned, FLOOD."""
+        if frame[:6] == PAUSE_MAC:
+            return _PAUSE
+        vid = 0
+        if n >= _TAGGED_HLEN and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
+            vid = (frame[14] << 8 | frame[15]) & 0x0FFF
+        key = (vid, src) if vid else src
+        entry = self._table.get(key)
+        if entry is not None and entry[0] == port and now - entry[1] < self._ageing_s:
+            entry[1] = now
+            return FLOOD
+        refused = self._learn(key, vid, src, entry, port, now)
+        return FLOOD if refused is None else refused
 
     # --- learning (off the common path) --------------------------------------
 

@@ -146,6 +146,7 @@ async def serve_site(
         site = Site(config, tap=tap, transport=transport, caps=caps, identity=identity,
                     psks=dict(secrets.psks))
         service = Service(site, secrets, notifier)
+        site.state.l2.topology_hooks.append(plumb.flush_fdb)  # a loop blocked or released
         sections = site.state.status_sections
         sections["plumbing"] = watch.status
         sections["config"] = service.view

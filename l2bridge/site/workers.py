@@ -17,12 +17,16 @@ Layout (``workers = N`` > 1):
 Leader → follower messages (JSON): first ``{"op": "setup", path, document,
 secrets, caps, lanes}`` - the leader's parsed config, keys and capabilities, so a
 follower never reads a file of its own and runs exactly the leader's site; then
-``{"op": "peer", name, addr, up, offload}`` when a peer's endpoint, liveness or
-offload changes, and ``{"op": "keys", "peer", "snapshot"}`` when its sessions
-change.  Follower → leader: ``{"op": "ready"}`` once its site runs,
-``{"op": "kick", "peer"}`` (data is waiting for keys), ``{"op": "status", ...}``
-every STATUS_EVERY_S.  A follower changes peer state only through the site's
-event hooks (``events.peer_up``, ``events.peer_down``), as the leader does.
+``{"op": "peer", name, addr, up, offload, blocked, blocks_us}`` when a peer's
+endpoint, liveness, offload or loop block changes, and ``{"op": "keys", "peer",
+"snapshot"}`` when its sessions change.  Follower → leader: ``{"op": "ready"}``
+once its site runs, ``{"op": "kick", "peer"}`` (data is waiting for keys),
+``{"op": "probe", "frame", "peer"}`` (a loop probe it met: the leader holds the
+keys and the rule), ``{"op": "flap"}`` (a MAC moved between the tap and a
+peer), ``{"op": "status", ...}`` every STATUS_EVERY_S.  Storm limits are split
+between the workers (each gets 1/N of every rate and burst).  A follower
+changes peer state only through the site's event hooks (``events.peer_up``,
+``events.peer_down``, ``loop.set_blocks``), as the leader does.
 
 Reload: the leader applies the plan to its own site, then sends ``{"op":
 "reload", path, document, secrets}``; each follower computes the same plan
@@ -51,7 +55,7 @@ from l2bridge.core.config import SiteConfig, config_from_dict
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
-from l2bridge.site import events
+from l2bridge.site import events, loop
 from l2bridge.site import reload as applying
 from l2bridge.site.site import Site
 from l2bridge.site.status import STALL_S
@@ -79,7 +83,12 @@ def decode(data: bytes) -> dict:
 
 def peer_message(peer: Any) -> dict:
     return {"op": "peer", "name": peer.name, "addr": peer.addr, "up": peer.up,
-            "offload": peer.offload}
+            "offload": peer.offload, "blocked": peer.blocked, "blocks_us": peer.blocks_us}
+
+
+def _view(peer: Any) -> tuple:
+    """What a follower must know of a peer (a change is sent)."""
+    return (peer.addr, peer.up, peer.offload, peer.blocked, peer.blocks_us)
 
 
 class Leader:
@@ -170,12 +179,21 @@ class Leader:
                 peer = state.peers.by_name.get(message.get("peer", ""))
                 if peer is not None:
                     events.kick(state, peer, trio.current_time())
+            elif op == "probe":
+                via = state.peers.by_name.get(message.get("peer") or "")
+                if message.get("peer") is None or via is not None:
+                    loop.on_probe(state, bytes.fromhex(message.get("frame", "")), via,
+                                  trio.current_time())
+            elif op == "flap":
+                now = trio.current_time()
+                if state.l2.loop.flap_probe_due(now):
+                    loop.send_probes(state, now)
 
     def _full_state(self) -> list[dict]:
         state = self.site.state
         messages = []
         for peer in state.peers:
-            self._sent[peer.name] = (peer.addr, peer.up, peer.offload)
+            self._sent[peer.name] = _view(peer)
             messages.append(peer_message(peer))
         if state.sessions is not None:
             now = trio.current_time()
@@ -192,7 +210,7 @@ class Leader:
         while True:
             messages = []
             for peer in state.peers:
-                view = (peer.addr, peer.up, peer.offload)
+                view = _view(peer)
                 if self._sent.get(peer.name) != view:
                     self._sent[peer.name] = view
                     messages.append(peer_message(peer))
@@ -279,6 +297,8 @@ class Follower:
             elif not message["up"] and peer.up:
                 events.peer_down(state, peer)
             peer.offload = message["offload"]
+            loop.set_blocks(state, peer, message.get("blocked"), bool(message.get("blocks_us")),
+                            now)
         elif message["op"] == "keys" and state.sessions is not None:
             state.sessions.apply_snapshot(peer.sessions, message["snapshot"], now)
 
@@ -296,12 +316,20 @@ class Follower:
         logging.getLogger("l2bridge").setLevel(config.log_level.upper())
 
     async def _kicks(self) -> None:
+        """What the leader must do for this worker: handshakes, loop probes, flaps."""
         state = self.site.state
         while True:
             await trio.sleep(SYNC_EVERY_S)
             for name in sorted(state.kicks):
                 await self.channel.send(encode({"op": "kick", "peer": name}))
             state.kicks.clear()
+            reports, state.l2.probe_reports = state.l2.probe_reports, []
+            for frame, peer in reports:
+                await self.channel.send(encode({"op": "probe", "frame": frame.hex(),
+                                                "peer": peer}))
+            if state.l2.flap_reports:
+                state.l2.flap_reports = 0
+                await self.channel.send(encode({"op": "flap"}))
 
     async def _report(self) -> None:
         site = self.site
@@ -312,7 +340,7 @@ class Follower:
                 "local": status["local"],
                 "peers": {p["name"]: {k: p[k] for k in (
                     "frames_in", "bytes_in", "frames_out", "bytes_out", "datagrams_in",
-                    "datagrams_out", "bursts_in", "bursts_out", "drops")}
+                    "datagrams_out", "bursts_in", "bursts_out", "drops", "flooded_by_class")}
                     for p in status["peers"]},
             }
             await self.channel.send(encode(summary))

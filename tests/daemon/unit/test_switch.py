@@ -153,12 +153,14 @@ def test_egress_to_local_destination_dropped() -> None:
 # --- ingress ------------------------------------------------------------------
 
 
-def test_mesh_ingress_always_to_tap() -> None:
+def test_mesh_ingress_goes_to_the_tap_group_frames_as_floods() -> None:
     sw = Switch()
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0)
     sw.egress(frame(BROADCAST_MAC, A), 0.0)
-    for dst in (A, Y, Z, BROADCAST_MAC, MCAST, X):
+    for dst in (A, Y, Z, X):
         assert sw.ingress(frame(dst, X), P1, 1.0) == TAP
+    for dst in (BROADCAST_MAC, MCAST):  # the tap, through the policy of flooded frames
+        assert sw.ingress(frame(dst, X), P1, 1.0) == FLOOD
     assert sw.lookup(0, X, 1.0) == P1
     assert sw.lookup(0, Y, 1.0) == P2
 
@@ -304,7 +306,7 @@ def test_move_between_ports() -> None:
     assert (sw.port_count(P1), sw.port_count(P2)) == (0, 1)
     sw.egress(frame(BROADCAST_MAC, X), 2.0)  # the host now sits on the local LAN
     assert sw.lookup(0, X, 2.0) == TAP
-    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 3.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 3.0) == FLOOD
     assert counters(sw) == (1, 3, 0, 0)
 
 
@@ -347,10 +349,10 @@ def test_per_peer_cap_evicts_that_peers_least_recently_seen() -> None:
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P1, 1.0)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 2.0)  # X seen again: Y is the older
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 3.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 3.0) == FLOOD
     assert sw.lookup(0, Y, 3.0) is None
     assert sw.lookup(0, X, 3.0) == P1 and sw.lookup(0, Z, 3.0) == P1
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 4.0) == TAP  # a move: P2 has room
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 4.0) == FLOOD  # a move: P2 has room
     assert sw.port_count(P1) == 1 and sw.port_count(P2) == 1
     assert sw.counters["evicted"] == 1
 
@@ -370,7 +372,7 @@ def test_move_into_full_peer_evicts_there() -> None:
     sw = Switch(max_entries=10, max_entries_per_peer=1)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0)
-    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 1.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 1.0) == FLOOD
     assert sw.lookup(0, X, 1.0) == P2
     assert sw.lookup(0, Y, 1.0) is None
     assert (sw.port_count(P1), sw.port_count(P2)) == (0, 1)
@@ -404,7 +406,7 @@ def test_stale_entries_go_before_live_ones_are_evicted() -> None:
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0)
     # no expire() call: the cap purges the stale entries itself, evicting nothing
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == FLOOD
     assert sw.entries(10.0) == [FdbEntry(0, Z, P1, 0.0)]
     assert (len(sw), sw.port_count(P1)) == (1, 1)
     assert counters(sw) == (3, 0, 2, 0)
@@ -415,10 +417,10 @@ def test_stale_entries_never_block_per_peer_learning() -> None:
     sw = Switch(ageing_s=10.0, max_entries=10, max_entries_per_peer=1)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 4.0)
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == FLOOD
     assert sw.entries(10.0) == [FdbEntry(0, Y, P2, 6.0), FdbEntry(0, Z, P1, 0.0)]
     # a move into a peer whose only entry is stale succeeds the same way
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 14.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 14.0) == FLOOD
     assert sw.lookup(0, Z, 14.0) == P2
     assert counters(sw) == (3, 1, 2, 0)
 
@@ -456,7 +458,7 @@ def test_flush_port() -> None:
     assert sw.flush_port(P3) == 0
     assert counters(sw) == (5, 0, 0, 2)
     # the flushed port learns again from scratch
-    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 12.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 12.0) == FLOOD
     assert sw.lookup(0, X, 12.0) == P1
 
 
@@ -648,10 +650,10 @@ class NaiveSwitch:
         bad = self.validate(f) or self.learn(vlan_id(f), f[6:12], port, now)
         if bad is not None:
             return bad
-        if not self.hub:
-            return TAP
         if f[0] & 1:
             return FLOOD
+        if not self.hub:
+            return TAP
         where = self.live(vlan_id(f), f[:6], now)
         if where is None:
             return FLOOD
@@ -806,10 +808,10 @@ def test_a_port_cap_overrides_the_per_peer_default() -> None:
         return bytes([0x0A, 0, 0, 0, 1, n])
 
     decisions = [sw.ingress(frame(BROADCAST_MAC, src(10 + i)), P2, float(i)) for i in range(3)]
-    assert decisions == [TAP, TAP, TAP]
+    assert decisions == [FLOOD, FLOOD, FLOOD]
     assert sw.lookup(0, src(10), 3.0) is None  # evicted: the cap is 2
     more = [sw.ingress(frame(BROADCAST_MAC, src(20 + i)), P1, 0.0) for i in range(5)]
-    assert more == [TAP] * 5
+    assert more == [FLOOD] * 5
     assert sw.port_count(P1) == 4 and sw.port_count(P2) == 2
     with pytest.raises(ValueError):
         sw.set_port_cap(0, 5)
@@ -828,8 +830,8 @@ def test_a_ports_allow_list_is_checked_where_a_source_is_learned() -> None:
     sw = Switch(ageing_s=10.0)
     sw.set_port_policy(P1, allowed=frozenset({X}), cap=5)
     assert sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0) is Drop.MAC_NOT_ALLOWED
-    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0) == TAP
-    assert sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0) == TAP  # other ports: any source
+    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0) == FLOOD
+    assert sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0) == FLOOD  # other ports: any source
     no_learning = Switch(ageing_s=0.0)
     no_learning.set_port_policy(P1, allowed=frozenset({X}))
     assert no_learning.ingress(frame(BROADCAST_MAC, Y), P1, 0.0) is Drop.MAC_NOT_ALLOWED
@@ -848,7 +850,7 @@ def test_a_mac_moving_more_than_n_times_in_the_window_is_held_where_it_was() -> 
         if port == TAP:
             sw.egress(frame(BROADCAST_MAC, A), now)
         else:
-            assert sw.ingress(frame(BROADCAST_MAC, A), P1, now) == TAP
+            assert sw.ingress(frame(BROADCAST_MAC, A), P1, now) == FLOOD
         assert sw.lookup(0, A, now) == port
     assert sw.counters["moved"] == 5 and sw.counters["dup_mac"] == 0
     # the sixth move within 180 s: held at P1 (where it was), the frame still forwarded
