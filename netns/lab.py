@@ -59,6 +59,12 @@ CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
     "restart": ("ping",),
     "command": (),  # its own program: see command_programs()
     "vlan_tags": ("tcpdump",),
+    "wan_frames": (),
+    "loop_blocked": (),
+    "unplug": ("ping",),
+    "storm": ("iperf3",),
+    "dhcp_local": ("dnsmasq", "busybox"),
+    "mac_flap": (),
 }
 
 
@@ -121,6 +127,8 @@ class Lab:
             s.name: RelayProcess(s.relay) for s in plan.sites if s.relay is not None
         }
         self.timings: dict[str, float] = {}
+        # What crossed the WAN around the checks a ``wan_frames`` check counts ``during``.
+        self.windows: dict[int, tuple[checks_mod.WanCount, checks_mod.WanCount]] = {}
 
     # -- naming
 
@@ -244,9 +252,14 @@ class Lab:
     async def run_checks(self, selected: list[Check] | None = None
                          ) -> list[checks_mod.CheckResult]:
         results = []
+        counted = {c.params["during"] for c in self.scenario.checks
+                   if c.kind == "wan_frames" and c.params["during"] is not None}
         for check in selected if selected is not None else self.scenario.checks:
             self.progress(f"check {check.name} …")
+            before = await checks_mod.wan_count(self) if check.index in counted else None
             result = await checks_mod.run_check(self, check)
+            if before is not None:
+                self.windows[check.index] = (before, await checks_mod.wan_count(self))
             mark = "ok" if result.ok else "FAIL"
             self.progress(f"check {check.name} … {mark} {result.summary} "
                           f"({result.elapsed_s:.2f} s)")

@@ -17,8 +17,10 @@ namespace              contents
                        the gateway (l2bridge or kernel VXLAN) adds ``br0`` and its
                        tunnel device
 ``P-<site>-sw``        the LAN switch: bridge ``br0`` (STP off, forward delay 0)
-                       with port ``gw`` (peer of the gateway's ``eth1``) and one
-                       port per host, named after the host
+                       with port ``gw`` (peer of the gateway's ``eth1``), one
+                       port per host, named after the host, and ``lan<k>``
+                       for the scenario's LAN link k (``[[lan_link]]``: a veth
+                       straight to the other site's switch, beside the tunnel)
 ``P-<site>-<host>``    a LAN host: ``eth0`` with its MAC and addresses, ``lo`` up
 =====================  ==========================================================
 
@@ -257,6 +259,19 @@ class SitePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class LanLinkPlan:
+    """A [[lan_link]] as built: a veth between two LAN switches (port ``lan<k>`` each)."""
+
+    name: str
+    a_ns: str
+    b_ns: str
+    ifname: str  # the same name at both ends
+
+    def __str__(self) -> str:
+        return f"lan link {self.name}: {self.a_ns}:{self.ifname} <-> {self.b_ns}:{self.ifname}"
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     prefix: str
     scenario: Scenario
@@ -267,6 +282,7 @@ class Plan:
     nodes: dict[str, Node]
     sites: tuple[SitePlan, ...]
     steps: tuple[Step, ...]
+    lan_links: tuple[LanLinkPlan, ...] = ()
 
     def site(self, name: str) -> SitePlan:
         for s in self.sites:
@@ -276,6 +292,12 @@ class Plan:
 
     def hosts(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.role == "host"]
+
+    def lan_link(self, name: str) -> LanLinkPlan:
+        for link in self.lan_links:
+            if link.name == name:
+                return link
+        raise KeyError(name)
 
     def describe(self) -> list[str]:
         """The plan as readable lines (what ``lab plan`` prints)."""
@@ -437,6 +459,14 @@ def make_plan(
             for s in site_plans
         ]
         by_name = {s.name: s for s in site_plans}
+    lan_links = []
+    for k, lan in enumerate(scenario.lan_links):
+        ifname = f"lan{k}"
+        planned = LanLinkPlan(lan.name, by_name[lan.a].sw_ns, by_name[lan.b].sw_ns, ifname)
+        for ns in (planned.a_ns, planned.b_ns):
+            names.claim(_iface(ns, ifname), f"lan_link[{k}]",
+                        f'lan_link[{k}] "{lan.name}" (its switch port)')
+        lan_links.append(planned)
     finished = []
     for s in site_plans:
         peers = tuple(
@@ -466,6 +496,7 @@ def make_plan(
         nodes=nodes,
         sites=tuple(finished),
         steps=(),
+        lan_links=tuple(lan_links),
     )
     return dataclasses.replace(plan, steps=tuple(_steps(plan)))
 
@@ -631,6 +662,10 @@ def _steps(plan: Plan) -> Iterator[Step]:
             yield AddAddress(node.ns, "eth0", node.ipv4)
             if node.ipv6:
                 yield AddAddress(node.ns, "eth0", node.ipv6)
+    for link in plan.lan_links:  # another layer-2 path between two LANs (STP off: a loop)
+        yield AddVeth(link.a_ns, link.ifname, link.b_ns, link.ifname, sc.lan.mtu)
+        yield SetLink(link.a_ns, link.ifname, master=SWITCH_BRIDGE)
+        yield SetLink(link.b_ns, link.ifname, master=SWITCH_BRIDGE)
     legs = [leg for s in plan.sites if s.relay for leg in (s.relay.gw_leg, s.relay.router_leg)]
     ruleset = nft_ruleset(plan.prefix, [(s.wan_if, s.link) for s in plan.sites], legs)
     if ruleset is not None:
@@ -701,7 +736,8 @@ def render_site_config(
     else:
         table.append(("private_key_file", s.key_path))
     merged: dict[str, object] = dict(table)
-    merged.update(site.l2bridge)  # keys the lab owns were rejected by validation
+    merged.update(scenario.l2bridge)  # [lab] l2bridge: every site's daemon ...
+    merged.update(site.l2bridge)  # ... a site's own win; keys the lab owns were rejected
     lines = ["[site]"] + [f"{k} = {_toml_value(v)}" for k, v in merged.items()]
     for p in s.peers:
         lines += ["", "[[peer]]", f"name = {_toml_value(p.name)}"]
