@@ -7,7 +7,7 @@ flooded, and, with ``arp_suppress`` on, for ARP and NA unicast from peers.
 
 Egress flow (``egress``: a flooded frame read from the tap, to every peer that
 carries frames):
-  1. a loop probe is the loop room's (``on_probe``) and never leaves the site;
+  1. a loop probe is the guard room's (``on_probe``) and never leaves the site;
      a BPDU goes to every live peer, blocked ones included, untouched;
   2. storm control: each peer's out bucket of the frame's class; a frame no
      bucket lets through is dropped here, before any further parsing;
@@ -17,7 +17,7 @@ carries frames):
      goes only to the peers named in ``dhcp_servers`` (when set);
   4. the peers left (tokens of the others given back), counted.
 Ingress flow (``ingress``: a flooded frame from a peer; True: deliver it):
-  1. a probe goes to the loop room and is never delivered; a BPDU is;
+  1. a probe goes to the guard room and is never delivered; a BPDU is;
   2. the peer's in bucket of the frame's class;
   3. a DHCP server message or router advertisement from a peer not named in
      ``dhcp_servers`` is dropped (``dhcp_guard``, ``ra_guard``; an IPv6 header

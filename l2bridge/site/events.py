@@ -32,7 +32,7 @@ from l2bridge.core import wire
 from l2bridge.core.peers import Peer
 from l2bridge.core.secure import Established, Reply
 from l2bridge.errors import PeerError
-from l2bridge.site import loop, outbound
+from l2bridge.site import guard, outbound
 from l2bridge.site.state import SiteState
 
 log = logging.getLogger("l2bridge")
@@ -48,7 +48,7 @@ def authenticated(state: SiteState, peer: Peer, addr: object, now: float) -> Non
     peer.last_seen = now
     if not peer.up and state.peers.seen(peer, now):
         log.info("peer %s is up at %s", peer.name, state.transport.format_addr(peer.addr))
-        loop.peer_up(state, now)  # a loop through this tunnel shows at once
+        guard.peer_up(state, now)  # a loop through this tunnel shows at once
 
 
 def roam(state: SiteState, peer: Peer, addr: object) -> None:
@@ -89,7 +89,7 @@ def hello(state: SiteState, peer: Peer, message: bytes, now: float) -> None:
     peer.offload = parsed.offload
     peer.floods = parsed.floods
     authenticated(state, peer, peer.addr, now)
-    loop.hello_flag(state, peer, parsed.blocked, now)
+    guard.hello_flag(state, peer, parsed.blocked, now)
     if parsed.want_reply:
         keepalive(state, peer, now)
 
@@ -161,7 +161,7 @@ def peer_down(state: SiteState, peer: Peer) -> int:
     if peer.blocks_us:  # it says so again in its first HELLO when it comes back
         state.peers.block(peer, peer.blocked, by_peer=False)
     flushed = state.switch.flush_port(peer.port)
-    loop.sync_switch(state, peer)
+    guard.sync_switch(state, peer)
     peer.reassembler.expire(math.inf)
     peer.bursts.pending.clear()
     peer.offload = None
@@ -234,7 +234,7 @@ async def follower_timers(state: SiteState) -> None:
             state.sessions.expire(now)
         for peer in state.peers:
             peer.reassembler.expire(now)
-        loop.report(state, now)  # this worker's duplicate MACs and binding conflicts
+        guard.report(state, now)  # this worker's duplicate MACs and binding conflicts
         if state.policy.bindings is not None:
             state.policy.bindings.expire(now)
         await trio.sleep(FOLLOWER_TICK_S)

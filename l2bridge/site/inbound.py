@@ -22,7 +22,7 @@ Inbound flow, per wake-up of the socket (``run``):
      Relays wait until the batch is read (``Relay``, sent by ``outbound``): the
      per-datagram path never awaits;
   5. after the batch: a MAC that moved between the tap and a peer wakes the
-     loop room (``loop.flapped``).
+     guard room (``guard.flapped``).
 
 Kept inline on purpose (the per-datagram path, where a call costs): the
 common case of step 2 (an authenticated datagram from a peer already up at its
@@ -40,7 +40,7 @@ from l2bridge.core.ether import vlan_id
 from l2bridge.core.mss import clamp_mss
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, TAP, Drop
-from l2bridge.site import events, loop, outbound
+from l2bridge.site import events, guard, outbound
 from l2bridge.site.state import SiteState
 
 BATCH_DATAGRAMS = 64
@@ -77,7 +77,7 @@ async def run(state: SiteState) -> None:
         state.inbound_since = now
         await demux(state, batch, now, waiting)
         if state.switch.flapped != state.l2.flaps_seen:
-            loop.flapped(state, now)
+            guard.flapped(state, now)
         state.inbound_since = None
 
 

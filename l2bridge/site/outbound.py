@@ -16,7 +16,7 @@ Outbound flow, per wake-up of the tap (``run``):
      queued per peer; each peer's queue leaves in one ``send_datagrams`` at the
      end of the batch;
   5. after the batch: a MAC that moved between the tap and a peer wakes the
-     loop room (``loop.flapped``).
+     guard room (``guard.flapped``).
 Transmission (``send_datagrams``, the one send path for frames, bursts and
 relays): seal the batch with the peer's current session, send it in UDP GSO
 runs, wait (bounded) when the socket buffer is full.  Control datagrams
@@ -36,7 +36,7 @@ from l2bridge.core import offload
 from l2bridge.core.mss import clamp_mss
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, Drop
-from l2bridge.site import events, loop
+from l2bridge.site import events, guard
 from l2bridge.site.state import SiteState
 
 BATCH_FRAMES = 64
@@ -110,7 +110,7 @@ async def run(state: SiteState) -> None:
         if queued:
             await send_queued(state, queued, now)
         if switch.flapped != state.l2.flaps_seen:
-            loop.flapped(state, now)
+            guard.flapped(state, now)
         state.outbound_since = None
 
 

@@ -29,7 +29,7 @@ from l2bridge.core.keys import Secrets
 from l2bridge.core.peers import Peer
 from l2bridge.core.reload import ReloadPlan
 from l2bridge.core.secure import PeerSessions
-from l2bridge.site import events, inbound, loop
+from l2bridge.site import events, guard, inbound
 from l2bridge.site.state import SiteState, flap_settings
 
 
@@ -68,7 +68,7 @@ def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secre
     state.switch.set_flap(**flap_settings(config))
     state.configure_policy()
     inbound.select(state)
-    loop.apply(state, trio.current_time())
+    guard.apply(state, trio.current_time())
 
 
 def _remove(state: SiteState, peer: Peer) -> None:

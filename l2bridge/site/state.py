@@ -6,7 +6,7 @@ logic, in the order packets are processed:
 
   outbound.py  tap → peers        inbound.py  peers → tap (demultiplex, deliver)
   events.py    what happens to a peer (named hooks) and the timers
-  loop.py      loop protection: probes, blocks, and the site's layer-2 reports
+  guard.py     loop protection: probes, blocks, and the site's layer-2 reports
   status.py    what ``show`` and ``fdb`` report
 
 Facts are decided once and read from here: ``caps`` (what the kernel granted),
@@ -39,14 +39,14 @@ from l2bridge.io.transport import Transport
 
 @dataclass(slots=True)
 class Layer2:
-    """What layer-2 safety keeps between frames (the loop room and the policy's edges)."""
+    """What layer-2 safety keeps between frames (the guard room and the policy's edges)."""
 
     loop: LoopGuard
     storm: StormControl
     probe_mac: bytes  # the source MAC of this site's probes
     probe_stamp: int = 0  # the last probe's timestamp (ns): never goes back
     probe_keys: dict[bytes, bytes] = field(default_factory=dict)  # session key -> probe key
-    flaps_seen: int = 0  # switch.flapped when the loop room last looked
+    flaps_seen: int = 0  # switch.flapped when the guard room last looked
     snoop: bool = False  # arp_suppress: unicast ARP/NA from peers teach bindings
     # A follower's probes and flaps, for the leader (l2bridge.site.workers).
     probe_reports: list[tuple[bytes, str | None]] = field(default_factory=list)
@@ -227,4 +227,4 @@ def _unselected(*args: object) -> None:
 
 
 def _no_probe(frame: bytes, peer: Peer | None, now: float) -> None:
-    """Until the loop room takes over: a probe is dropped."""
+    """Until the guard room takes over: a probe is dropped."""

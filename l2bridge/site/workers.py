@@ -26,7 +26,7 @@ keys and the rule), ``{"op": "flap"}`` (a MAC moved between the tap and a
 peer), ``{"op": "status", ...}`` every STATUS_EVERY_S.  Storm limits are split
 between the workers (each gets 1/N of every rate and burst).  A follower
 changes peer state only through the site's event hooks (``events.peer_up``,
-``events.peer_down``, ``loop.set_blocks``), as the leader does.
+``events.peer_down``, ``guard.set_blocks``), as the leader does.
 
 Reload: the leader applies the plan to its own site, then sends ``{"op":
 "reload", path, document, secrets}``; each follower computes the same plan
@@ -55,7 +55,7 @@ from l2bridge.core.config import SiteConfig, config_from_dict
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
-from l2bridge.site import events, loop
+from l2bridge.site import events, guard
 from l2bridge.site import reload as applying
 from l2bridge.site.site import Site
 from l2bridge.site.status import STALL_S
@@ -182,12 +182,12 @@ class Leader:
             elif op == "probe":
                 via = state.peers.by_name.get(message.get("peer") or "")
                 if message.get("peer") is None or via is not None:
-                    loop.on_probe(state, bytes.fromhex(message.get("frame", "")), via,
+                    guard.on_probe(state, bytes.fromhex(message.get("frame", "")), via,
                                   trio.current_time())
             elif op == "flap":
                 now = trio.current_time()
                 if state.l2.loop.flap_probe_due(now):
-                    loop.send_probes(state, now)
+                    guard.send_probes(state, now)
 
     def _full_state(self) -> list[dict]:
         state = self.site.state
@@ -297,7 +297,7 @@ class Follower:
             elif not message["up"] and peer.up:
                 events.peer_down(state, peer)
             peer.offload = message["offload"]
-            loop.set_blocks(state, peer, message.get("blocked"), bool(message.get("blocks_us")),
+            guard.set_blocks(state, peer, message.get("blocked"), bool(message.get("blocks_us")),
                             now)
         elif message["op"] == "keys" and state.sessions is not None:
             state.sessions.apply_snapshot(peer.sessions, message["snapshot"], now)

@@ -1,4 +1,4 @@
-"""The loop room: probes out, probes in, blocks applied, and the layer-2 reports.
+"""The guard room: probes out, probes in, blocks applied, and the layer-2 reports.
 
 Flow (the rule itself is ``l2bridge.core.loop``'s):
   1. ``run`` (the leader's task): every ``loop_probe_interval`` write this site's
