@@ -58,11 +58,14 @@ def sole_cause(exc: BaseException) -> BaseException:
 
     trio wraps an error raised inside a nursery in an ExceptionGroup; a command
     line wants the error itself, to print its one-line message.  Several errors
-    of one type at once (two workers stopping together) count as one: the first.
+    of one type at once (two workers stopping together) count as one: the first;
+    so do several l2bridge errors (the dataplane and the plumbing watcher both
+    noticing a deleted tap): each is one line about the same event.
     """
     while isinstance(exc, BaseExceptionGroup):
         leaves = [sole_cause(e) for e in exc.exceptions]
-        if len({type(leaf) for leaf in leaves}) != 1:
+        same_type = len({type(leaf) for leaf in leaves}) == 1
+        if not same_type and not all(isinstance(leaf, L2bridgeError) for leaf in leaves):
             return exc
         exc = leaves[0]
     return exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -22,10 +23,21 @@ from typing import Any, TextIO
 import trio
 
 from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, L2bridgeError, sole_cause
+from netns import rootless
+from netns.artifacts import Artifacts, render
 from netns.bench import runner as bench
 from netns.bench import timing
+from netns.checks.junit import to_junit
 from netns.checks.report import CheckResult, format_table, make_report, to_json
-from netns.describe.plan import PREFIX_SHAPE, VXLAN_OVERHEAD_V4, is_prefix, make_plan, new_prefix
+from netns.describe import pcap as pcap_spec
+from netns.describe.plan import (
+    PREFIX_SHAPE,
+    VXLAN_OVERHEAD_V4,
+    VXLAN_OVERHEAD_V6,
+    is_prefix,
+    make_plan,
+    new_prefix,
+)
 from netns.describe.scenario import GATEWAY_MODES, MAX_MTU, MIN_MTU, ScenarioError, load_scenario
 from netns.lab import PreflightError, open_lab
 from netns.realise.nsenter import netns_path, netns_preexec
@@ -61,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", choices=["vxlan"],
                    help="afterwards, rerun the iperf3 checks with kernel VXLAN gateways in the "
                         "same topology and report the throughput ratio")
+    p.add_argument("--junit", metavar="FILE", help="write the report as JUnit XML (one test "
+                                                   "case per check)")
+    p.add_argument("--pcap", action="append", default=[], metavar="NODE:IF",
+                   help='capture an interface with tcpdump, e.g. london.gw:eth1 (repeatable; '
+                        '"all": every host and gateway interface); kept when the run fails')
+    p.add_argument("--keep-pcap", action="store_true",
+                   help="keep the captures even when every check passed")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="gather the report, JSON, JUnit, topology picture, logs, each "
+                        "gateway's show and the captures in DIR")
+    p = sub.add_parser("graph", help="draw the scenario's topology (Graphviz; no root needed)")
+    scenario_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.svg|FILE.png")
     p = sub.add_parser("up", help="build a lab and leave it up; prints its name")
     scenario_args(p)
     p = sub.add_parser("plan", help="print the names, addresses and steps (no root needed)")
@@ -83,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    if os.geteuid() != 0 and not rootless.inside() and args.command in ROOTLESS:
+        handler = functools.partial(_rootless, argv)
     try:
         try:
             return handler(args)
@@ -107,28 +135,80 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    render(plan, args.output)
+    _err(f"lab graph: {plan.scenario.name} drawn in {args.output}")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     scenario = load_scenario(args.scenario)
-    _plan(args, scenario)  # validate the file, overrides and names before anything exists
+    plan = _plan(args, scenario)  # validate the file, overrides and names before anything exists
+    pcap_spec.resolve(plan, scenario.pcap, "lab.pcap")
+    pcap_spec.resolve(plan, args.pcap, "--pcap")
     _need_root()
+    artifacts = Artifacts(args.artifacts) if args.artifacts else None
+    if artifacts is not None:
+        artifacts.prepare()
+        artifacts.picture(plan)
 
     async def body() -> int:
+        pcap_dir = artifacts.pcap_dir if artifacts is not None else None
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
-                            keep=args.keep, progress=_err) as lab:
+                            keep=args.keep, progress=_err, pcap=args.pcap,
+                            prefix=os.environ.get(rootless.PREFIX_ENV),
+                            pcap_dir=pcap_dir) as lab:
+            if artifacts is not None:
+                seen: list[int] = []
+
+                async def snapshot(result: CheckResult) -> None:
+                    if not seen:  # the first failure only: bounded
+                        seen.append(result.index)
+                        await artifacts.shows(lab, f"-at-check-{result.index}")
+
+                lab.on_failure = snapshot
             started = time.monotonic()
             results = await lab.run_checks()
             lab.timings["checks_s"] = time.monotonic() - started
+            if artifacts is not None:
+                await artifacts.shows(lab)
+                artifacts.logs(lab.plan)
             if args.keep:
                 _kept_hint(lab.name, lab.hosts()[0].ref)
         if args.compare:
             results += await _compare(scenario, args, results)
         report = make_report(lab.name, scenario, lab.plan.gateway, len(lab.hosts()),
-                             results, lab.timings)
-        out.write(to_json(report) if args.json else format_table(report))
+                             results, lab.timings, lab.event_results)
+        captures = lab.captures
+        if captures.captures:
+            if report.ok and not args.keep_pcap:
+                captures.remove()
+                _err(f"lab {lab.name}: every check passed: captures removed (--keep-pcap "
+                     "keeps them)")
+            else:
+                _err(f"lab {lab.name}: captures kept in {captures.directory}")
+        text = format_table(report)
+        out.write(to_json(report) if args.json else text)
         out.flush()
+        if args.junit:
+            _write(args.junit, to_junit(report))
+        if artifacts is not None:
+            artifacts.write("report.txt", text)
+            artifacts.write("report.json", to_json(report))
+            artifacts.write("junit.xml", to_junit(report))
+            _err(f"lab {lab.name}: artifacts in {artifacts.dir}")
         return EXIT_OK if report.ok else EXIT_FAILED
 
     return _run_guarded(body)
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise PreflightError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 async def _compare(scenario: Any, args: argparse.Namespace,
@@ -137,7 +217,8 @@ async def _compare(scenario: Any, args: argparse.Namespace,
     selected = [c for c in scenario.checks if c.kind == "iperf3"]
     if not selected:
         return []
-    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + VXLAN_OVERHEAD_V4)
+    overhead = VXLAN_OVERHEAD_V4 if scenario.ipv4_wan else VXLAN_OVERHEAD_V6
+    wan_mtu = max(args.wan_mtu or scenario.wan.mtu, scenario.lan.mtu + overhead)
     first = {r.index: r for r in results}
     rows = []
     async with open_lab(scenario, gateway=args.compare, wan_mtu=wan_mtu, progress=_err) as ref:
@@ -161,7 +242,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def body() -> int:
         async with open_lab(scenario, gateway=args.gateway, wan_mtu=args.wan_mtu,
-                            keep=True, detached=True, progress=_err) as lab:
+                            keep=True, detached=True, progress=_err,
+                            prefix=os.environ.get(rootless.PREFIX_ENV)) as lab:
             print(lab.name)
             _kept_hint(lab.name, lab.hosts()[0].ref)
             return EXIT_OK
@@ -219,7 +301,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the command
     try:
-        return subprocess.call(cmd, preexec_fn=preexec)
+        status = subprocess.call(cmd, preexec_fn=preexec)
+        return 128 - status if status < 0 else status  # killed by signal N: 128 + N
     except FileNotFoundError:
         _err(f"exec: {cmd[0]}: command not found")
         return 127
@@ -262,6 +345,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "up": cmd_up,
     "plan": cmd_plan,
+    "graph": cmd_graph,
     "down": cmd_down,
     "exec": cmd_exec,
     "list": cmd_list,
@@ -274,6 +358,57 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def cmd_bench(args: argparse.Namespace) -> int:
     _need_root()
     return bench.cmd_bench(args, _run_guarded)
+
+
+# ---------------------------------------------------------------- rootless
+
+ROOTLESS = ("run", "up", "exec", "down", "list", "clean", "timing", "bench")
+
+
+def _rootless(argv: list[str], args: argparse.Namespace) -> int:
+    """Without root: the command in a user namespace of its own (``netns/rootless.py``)."""
+    if args.command == "list":
+        labs = rootless.pointers()
+        if not labs:
+            print("no labs")
+        for d in labs:
+            state = "running" if d["alive"] else "dead"
+            print(f"{d['prefix']}  {d['scenario']}  {d['command']}  pid {d['pid']} {state}  "
+                  f"(rootless, in {rootless.state_root()})")
+        return EXIT_OK
+    if args.command == "clean":
+        for d in rootless.clean():
+            print(f"removed {d['prefix']} ({d['scenario']}, runner pid {d['pid']} dead; the "
+                  "kernel removed its namespaces with it)")
+        return EXIT_OK
+    if args.command in ("down", "exec"):
+        if not _lab_name_ok(args.command, args.name):
+            return EXIT_USAGE
+        return rootless.down(args.name) if args.command == "down" else rootless.exec_in(
+            args.name, argv)
+    scenario_path = "-"
+    if args.command in ("run", "up"):
+        scenario = load_scenario(args.scenario)
+        plan = _plan(args, scenario)  # bad input: exit 2 before anything exists
+        if args.command == "run":
+            pcap_spec.resolve(plan, scenario.pcap, "lab.pcap")
+            pcap_spec.resolve(plan, args.pcap, "--pcap")
+        tagged = [n.ref for n in plan.hosts() if n.vlan is not None]
+        if tagged:
+            raise PreflightError(
+                f"VLAN hosts ({tagged[0]}, …) need root: their switch ports load BPF "
+                "programs, which takes CAP_BPF in the initial user namespace; run as root")
+        scenario_path = args.scenario
+    if args.command == "timing" and args.mininet:
+        raise PreflightError("timing --mininet needs root: Mininet runs its own tools "
+                             "(mnexec, brctl) in the caller's namespaces; run as root")
+    problem = rootless.userns_problem()
+    if problem:
+        raise PreflightError(problem)
+    name = new_prefix()
+    if args.command == "up":
+        return rootless.up(argv, name, scenario_path)
+    return rootless.run(argv, name, scenario_path)
 
 
 # ---------------------------------------------------------------- helpers

@@ -10,7 +10,10 @@ path MTU, the underlay family and whether datagrams are sealed::
 
 The config refuses a budget whose largest frame needs more than ``MAX_FRAGMENTS``
 fragments; the site builds its fragmenter, switch and bursts from it; ``mss``
-is the TCP MSS whose segment fits one FRAME datagram.
+is the TCP MSS whose segment fits one FRAME datagram.  Two paths have other
+room for a frame: a relayed one less (``relay_room``: the relay's envelope),
+a TCP link more (``tcp_room``: a record is not bound by the path MTU, so a
+frame always crosses whole).
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from l2bridge.core.ether import ETH_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, UDP_HLEN, VLAN_HLEN
+from l2bridge.core.framing import MAX_RECORD_BYTES
 from l2bridge.core.noise import DATA_HEADER_LEN, TAG_LEN
-from l2bridge.core.wire import HEADER_LEN, MAX_FRAGMENTS
+from l2bridge.core.wire import HEADER_LEN, KEY_LEN, MAX_FRAGMENTS
 
 UNDERLAY_IPV4_UDP_LEN = IPV4_HLEN + UDP_HLEN  # 28
 UNDERLAY_IPV6_UDP_LEN = IPV6_HLEN + UDP_HLEN  # 48
 SEALED_OVERHEAD = DATA_HEADER_LEN + TAG_LEN  # 32: what sealing adds around an inner message
 MAX_VLAN_TAGS = 2  # QinQ
 FRAME_OVERHEAD = ETH_HLEN + MAX_VLAN_TAGS * VLAN_HLEN  # 22: a frame's bytes beyond the MTU
+# A relayed datagram travels inside a RELAY_TO / RELAYED message of a second session.
+RELAY_OVERHEAD = HEADER_LEN + KEY_LEN + SEALED_OVERHEAD  # 68
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,16 @@ class MtuBudget:
     def highest_mtu(self) -> int:
         """The largest LAN MTU whose frames fit in ``MAX_FRAGMENTS`` datagrams."""
         return MAX_FRAGMENTS * self.frame_room - FRAME_OVERHEAD
+
+    @property
+    def relay_room(self) -> int:
+        """The room for a frame in one datagram to a relayed peer."""
+        return self.frame_room - RELAY_OVERHEAD
+
+    @property
+    def tcp_room(self) -> int:
+        """The room for a frame in one record of a TCP link (any LAN frame fits)."""
+        return MAX_RECORD_BYTES - self.sealing - HEADER_LEN
 
     def mss(self, *, ipv6_inner: bool = True) -> int:
         """The TCP MSS whose untagged segment fits one FRAME datagram.

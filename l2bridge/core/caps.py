@@ -24,13 +24,24 @@ MAX_WORKERS = 64  # worker processes of one site: each seals on its own lane
 assert MAX_WORKERS <= LANE_VALUES
 
 
-def default_workers() -> int:
-    """One worker process per core this process may run on (at most ``MAX_WORKERS``)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores))
+CORES_PER_WORKER = 2
+
+
+def default_workers(cores: int | None = None) -> int:
+    """One worker process per two cores this process may run on (at most ``MAX_WORKERS``).
+
+    Every frame a worker handles in Python costs about as much again in the kernel
+    on another core (the tap, the UDP socket, softirq, the bridge), so a worker per
+    core makes the workers and the kernel fight for the same cores: on a 2-core
+    gateway two workers move 30-40 % less than one (docs/bench.md).  ``cores``:
+    the count to decide for (default: the cores this process may use).
+    """
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores // CORES_PER_WORKER))
 
 
 def gro_allowed(*, offload: bool, sockets: int) -> bool:

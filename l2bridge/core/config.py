@@ -27,7 +27,7 @@ File format (every key of [site] but ``name`` is optional)::
     wan_mtu = 1500                   # underlay path MTU, 576..9000
     mss_clamp = false                # false | true | 536..9000
     offload = true                   # super-frames from the tap, UDP GSO/GRO; false: per frame
-    workers = 2                      # processes, one per tap queue (default: number of cores)
+    workers = 2                      # processes, one per tap queue (default: cores / 2)
     low_latency = false              # true: CPUs poll instead of halting while the site runs
     ageing = 300                     # seconds, 0..86400 (0 = never learn)
     max_entries = 8192
@@ -52,6 +52,11 @@ File format (every key of [site] but ``name`` is optional)::
                                      #   this site's hosts may use ([]: only local ones)
     arp_suppress = false             # answer ARP/NS for addresses known behind peers
     arp_max_bindings = 8192
+    relay = true                     # pass sealed datagrams between two of our peers that
+                                     # cannot reach each other directly
+    resolve_interval = 60            # seconds: endpoints given as DNS names are resolved again
+    tcp_send_queue = 65536           # bytes a TCP link queues; beyond, frames are dropped
+                                     # (0: no bound, the sender waits - for comparison only)
 
     [[peer]]
     name = "berlin"
@@ -63,6 +68,7 @@ File format (every key of [site] but ``name`` is optional)::
     persistent_keepalive = 25        # seconds: the longest silence towards this peer
     storm_broadcast = 5000           # optional: this peer's own storm limits (storm_multicast,
                                      #   storm_unknown_unicast, storm_burst); the site's otherwise
+    transport = "auto"               # "udp", "tcp", or "auto": UDP, TCP when UDP gets nowhere
 """
 
 from __future__ import annotations
@@ -134,6 +140,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_MAX_BYTES = 1 << 20  # a site config is a few kB; refuse to read more
 
 DEFAULT_PERSISTENT_KEEPALIVE_S = 25.0
+DEFAULT_TRANSPORT = "auto"
+TRANSPORTS = ("auto", "udp", "tcp")  # l2bridge.core.paths.MODES
+DEFAULT_RESOLVE_INTERVAL_S = 60.0
+RESOLVE_INTERVAL_MIN_S = 1.0
+DEFAULT_TCP_SEND_QUEUE = 65536
+TCP_SEND_QUEUE_MAX = 64 * 1024 * 1024
 DEFAULT_INSECURE = False
 DEFAULT_REKEY_AFTER_S = 120.0  # WireGuard's REKEY_AFTER_TIME; every session timer scales with it
 REKEY_AFTER_MIN_S = 1.0
@@ -182,6 +194,7 @@ class PeerConfig:
     allowed_macs: frozenset[bytes] | None = None  # None: any source MAC
     max_macs: int | None = None  # None: the site's max_entries_per_peer
     persistent_keepalive_s: float = DEFAULT_PERSISTENT_KEEPALIVE_S
+    transport: str = DEFAULT_TRANSPORT  # "auto" | "udp" | "tcp" (l2bridge.core.paths)
     storm: StormLimits | None = None  # None: the site's limits
 
 
@@ -227,6 +240,9 @@ class SiteConfig:
     dhcp_servers: tuple[str, ...] | None = None  # peer names; None: every peer
     arp_suppress: bool = False
     arp_max_bindings: int = DEFAULT_MAX_BINDINGS
+    relay: bool = True
+    resolve_interval_s: float = DEFAULT_RESOLVE_INTERVAL_S
+    tcp_send_queue: int = DEFAULT_TCP_SEND_QUEUE
     # The parsed TOML this config came from: what the leader hands its followers
     # (they never read the file themselves), and what a reload compares.
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -442,6 +458,10 @@ SITE_SCHEMA: dict[str, Param] = {
     "dhcp_servers": schema.array(NAME, 'peer names like ["berlin"] ([]: none)', None),
     "arp_suppress": schema.boolean(False),
     "arp_max_bindings": schema.integer(ENTRIES_MIN, ENTRIES_MAX, DEFAULT_MAX_BINDINGS),
+    "relay": schema.boolean(True),
+    "resolve_interval": _seconds(RESOLVE_INTERVAL_MIN_S, DEAD_AFTER_MAX_S,
+                                 DEFAULT_RESOLVE_INTERVAL_S),
+    "tcp_send_queue": schema.integer(0, TCP_SEND_QUEUE_MAX, DEFAULT_TCP_SEND_QUEUE),
 }
 PEER_SCHEMA: dict[str, Param] = {
     "name": NAME,
@@ -454,6 +474,7 @@ PEER_SCHEMA: dict[str, Param] = {
     "max_macs": schema.integer(ENTRIES_MIN, ENTRIES_MAX, None),
     "persistent_keepalive": _seconds(KEEPALIVE_MIN_S, KEEPALIVE_MAX_S,
                                      DEFAULT_PERSISTENT_KEEPALIVE_S),
+    "transport": schema.choice(TRANSPORTS, DEFAULT_TRANSPORT),
     **_storm_keys(False),
 }
 TOP_SCHEMA: dict[str, Param] = {
@@ -564,6 +585,9 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         dhcp_servers=dhcp_servers,
         arp_suppress=site["arp_suppress"],
         arp_max_bindings=site["arp_max_bindings"],
+        relay=site["relay"],
+        resolve_interval_s=site["resolve_interval"],
+        tcp_send_queue=site["tcp_send_queue"],
         document=data,
     )
 
@@ -672,10 +696,17 @@ def _peers(
                                 in zip(STORM_KEYS, (storm.broadcast, storm.multicast,
                                                     storm.unknown_unicast, storm.burst_s),
                                        strict=True)))
+        transport = peer["transport"]
+        if insecure and transport == "tcp":
+            raise checker.fail(
+                f"{prefix}.transport",
+                '"tcp" needs keys: a cleartext site knows a peer only by its UDP address;'
+                ' remove insecure = true or use transport = "udp"',
+            )
         peers.append(PeerConfig(
             name, endpoint, public_key, peer["preshared_key_file"],
             None if allowed is None else frozenset(allowed), peer["max_macs"],
-            peer["persistent_keepalive"], own,
+            peer["persistent_keepalive"], transport, own,
         ))
     return tuple(peers)
 

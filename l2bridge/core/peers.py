@@ -26,6 +26,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2bridge.core.paths import UDP, Reach
 from l2bridge.core.wire import Reassembler
 
 DOWN_RETRY_MAX_S = 1.0
@@ -43,6 +44,7 @@ class Peer:
     addr: Addr | None = None  # where datagrams go and come from
     up: bool = False
     last_seen: float | None = None
+    path_seen: float = float("-inf")  # the last authenticated datagram over its current path
     last_hello: float = float("-inf")
     went_up_at: float | None = None
     # Counters (hot path: plain int attributes, no dict lookups).
@@ -77,6 +79,20 @@ class Peer:
     # Flooded frames by class (storm.CLASSES: broadcast, multicast, unknown unicast).
     bum_out: list[int] = field(default_factory=lambda: [0, 0, 0])
     bum_in: list[int] = field(default_factory=lambda: [0, 0, 0])
+    # How it is reached (l2bridge.core.paths, l2bridge.site.reach): the path its data
+    # takes ("udp", "tcp" or "relay"), the room for a frame in one datagram on that
+    # path (None: the site's budget), the configured endpoint as last resolved, the
+    # initiation in flight (sent on every candidate path) and relay counters.
+    reach: Reach = field(default_factory=Reach)
+    path: str = UDP
+    room: int | None = None
+    resolved: Addr | None = None
+    resolved_at: float = float("-inf")
+    initiation: tuple[bytes, float] | None = None
+    relayed_in: int = 0  # bytes this site relayed from this peer to another
+    relayed_out: int = 0  # bytes this site relayed from another peer to this one
+    relay_addr: Any = None  # l2bridge.site.reach.RelayAddr: "through this peer"
+    to_leader: Any = None  # l2bridge.site.reach.ToLeader (a follower's path to worker 0)
 
     def drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -125,13 +141,19 @@ class PeerTable:
         return len(self.by_port)
 
     def bind(self, peer: Peer, addr: Addr) -> None:
-        """Point ``peer`` at ``addr`` (resolution or a dial-in HELLO)."""
+        """Point ``peer`` at ``addr`` (resolution, a dial-in HELLO, a path change).
+
+        Only UDP addresses (tuples) are indexed in ``by_addr``: one address is one
+        peer.  Other paths (a TCP link, a relay shared by several peers) are not.
+        """
         if peer.addr is not None and self.by_addr.get(peer.addr) is peer:
             del self.by_addr[peer.addr]
+        peer.addr = addr
+        if type(addr) is not tuple:
+            return
         other = self.by_addr.get(addr)
         if other is not None and other is not peer:
             other.addr = None
-        peer.addr = addr
         self.by_addr[addr] = peer
 
     def any_offload(self) -> bool:

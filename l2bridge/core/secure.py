@@ -384,12 +384,7 @@ class SessionTable:
         if end - stride >= self.timers.reject_after_messages:
             return None
         session.send_counter = end
-        keypair = session.keypair
-        seal = noise.seal
-        lane = self.lane
-        if stride == 1:
-            return [seal(keypair, counter + i, p, lane) for i, p in enumerate(plaintexts)]
-        return [seal(keypair, counter + i * stride, p, lane) for i, p in enumerate(plaintexts)]
+        return noise.seal_batch(session.keypair, counter, stride, plaintexts, self.lane)
 
     # --------------------------------------------------------------- receive
 

@@ -10,7 +10,7 @@ Every datagram is a 4-byte header followed by a payload of at least one byte::
                            bit1 OFFLOAD, bit2 BLOCKED,
                            bit3 FLOODS)
     0x14 SEGMENT   one chunk of an offloaded super-frame (l2bridge.core.offload)
-    0x15 FLOOD     b1 = 0 (ignored)            b2b3 = 0 (ignored)  a whole frame the sender
+    0x19 FLOOD     b1 = 0 (ignored)            b2b3 = 0 (ignored)  a whole frame the sender
                                                                   flooded
 
 HELLO's OFFLOAD flag says the sender accepts SEGMENT bursts; a peer that never
@@ -20,6 +20,19 @@ control counts; a peer that never said so gets it as a FRAME.  A type of its
 own, not a flag in FRAME, so the per-frame path of known unicast tests nothing
 more.  BLOCKED says loop protection at the sender blocked this tunnel (the
 receiver blocks it too); it is only ever set while a loop is being broken.
+
+Reach messages (sealed mode only: they travel inside a session with a neighbour;
+``KEY`` is a site's 32-byte static public key; l2bridge.site.reach uses them)::
+
+    0x15 ASK       b1 = 0  b2b3 = 0     KEY                where is the site KEY?
+    0x16 HINT      b1 = flags (bit0     KEY | address      the site KEY is seen at
+                   RELAY_OK)            (4 or 16 bytes)    address:port (b2b3)
+                   b2b3 = port
+    0x17 RELAY_TO  b1 = 0  b2b3 = 0     KEY | datagram     pass datagram on to KEY
+    0x18 RELAYED   b1 = 0  b2b3 = 0     KEY | datagram     datagram passed on from KEY
+
+A relayed ``datagram`` is a whole sealed datagram of the two end sites' own
+session: the relay sees its size and timing, never its content.
 
 Outbound flow (per frame):
   1. ``Fragmenter.split``: a frame that fits ``max_datagram`` becomes one FRAME
@@ -40,6 +53,7 @@ bytes-equal to the frame given to ``split``; a ``Reassembler`` holds at most
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -48,7 +62,13 @@ TYPE_FRAME = 0x11
 TYPE_FRAGMENT = 0x12
 TYPE_HELLO = 0x13
 TYPE_SEGMENT = 0x14  # its header and rules: l2bridge.core.offload
-TYPE_FLOOD = 0x15
+TYPE_ASK = 0x15
+TYPE_HINT = 0x16
+TYPE_RELAY_TO = 0x17
+TYPE_RELAYED = 0x18
+TYPE_FLOOD = 0x19
+KEY_LEN = 32
+HINT_RELAY_OK = 0x01
 HEADER_LEN = 4
 MAX_FRAGMENTS = 16
 HELLO_WANT_REPLY = 0x01
@@ -104,7 +124,33 @@ class Hello:
     floods: bool = False
 
 
-Message = Frame | Fragment | Hello
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Where is the site with this public key?"""
+
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """The site ``key`` is seen at ``address`` (an IP literal) : ``port``."""
+
+    key: bytes
+    address: str
+    port: int
+    relay_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A sealed datagram to pass on to ``key`` (RELAY_TO) or passed on from it (RELAYED)."""
+
+    key: bytes
+    datagram: bytes
+    to: bool
+
+
+Message = Frame | Fragment | Hello | Ask | Hint | Relayed
 
 
 def encode_frame(frame: bytes) -> bytes:
@@ -132,6 +178,34 @@ def encode_hello(name: str, want_reply: bool, offload: bool = False,
     flags = ((HELLO_WANT_REPLY if want_reply else 0) | (HELLO_OFFLOAD if offload else 0)
              | (HELLO_BLOCKED if blocked else 0) | (HELLO_FLOODS if floods else 0))
     return _HEADER.pack(TYPE_HELLO, flags, 0) + raw
+
+
+def encode_ask(key: bytes) -> bytes:
+    """Return an ASK for the site with public key ``key`` (32 bytes)."""
+    _check_key(key)
+    return _HEADER.pack(TYPE_ASK, 0, 0) + key
+
+
+def encode_hint(key: bytes, address: str, port: int, relay_ok: bool) -> bytes:
+    """Return a HINT: site ``key`` is seen at ``address`` (IPv4 or IPv6 literal) : ``port``."""
+    _check_key(key)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"hint port {port}: expected 1..65535")
+    packed = ipaddress.ip_address(address).packed
+    return _HEADER.pack(TYPE_HINT, HINT_RELAY_OK if relay_ok else 0, port) + key + packed
+
+
+def encode_relay(key: bytes, datagram: bytes, *, to: bool) -> bytes:
+    """Return a RELAY_TO (``to``: pass it on to ``key``) or a RELAYED (it came from ``key``)."""
+    _check_key(key)
+    if not datagram:
+        raise ValueError("a relayed datagram is empty: expected at least one byte")
+    return _HEADER.pack(TYPE_RELAY_TO if to else TYPE_RELAYED, 0, 0) + key + datagram
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_LEN:
+        raise ValueError(f"a site key of {len(key)} bytes: expected {KEY_LEN}")
 
 
 def decode(datagram: bytes) -> Message:
@@ -166,7 +240,30 @@ def decode(datagram: bytes) -> Message:
             raise WireError("bad_hello") from None
         return Hello(name, bool(flags & HELLO_WANT_REPLY), bool(flags & HELLO_OFFLOAD),
                      bool(flags & HELLO_BLOCKED), bool(flags & HELLO_FLOODS))
+    if TYPE_ASK <= kind <= TYPE_RELAYED:
+        return _decode_reach(datagram)
     raise WireError("bad_type")
+
+
+def _decode_reach(datagram: bytes) -> Message:
+    """ASK, HINT, RELAY_TO, RELAYED (the module docstring); ``WireError`` if malformed."""
+    kind, b1, b2b3 = _HEADER.unpack_from(datagram)
+    key = bytes(datagram[HEADER_LEN : HEADER_LEN + KEY_LEN])
+    rest = datagram[HEADER_LEN + KEY_LEN :]
+    if len(key) < KEY_LEN:
+        raise WireError("truncated")
+    if kind == TYPE_ASK:
+        if b1 or b2b3 or rest:
+            raise WireError("bad_ask")
+        return Ask(key)
+    if kind == TYPE_HINT:
+        if b1 & ~HINT_RELAY_OK or not b2b3 or len(rest) not in (4, 16):
+            raise WireError("bad_hint")
+        address = str(ipaddress.ip_address(bytes(rest)))
+        return Hint(key, address, b2b3, bool(b1 & HINT_RELAY_OK))
+    if b1 or b2b3 or not rest:
+        raise WireError("bad_relay")
+    return Relayed(key, bytes(rest), kind == TYPE_RELAY_TO)
 
 
 class Fragmenter:
@@ -176,23 +273,26 @@ class Fragmenter:
     MTU of 1500 minus 28 bytes of IPv4 + UDP header = 1472.
     """
 
-    __slots__ = ("max_datagram", "next_id", "_room")
+    __slots__ = ("max_datagram", "next_id", "stride", "_room")
 
-    def __init__(self, max_datagram: int, *, first_id: int = 0) -> None:
+    def __init__(self, max_datagram: int, *, first_id: int = 0, stride: int = 1) -> None:
         if max_datagram <= HEADER_LEN:
             raise ValueError(
                 f"max_datagram {max_datagram}: expected more than {HEADER_LEN} bytes (the header)"
             )
         self.max_datagram = max_datagram
         self.next_id = first_id % FRAG_ID_MODULO
+        self.stride = stride  # ids first_id, first_id + stride, ...: one residue per worker
         self._room = max_datagram - HEADER_LEN
 
-    def split_flooded(self, frame: bytes) -> list[bytes]:
-        """``split`` for a peer that accepts FLOOD: a whole frame as FLOOD (FRAGMENTs stay
-        FRAGMENTs: the receiver judges the whole frame by its destination)."""
-        if 0 < len(frame) <= self._room:
+    def split_flooded(self, frame: bytes, room: int | None = None) -> list[bytes]:
+        """``split`` (``split_within`` with ``room``) for a peer that accepts FLOOD: a whole
+        frame as FLOOD (FRAGMENTs stay FRAGMENTs: the receiver judges the whole frame by
+        its destination)."""
+        room = self._room if room is None else room
+        if 0 < len(frame) <= room:
             return [_FLOOD_HEADER + frame]
-        return self.split(frame)
+        return self.split_within(frame, room)
 
     def split(self, frame: bytes) -> list[bytes]:
         """Return the datagrams carrying ``frame``, in index order.
@@ -201,8 +301,12 @@ class Fragmenter:
         becomes two 761-byte datagrams). Raises ``ValueError`` for an empty
         frame or one that needs more than 16 pieces.
         """
+        return self.split_within(frame, self._room)
+
+    def split_within(self, frame: bytes, room: int) -> list[bytes]:
+        """``split`` with another datagram size: ``room`` bytes of frame per datagram (a
+        relayed path has less, a TCP link more); the fragment ids stay one sequence."""
         size = len(frame)
-        room = self._room
         if size <= room:
             if not size:
                 raise ValueError("empty frame: expected at least one byte")
@@ -214,7 +318,7 @@ class Fragmenter:
                 f" the limit is {MAX_FRAGMENTS}: raise the WAN MTU or lower the LAN MTU"
             )
         frag_id = self.next_id
-        self.next_id = (frag_id + 1) & 0xFFFF
+        self.next_id = (frag_id + self.stride) & 0xFFFF
         base, extra = divmod(size, count)
         pack = _HEADER.pack
         last = count - 1

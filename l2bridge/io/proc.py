@@ -28,6 +28,11 @@ and by the lab (gateways, delay relays, tools in namespaces).  Flow:
 
 Invariant: the group's id is the child's pid (step 1), and the kernel keeps
 that id from being reused while any member of the group lives.
+
+A ``Child`` supervises any ``Process`` (pid, poll, wait): a ``trio.Process``
+from ``start``, or a process another one started for us (the lab's gateways
+come from a fork server: ``netns/realise/forkserver.py``), as long as it leads
+its own session.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -51,6 +56,20 @@ STOP_GRACE_S = 1.0  # default time to exit after each signal of ``stop``
 Target = int | IO[Any] | None
 Probe = Callable[[], Awaitable[bool]]
 Detail = Callable[[], str]
+
+
+class Process(Protocol):
+    """What ``Child`` needs of a process: ``trio.Process`` has it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
+P = TypeVar("P", bound=Process)
 
 
 class ChildError(L2bridgeError):
@@ -106,7 +125,7 @@ async def start(
     cwd: str | None = None,
     error: type[L2bridgeError] = ChildError,
     detail: Detail | None = None,
-) -> Child:
+) -> Child[trio.Process]:
     """Start ``argv`` as the leader of a new session (flow step 1).
 
     ``name`` opens every error line about it; ``error`` is the class those
@@ -126,10 +145,10 @@ async def start(
     return Child(process, name, error=error, detail=detail)
 
 
-class Child:
+class Child(Generic[P]):
     """One supervised child process leading its own session (see module doc)."""
 
-    def __init__(self, process: trio.Process, name: str, *,
+    def __init__(self, process: P, name: str, *,
                  error: type[L2bridgeError] = ChildError, detail: Detail | None = None) -> None:
         self.process = process
         self.name = name
@@ -212,4 +231,5 @@ class Child:
             os.killpg(self.pid, sig)
 
 
-__all__ = ["Child", "ChildError", "group_running", "log_detail", "log_tail", "start"]
+__all__ = ["Child", "ChildError", "Process", "group_running", "log_detail", "log_tail",
+           "start"]

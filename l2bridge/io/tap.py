@@ -581,6 +581,9 @@ class TrioTap:
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.fd)
 
+    def fileno(self) -> int:
+        return self.fd
+
     def close(self) -> None:
         if self.device.fd >= 0:
             trio.lowlevel.notify_closing(self.fd)

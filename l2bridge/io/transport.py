@@ -140,6 +140,10 @@ class Transport(Protocol):
 
     def format_addr(self, addr: object) -> str: ...
 
+    def sockaddr(self, host: str, port: int) -> object | None: ...
+
+    def host_port(self, addr: object) -> tuple[str, int]: ...
+
     def close(self) -> None: ...
 
 
@@ -192,6 +196,9 @@ class UdpTransport:
     @property
     def local_port(self) -> int:
         return self.sock.getsockname()[1]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
@@ -330,10 +337,21 @@ class UdpTransport:
         raise PeerError(f"cannot resolve {endpoint}: no answer within {RESOLVE_TIMEOUT_S:g} s")
 
     def format_addr(self, addr: object) -> str:
+        host, port = self.host_port(addr)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def host_port(self, addr: object) -> tuple[str, int]:
+        """The IP literal (an IPv4-mapped address as plain IPv4) and port of ``addr``."""
         host, port = addr[0], addr[1]  # type: ignore[index]
         if host.startswith("::ffff:") and "." in host:
             host = host[7:]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host, port
+
+    def sockaddr(self, host: str, port: int) -> object | None:
+        """The address this socket sends to for IP literal ``host`` (None: not its family)."""
+        if self.family == socket.AF_INET6:
+            return ("::ffff:" + host if "." in host else host, port, 0, 0)
+        return None if ":" in host else (host, port)
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

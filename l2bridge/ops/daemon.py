@@ -9,7 +9,8 @@ Start-up, each step's undo registered as soon as it succeeds:
      per worker;
   2. plumb it: bridge created if missing (marked as this site's), tap and LAN
      NICs enslaved, MTU set; from now on ``PlumbingWatch`` keeps it so;
-  3. bind the UDP socket (a group of one per worker);
+  3. bind the UDP socket (a group of one per worker) and, for a sealed site, listen
+     on TCP on the same port (``l2bridge.io.tcp``; worker 0 carries every link);
   4. run the dataplane, start the other workers (``l2bridge.site.workers``), the
      plumbing watch and the metrics server, then open the control socket (its
      presence = ready);
@@ -37,8 +38,9 @@ from l2bridge.io.netctl import BridgePlumbing
 from l2bridge.io.notify import Notifier
 from l2bridge.io.plumbwatch import PlumbingWatch
 from l2bridge.io.tap import TrioTap, open_tap, tap_info
+from l2bridge.io.tcp import TcpLinks
 from l2bridge.io.transport import UdpTransport, open_group
-from l2bridge.ops import control, metrics
+from l2bridge.ops import control
 from l2bridge.ops.service import Service
 from l2bridge.site.site import Site
 from l2bridge.site.workers import Leader
@@ -47,6 +49,7 @@ log = logging.getLogger("l2bridge")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HANDLED_SIGNALS = (signal.SIGHUP,)  # reload: never fatal (a clean stop is SIGINT/SIGTERM)
+LINK_IDLE_DEAD_AFTERS = 2  # a TCP link silent for two dead_after periods is closed
 
 CLEARTEXT_WARNING = (
     "insecure = true: traffic is CLEARTEXT, filtered only by peer address; anyone on the "
@@ -139,12 +142,18 @@ async def serve_site(
             undo.callback(sock.close)
         transport = UdpTransport.from_socket(socks[0], gso=config.offload, gro=gro)
         undo.callback(transport.close)
+        links = None
+        if not config.insecure:  # the TCP transport: the same port number as UDP
+            links = TcpLinks.listen(config.listen, transport.local_port,
+                                    queue_bytes=config.tcp_send_queue,
+                                    idle_s=LINK_IDLE_DEAD_AFTERS * config.dead_after_s)
+            undo.callback(links.close)
         caps = Capabilities.decide(offload=config.offload, vnet_hdr=device.vnet_hdr,
                                    tap_offloads=device.offloads, udp_gso=transport.gso,
                                    udp_gro=transport.gro, lanes=workers)
         identity = None if secrets.private is None else noise.Identity(secrets.private)
         site = Site(config, tap=tap, transport=transport, caps=caps, identity=identity,
-                    psks=dict(secrets.psks))
+                    psks=dict(secrets.psks), links=links)
         service = Service(site, secrets, notifier)
         site.state.l2.topology_hooks.append(plumb.flush_fdb)  # a loop blocked or released
         sections = site.state.status_sections
@@ -180,7 +189,12 @@ async def serve_site(
 
 
 async def _start_metrics(nursery: trio.Nursery, config: SiteConfig, site: Site) -> None:
-    """Serve /metrics on ``[site].metrics``; an address that cannot be bound is one line."""
+    """Serve /metrics on ``[site].metrics``; an address that cannot be bound is one line.
+
+    Imported here: a site without metrics never loads the Prometheus library (40 ms of
+    every start-up)."""
+    from l2bridge.ops import metrics
+
     try:
         listener = metrics.bind(config.metrics)  # type: ignore[arg-type]
     except metrics.MetricsError as exc:

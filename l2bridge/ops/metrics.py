@@ -62,7 +62,14 @@ PEER_COUNTERS = {
     "rekeys": ("l2bridge_peer_rekeys_total", "Handshakes that replaced a current session"),
     "times_down": ("l2bridge_peer_down_total", "Times the peer was declared down"),
     "roamed": ("l2bridge_peer_roamed_total", "Times the peer's endpoint moved"),
+    "path_changes": ("l2bridge_peer_path_changes_total",
+                     "Times the peer's data moved between UDP, TCP and a relay"),
+    "relayed_in": ("l2bridge_peer_relayed_rx_bytes_total",
+                   "Bytes this site relayed from the peer to another peer"),
+    "relayed_out": ("l2bridge_peer_relayed_tx_bytes_total",
+                    "Bytes this site relayed from another peer to the peer"),
 }
+PATHS = ("udp", "tcp", "relay")
 # What a follower reports per peer (`workers.py`): summed into the site's series.
 WORKER_PEER_KEYS = tuple(f"{kind}_{way}" for kind, _ in _KINDS for way, _, _ in _DIRECTIONS)
 LOCAL_COUNTERS = {
@@ -151,6 +158,13 @@ def families(status: Status) -> Iterator[Any]:
             for c, count in zip(CLASSES, ways[way], strict=True):
                 by_class.add_metric([peer, short, c], float(count))
     yield by_class
+    path = GaugeMetricFamily("l2bridge_peer_path",
+                             "1 for the path the peer's data takes now (udp, tcp, relay)",
+                             labels=["peer", "path"])
+    for peer in status["peers"]:
+        for kind in PATHS:
+            path.add_metric([peer["name"], kind], 1.0 if peer.get("path") == kind else 0.0)
+    yield path
     for key, (name, text) in PEER_COUNTERS.items():
         family = CounterMetricFamily(name.removesuffix("_total"), text, labels=["peer"])
         for peer, counters in summed["peers"].items():

@@ -17,8 +17,9 @@ The hooks are the only way the rooms and the workers change a peer's state
 
 Timers (the leader): ``timers`` sends due handshakes and keepalives, drops
 expired keys and takes silent peers down; ``follower_timers`` only expires a
-follower's keys and partial frames; ``table_gc`` removes aged MAC entries;
-``resolve_endpoints`` resolves configured names (retried while a peer is down).
+follower's keys and partial frames; ``table_gc`` removes aged MAC entries.
+Which path a peer's datagrams take, and resolving its endpoint, is
+``l2bridge.site.reach``'s (``authenticated`` hands it every arrival).
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import math
 
 import trio
 
-from l2bridge.core import wire
+from l2bridge.core import paths, wire
 from l2bridge.core.peers import Peer
 from l2bridge.core.secure import Established, Reply
-from l2bridge.errors import PeerError
-from l2bridge.site import guard, outbound
+from l2bridge.site import guard, reach
 from l2bridge.site.state import SiteState
 
 log = logging.getLogger("l2bridge")
@@ -41,18 +41,29 @@ TIMER_TICK_MAX_S = 1.0  # the timers look at least this often
 FOLLOWER_TICK_S = 1.0
 
 
-def authenticated(state: SiteState, peer: Peer, addr: object, now: float) -> None:
-    """Any datagram that proved it came from ``peer`` (see the module docstring)."""
+def authenticated(state: SiteState, peer: Peer, addr: object, now: float,
+                  probe: bool = False) -> None:
+    """Any datagram that proved it came from ``peer`` (see the module docstring).
+
+    ``addr`` is how it came (a UDP address, a TCP link, a relay); ``probe``: it
+    can have come one way only (an INITIATION, a HELLO asking for a reply), so
+    it proves nothing about the way back (``l2bridge.core.paths``).
+    """
     if peer.addr != addr:
-        roam(state, peer, addr)
+        if not state.follower:
+            reach.arrived(state, peer, addr, now, probe)
+        elif type(addr) is tuple and type(peer.addr) is not reach.ToLeader:
+            roam(state, peer, addr)  # a follower follows UDP; worker 0 decides other paths
+    if peer.addr == addr:
+        peer.path_seen = now
     peer.last_seen = now
     if not peer.up and state.peers.seen(peer, now):
-        log.info("peer %s is up at %s", peer.name, state.transport.format_addr(peer.addr))
+        log.info("peer %s is up (%s)", peer.name, reach.describe(state, peer.addr))
         guard.peer_up(state, now)  # a loop through this tunnel shows at once
 
 
 def roam(state: SiteState, peer: Peer, addr: object) -> None:
-    """The peer's endpoint follows its latest authenticated datagram."""
+    """The peer's UDP endpoint follows its latest authenticated datagram."""
     old = peer.addr
     state.peers.bind(peer, addr)
     peer.roamed += 1
@@ -62,17 +73,31 @@ def roam(state: SiteState, peer: Peer, addr: object) -> None:
 
 
 def handshake(state: SiteState, event: Reply | Established, addr: object, now: float) -> None:
-    """Answer a valid INITIATION, or confirm our new keys with a keepalive."""
+    """Answer a valid INITIATION the way it came, or confirm our new keys with a keepalive."""
     peer = state.peer_of[event.peer]
-    authenticated(state, peer, addr, now)
+    authenticated(state, peer, addr, now, probe=event.datagram is not None)
     if event.datagram is not None:  # a RESPONSE to the peer's INITIATION
-        outbound.send_control(state, peer, event.datagram)
+        reach.send_to(state, peer, reply_path(peer, addr), event.datagram, now)
     else:
         keepalive(state, peer, now)
 
 
-def hello(state: SiteState, peer: Peer, message: bytes, now: float) -> None:
-    """A HELLO from ``peer``: liveness, whether it accepts bursts, maybe a reply wanted."""
+def reply_path(peer: Peer, addr: object) -> object:
+    """Where an answer to a request that came by ``addr`` goes: back the same way, unless
+    this peer's transport forbids that way (then its own path)."""
+    mode = peer.reach.mode
+    if peer.addr is not None and (
+        (mode == paths.TCP and not reach.is_link(addr))
+        or (mode == paths.UDP and reach.is_link(addr))
+    ):
+        return peer.addr
+    return addr
+
+
+def hello(state: SiteState, peer: Peer, message: bytes, now: float,
+          addr: object = None) -> None:
+    """A HELLO from ``peer`` (by ``addr``): liveness, whether it accepts bursts, maybe a
+    reply wanted (sent back the way it came, never asking for one itself)."""
     try:
         parsed = wire.decode(message)
     except wire.WireError as exc:
@@ -88,10 +113,12 @@ def hello(state: SiteState, peer: Peer, message: bytes, now: float) -> None:
         peer.keepalives_in += 1
     peer.offload = parsed.offload
     peer.floods = parsed.floods
-    authenticated(state, peer, peer.addr, now)
+    if state.sessions is None:
+        authenticated(state, peer, peer.addr, now)
     guard.hello_flag(state, peer, parsed.blocked, now)
     if parsed.want_reply:
-        keepalive(state, peer, now)
+        keepalive(state, peer, now, to=None if addr is None else reply_path(peer, addr),
+                  reply=True)
 
 
 def stranger(state: SiteState, datagram: bytes, addr: object, now: float) -> None:
@@ -121,18 +148,24 @@ def stranger(state: SiteState, datagram: bytes, addr: object, now: float) -> Non
     state.counters.unknown_source += 1
 
 
-def keepalive(state: SiteState, peer: Peer, now: float) -> None:
-    """A HELLO (sealed in secure mode): liveness, and whether we accept bursts."""
-    message = state.hellos[not peer.up or peer.offload is None][peer.blocked is not None]
+def keepalive(state: SiteState, peer: Peer, now: float, to: object = None,
+              reply: bool = False) -> None:
+    """A HELLO (sealed in secure mode): liveness, and whether we accept bursts; ``to``
+    another path than the peer's; a ``reply`` never asks for one."""
+    message = state.hellos[not reply and (not peer.up or peer.offload is None)][
+        peer.blocked is not None]
+    target = peer.addr if to is None else to
     if state.sessions is None:
-        outbound.send_control(state, peer, message)
+        if target is not None:
+            reach.send_to(state, peer, target, message, now)
         peer.hellos_out += 1
         return
     packet = state.sessions.seal(peer.sessions, message, now)
     if packet is None:
         kick(state, peer, now)
         return
-    outbound.send_control(state, peer, packet)
+    if target is not None:
+        reach.send_to(state, peer, target, packet, now)
     peer.keepalives_out += 1
 
 
@@ -143,11 +176,12 @@ def kick(state: SiteState, peer: Peer, now: float) -> None:
         return
     table = state.sessions
     sessions = peer.sessions
-    if table is None or peer.addr is None or sessions.pending is not None:
+    if table is None or (peer.addr is None and peer.reach.link is None) \
+            or sessions.pending is not None:
         return
     if sessions.next is not None and now - sessions.next.created < table.timers.rekey_timeout_s:
         return  # we answered the peer's handshake: its first packet confirms the keys
-    outbound.send_control(state, peer, table.initiation(sessions, now))
+    reach.send_initiation(state, peer, now)
 
 
 def peer_down(state: SiteState, peer: Peer) -> int:
@@ -166,6 +200,8 @@ def peer_down(state: SiteState, peer: Peer) -> int:
     peer.bursts.pending.clear()
     peer.offload = None
     peer.floods = False
+    if not state.follower:
+        reach.peer_gone(state, peer)
     return flushed
 
 
@@ -173,24 +209,6 @@ def peer_up(state: SiteState, peer: Peer, now: float) -> None:
     """A follower: the leader says ``peer`` is up (the leader heard from it)."""
     if not peer.up:
         state.peers.seen(peer, now)
-
-
-async def resolve_endpoints(state: SiteState) -> None:
-    """Resolve configured endpoints; a failure is logged and retried by the timers."""
-    for peer in state.peers:
-        if peer.configured is not None and peer.addr is None:
-            await resolve(state, peer)
-
-
-async def resolve(state: SiteState, peer: Peer) -> None:
-    try:
-        addr = await state.transport.resolve(peer.configured)  # type: ignore[arg-type]
-    except PeerError as exc:
-        peer.drop("resolve_failed")
-        if peer.drops["resolve_failed"] == 1:
-            log.warning("peer %s: %s (will retry)", peer.name, exc)
-        return
-    state.peers.bind(peer, addr)
 
 
 async def timers(state: SiteState) -> None:
@@ -205,9 +223,7 @@ async def timers(state: SiteState) -> None:
         state.ticked = now
         if table is not None:
             for sessions in table.due_initiations(now):
-                peer = state.peer_of[sessions]
-                if peer.addr is not None:
-                    outbound.send_control(state, peer, table.initiation(sessions, now))
+                reach.send_initiation(state, state.peer_of[sessions], now)
             for sessions in table.expire(now):
                 log.warning("peer %s: no handshake for %.0f s; its keys are dropped",
                             sessions.name, table.timers.drop_keys_after_s)
@@ -219,8 +235,6 @@ async def timers(state: SiteState) -> None:
             keepalive(state, peer, now)
         for peer in peers:
             peer.reassembler.expire(now)
-            if peer.configured is not None and peer.addr is None and not peer.up:
-                await resolve(state, peer)
         now = trio.current_time()
         await trio.sleep_until(min(peers.next_event(now), now + tick_s))
 

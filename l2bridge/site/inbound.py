@@ -1,9 +1,9 @@
 """Inbound: datagrams from the peers to the tap.
 
-Inbound flow, per wake-up of the socket (``run``):
-  1. wait until the socket is readable (or until an incomplete burst's hold
-     time ends), then drain up to BATCH_DATAGRAMS receive calls; ``now`` is the
-     batch's time, passed down;
+Inbound flow, per batch of the socket (``l2bridge.site.loop`` reads it, ``run``
+for a TCP link):
+  1. drain up to BATCH_DATAGRAMS receive calls; ``now`` is the batch's time,
+     passed down; bursts past their hold time are given up (``expire_held``);
   2. demultiplex each datagram (``demux``): sealed mode - a handshake message
      goes to ``SessionTable.receive`` (``events.handshake`` when it completes
      one), a DATA packet to ``SessionTable.open``, whose keys name the peer
@@ -12,6 +12,7 @@ Inbound flow, per wake-up of the socket (``run``):
   3. the inner message (``inner``; formats in ``l2bridge.core.wire``): FRAME →
      ``deliver``; FRAGMENT → the peer's reassembler → ``deliver``; SEGMENT →
      the peer's burst assembler → ``deliver_super``; HELLO → ``events.hello``;
+     ASK, HINT, RELAY_TO, RELAYED → ``reach.message``;
   4. ``deliver``: ``switch.ingress`` (learning, the port's policy) says: the tap,
      a relay (a hub), or a drop counted for the peer.  A flooded frame (a FLOOD
      datagram, or a group destination, which the switch answers with FLOOD)
@@ -19,10 +20,13 @@ Inbound flow, per wake-up of the socket (``run``):
      (``policy.ingress``: loop probes, storm control, DHCP/RA guard, bindings)
      decides first; known unicast never meets it (with ``arp_suppress`` on,
      ``deliver_snooping`` picks out ARP replies and NAs; ``select`` chooses).
-     Relays wait until the batch is read (``Relay``, sent by ``outbound``): the
+     Relays wait until the batch is read (``Relay``, sent by ``outbound``; and
+     ``reach.flush`` for datagrams relayed between two peers): the
      per-datagram path never awaits;
   5. after the batch: a MAC that moved between the tap and a peer wakes the
      guard room (``guard.flapped``).
+A TCP link runs ``run(state, link)`` over its records: the same ``demux``, so
+every layer-2 guard applies whichever way a datagram came (UDP, TCP, a relay).
 
 Kept inline on purpose (the per-datagram path, where a call costs): the
 common case of step 2 (an authenticated datagram from a peer already up at its
@@ -32,6 +36,8 @@ address only refreshes ``last_seen``; anything else goes through
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import trio
 
 from l2bridge.core import noise, offload, wire
@@ -40,45 +46,65 @@ from l2bridge.core.ether import vlan_id
 from l2bridge.core.mss import clamp_mss
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, TAP, Drop
-from l2bridge.site import events, guard, outbound
+from l2bridge.site import events, guard, outbound, reach
 from l2bridge.site.state import SiteState
 
 BATCH_DATAGRAMS = 64
+
+
+class Source(Protocol):
+    """Where datagrams come from: the UDP transport, or a TCP link."""
+
+    async def wait_readable(self) -> None: ...
+
+    def recv_batch(self, max_datagrams: int) -> list[tuple[bytes, object]]: ...
 
 _DATA = bytes((noise.MSG_DATA,))
 _FRAME, _FLOOD, _HDR = wire.TYPE_FRAME, wire.TYPE_FLOOD, wire.HEADER_LEN
 
 
-async def run(state: SiteState) -> None:
-    """Until cancelled: the peers' datagrams to the tap (module flow)."""
-    transport = state.transport
+async def run(state: SiteState, source: Source) -> None:
+    """Until cancelled: ``source``'s datagrams to the tap (module flow).  The site's UDP
+    socket is served by ``l2bridge.site.loop`` together with the tap; this loop serves
+    one TCP link (``l2bridge.site.reach``)."""
     waiting: set[Peer] = set()  # peers holding incomplete bursts
     while True:
-        if waiting:
-            waiting = {p for p in waiting if p.bursts.pending}
-        if waiting:
-            deadline = min(p.bursts.next_deadline() for p in waiting)
-            with trio.move_on_at(deadline):
-                await transport.wait_readable()
-            batch = transport.recv_batch(BATCH_DATAGRAMS)
-            now = trio.current_time()
-            relays: list[Relay] = []
-            for held in list(waiting):
-                for raw in held.bursts.expire(now):
-                    deliver_super(state, held, raw, now, relays)
-                if not held.bursts.pending:
-                    waiting.discard(held)
-            for relay in relays:
-                await relay.send(state, now)
+        deadline = next_hold(waiting)
+        if deadline is None:
+            await source.wait_readable()
         else:
-            await transport.wait_readable()
-            batch = transport.recv_batch(BATCH_DATAGRAMS)
-            now = trio.current_time()
+            with trio.move_on_at(deadline):
+                await source.wait_readable()
+        batch = source.recv_batch(BATCH_DATAGRAMS)
+        now = trio.current_time()
+        await expire_held(state, waiting, now)
         state.inbound_since = now
         await demux(state, batch, now, waiting)
-        if state.switch.flapped != state.l2.flaps_seen:
-            guard.flapped(state, now)
         state.inbound_since = None
+
+
+def next_hold(waiting: set[Peer]) -> float | None:
+    """When the earliest incomplete burst of ``waiting`` must be given up (None: none);
+    peers whose bursts completed leave ``waiting``."""
+    for peer in [p for p in waiting if not p.bursts.pending]:
+        waiting.discard(peer)
+    if not waiting:
+        return None
+    return min(p.bursts.next_deadline() for p in waiting)
+
+
+async def expire_held(state: SiteState, waiting: set[Peer], now: float) -> None:
+    """Deliver what incomplete bursts past their hold time have (the rest is counted lost)."""
+    if not waiting:
+        return
+    relays: list[Relay] = []
+    for held in list(waiting):
+        for raw in held.bursts.expire(now):
+            deliver_super(state, held, raw, now, relays)
+        if not held.bursts.pending:
+            waiting.discard(held)
+    for relay in relays:
+        await relay.send(state, now)
 
 
 async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
@@ -94,7 +120,7 @@ async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
                 events.stranger(state, data, addr, now)
                 continue
             peer.datagrams_in += 1
-            inner(state, peer, data, now, waiting, relays)
+            inner(state, peer, data, addr, now, waiting, relays)
     else:
         receive = table.receive
         open_data = table.open
@@ -111,16 +137,24 @@ async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
             sessions, data = opened
             peer = peer_of[sessions]
             if peer.addr != addr or not peer.up:
-                events.authenticated(state, peer, addr, now)
+                events.authenticated(state, peer, addr, now, _asks_reply(data))
             else:
-                peer.last_seen = now
+                peer.last_seen = peer.path_seen = now
             if not data:  # a keepalive
                 peer.keepalives_in += 1
                 continue
             peer.datagrams_in += 1
-            inner(state, peer, data, now, waiting, relays)
+            inner(state, peer, data, addr, now, waiting, relays)
     for relay in relays:
         await relay.send(state, now)
+    await reach.flush(state, now, waiting)
+    if state.switch.flapped != state.l2.flaps_seen:
+        guard.flapped(state, now)
+
+
+def _asks_reply(data: bytes) -> bool:
+    """A HELLO asking for a reply: a probe, which proves no way back (``core.paths``)."""
+    return len(data) > 1 and data[0] == wire.TYPE_HELLO and bool(data[1] & wire.HELLO_WANT_REPLY)
 
 
 class Relay:
@@ -148,9 +182,10 @@ class Relay:
         await outbound.super_to_peers(state, self.meta, self.frame, chosen, now)
 
 
-def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Peer],
-          relays: list[Relay]) -> None:
-    """Step 3: one inner message from ``peer`` (formats: ``l2bridge.core.wire``)."""
+def inner(state: SiteState, peer: Peer, data: bytes, addr: object, now: float,
+          waiting: set[Peer], relays: list[Relay]) -> None:
+    """Step 3: one inner message from ``peer``, which came by ``addr`` (formats:
+    ``l2bridge.core.wire``)."""
     kind = data[0] if data else 0
     if kind == _FRAME:  # wire's FRAME is header | frame: unwrapped here, the per-frame path
         if len(data) <= _HDR:
@@ -183,7 +218,9 @@ def inner(state: SiteState, peer: Peer, data: bytes, now: float, waiting: set[Pe
                     events.authenticated(state, peer, peer.addr, now)
                 state.deliver(state, peer, whole, now, relays)
         elif kind == wire.TYPE_HELLO:
-            events.hello(state, peer, data, now)
+            events.hello(state, peer, data, now, addr)
+        elif wire.TYPE_ASK <= kind <= wire.TYPE_RELAYED:
+            reach.message(state, peer, data, addr, now)
         else:
             peer.drop("bad_type")
     except (wire.WireError, offload.OffloadError) as exc:

@@ -1,8 +1,8 @@
 """Outbound: frames from the tap to the peers.
 
-Outbound flow, per wake-up of the tap (``run``):
-  1. wait until the tap is readable, then drain up to BATCH_FRAMES reads; ``now``
-     is the batch's time, passed down;
+Outbound flow, per batch of tap reads (``handle``; ``l2bridge.site.loop`` reads
+the tap):
+  1. up to BATCH_FRAMES reads; ``now`` is the batch's time, passed down;
   2. on a vnet tap, runs of same-flow UDP datagrams become USO super-frames
      (``offload.coalesce_udp``);
   3. per read: a super-frame leaves on its own (``send_super``) after what is
@@ -19,10 +19,14 @@ Outbound flow, per wake-up of the tap (``run``):
      guard room (``guard.flapped``).
 Transmission (``send_datagrams``, the one send path for frames, bursts and
 relays): seal the batch with the peer's current session, send it in UDP GSO
-runs, wait (bounded) when the socket buffer is full.  Control datagrams
-(handshakes, keepalives) go out one by one with ``send_control``, never waiting.
+runs (or as one write of records on a TCP link), wait (bounded) when the
+socket buffer is full; a relayed peer's datagrams, and a follower's for a
+peer that worker 0 carries, go through ``reach.carry``.  Each peer's frames
+are cut for its path (``peer.room``: the site's budget, less through a relay,
+more on a TCP link).  Control datagrams (handshakes, keepalives) go out one by
+one with ``reach.send_to``, never waiting.
 
-The batch loop of ``run`` dispatches unicast / flood / drop inline on purpose
+The batch loop of ``handle`` dispatches unicast / flood / drop inline on purpose
 (it is the per-frame path); everything else uses ``targets``.
 """
 
@@ -30,13 +34,12 @@ from __future__ import annotations
 
 import errno
 
-import trio
-
 from l2bridge.core import offload
 from l2bridge.core.mss import clamp_mss
+from l2bridge.core.paths import RELAY
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, Drop
-from l2bridge.site import events, guard
+from l2bridge.site import events, guard, reach
 from l2bridge.site.state import SiteState
 
 BATCH_FRAMES = 64
@@ -48,70 +51,58 @@ _NEEDS_CSUM = offload.F_NEEDS_CSUM
 _VNET_HDR = offload.VNET_HDR
 
 
-async def run(state: SiteState) -> None:
-    """Until cancelled: the tap's frames to the peers (module flow)."""
-    tap = state.tap
+async def handle(state: SiteState, frames: list[bytes], now: float) -> None:
+    """Steps 2-5 for one batch of tap reads (module flow)."""
+    state.outbound_since = now
     switch = state.switch
     egress = switch.egress
     flood = state.policy.egress
     split = state.fragmenter.split
-    split_flooded = state.fragmenter.split_flooded
+    within = state.fragmenter.split_within
     peers = state.peers
     by_port = peers.by_port
     mss = state.config.mss_clamp
     counters = state.counters
     vnet = state.caps.vnet_hdr
-    bursts = state.caps.bursts
-    # Per peer, this wake-up's datagrams: [datagrams, frames, bytes], sent together.
+    counters.tap_frames_in += len(frames)
+    counters.tap_bytes_in += sum(map(len, frames))
+    if vnet and state.caps.bursts and len(frames) > 1 and peers.any_offload():
+        frames = offload.coalesce_udp(frames)
+    # Per peer, this batch's datagrams: [datagrams, frames, bytes], sent together.
     queued: dict[Peer, list] = {}
-    while True:
-        await tap.wait_readable()
-        frames = tap.read_batch(BATCH_FRAMES)
-        if not frames:
-            continue
-        now = trio.current_time()
-        state.outbound_since = now
-        counters.tap_frames_in += len(frames)
-        counters.tap_bytes_in += sum(map(len, frames))
-        if vnet and bursts and len(frames) > 1 and peers.any_offload():
-            frames = offload.coalesce_udp(frames)
-        for frame in frames:
-            if vnet:
-                if frame[1]:  # gso_type: a super-frame, after what is queued
-                    if queued:
-                        await send_queued(state, queued, now)
-                    await send_super(state, frame, now)
-                    continue
-                plain = _plain_from_vnet(state, frame)
-                if plain is None:
-                    continue
-                frame = plain
-            if mss is not None:
-                frame = clamp_mss(frame, mss)
-            decision = egress(frame, now)
-            if type(decision) is int and decision > 0:
-                peer = by_port[decision]
-                peer.unicast_out += 1
-                _queue(queued, peer, split(frame), len(frame))
-            elif decision is FLOOD:
-                chosen = flood(frame, now)
-                if chosen:
-                    # FLOOD to peers that take it, FRAME to the others (an older version)
-                    flooded = split_flooded(frame)
-                    as_frame: list[bytes] | None = None
-                    for peer in chosen:
-                        if peer.floods:
-                            _queue(queued, peer, flooded, len(frame))
-                        else:
-                            as_frame = as_frame or split(frame)
-                            _queue(queued, peer, as_frame, len(frame))
-            else:
-                counters.tap_drop(decision.value)  # type: ignore[union-attr]
-        if queued:
-            await send_queued(state, queued, now)
-        if switch.flapped != state.l2.flaps_seen:
-            guard.flapped(state, now)
-        state.outbound_since = None
+    for frame in frames:
+        if vnet:
+            if frame[1]:  # gso_type: a super-frame, after what is queued
+                if queued:
+                    await send_queued(state, queued, now)
+                await send_super(state, frame, now)
+                continue
+            plain = _plain_from_vnet(state, frame)
+            if plain is None:
+                continue
+            frame = plain
+        if mss is not None:
+            frame = clamp_mss(frame, mss)
+        decision = egress(frame, now)
+        if type(decision) is int and decision > 0:
+            peer = by_port[decision]
+            peer.unicast_out += 1
+            room = peer.room
+            _queue(queued, peer, split(frame) if room is None else within(frame, room),
+                   len(frame))
+        elif decision is FLOOD:
+            chosen = flood(frame, now)  # the layer-2 policy: which peers, counted
+            if chosen:
+                cut: dict[tuple[bool, int | None], list[bytes]] = {}
+                for peer in chosen:
+                    _queue(queued, peer, flooded_datagrams(state, peer, frame, cut), len(frame))
+        else:
+            counters.tap_drop(decision.value)  # type: ignore[union-attr]
+    if queued:
+        await send_queued(state, queued, now)
+    if switch.flapped != state.l2.flaps_seen:
+        guard.flapped(state, now)
+    state.outbound_since = None
 
 
 def targets(state: SiteState, decision: int | Drop, frame: bytes, now: float, *,
@@ -140,11 +131,33 @@ async def forward(state: SiteState, frame: bytes, decision: int | Drop, ingress:
         ingress.drop(chosen.value)
         return
     if chosen:
-        plain = state.fragmenter.split(frame)
-        flooded = state.fragmenter.split_flooded(frame) if decision is FLOOD else plain
+        cut: dict[tuple[bool, int | None], list[bytes]] = {}
         for peer in chosen:
-            await send_datagrams(state, peer, flooded if peer.floods else plain, len(frame),
-                                 now)
+            if decision is FLOOD:
+                datagrams = flooded_datagrams(state, peer, frame, cut)
+            else:
+                room = peer.room
+                datagrams = (state.fragmenter.split(frame) if room is None
+                             else state.fragmenter.split_within(frame, room))
+            await send_datagrams(state, peer, datagrams, len(frame), now)
+
+
+def flooded_datagrams(state: SiteState, peer: Peer, frame: bytes,
+                      cut: dict[tuple[bool, int | None], list[bytes]]) -> list[bytes]:
+    """A flooded frame's datagrams for ``peer``: FLOOD where it takes them (FRAME for an
+    older version), cut for its path's room; ``cut`` keeps each cut for the next peer."""
+    key = (peer.floods, peer.room)
+    datagrams = cut.get(key)
+    if datagrams is None:
+        fragmenter = state.fragmenter
+        if peer.floods:
+            datagrams = fragmenter.split_flooded(frame, peer.room)
+        elif peer.room is None:
+            datagrams = fragmenter.split(frame)
+        else:
+            datagrams = fragmenter.split_within(frame, peer.room)
+        cut[key] = datagrams
+    return datagrams
 
 
 async def send_queued(state: SiteState, queued: dict[Peer, list], now: float) -> None:
@@ -203,20 +216,22 @@ async def super_to_peers(state: SiteState, meta: offload.Meta, frame: bytes,
     segmented here (final checksums) and sent frame by frame.
     """
     chunks: list[bytes] | None = None
-    frames: list[tuple[list[bytes], int]] | None = None
+    segments: list[bytes] | None = None
     for peer in chosen:
-        if peer.offload and chunks is None:
+        burst = peer.offload and peer.path != RELAY  # a relay's envelope leaves no room
+        if burst and chunks is None:
             chunks = _burst(state, meta, frame)
-        if peer.offload and chunks:
+        if burst and chunks:
             peer.bursts_out += 1
             await send_datagrams(state, peer, chunks, len(frame), now)
             continue
-        if frames is None:
-            split = state.fragmenter.split
-            frames = [(split(f), len(f)) for f in offload.segment(meta, frame)]
+        if segments is None:
+            segments = offload.segment(meta, frame)
+        within = state.fragmenter.split_within
+        room = peer.room or state.budget.frame_room
         batch: dict[Peer, list] = {}
-        for datagrams, size in frames:
-            _queue(batch, peer, datagrams, size)
+        for segment in segments:
+            _queue(batch, peer, within(segment, room), len(segment))
         await send_queued(state, batch, now)
 
 
@@ -236,7 +251,7 @@ def _burst(state: SiteState, meta: offload.Meta, frame: bytes) -> list[bytes]:
         chunks = offload.burst_chunks(meta, frame, state.burst_id, size)
     except offload.OffloadError:
         return []
-    state.burst_id = (state.burst_id + 1) & 0xFFFF
+    state.burst_id = (state.burst_id + state.caps.lanes) & 0xFFFF
     return chunks
 
 
@@ -251,6 +266,9 @@ async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], s
     if addr is None:
         peer.drop("no_endpoint")
         return
+    if type(addr) is not tuple and addr.carries:  # type: ignore[attr-defined]
+        await reach.carry(state, peer, addr, datagrams, size, now, frames)
+        return
     table = state.sessions
     if table is not None:
         sealed = table.seal_many(peer.sessions, datagrams, now)
@@ -259,8 +277,8 @@ async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], s
             events.kick(state, peer, now)
             return
         datagrams = sealed
-    transport = state.transport
-    send_batch = transport.send_batch
+    transport = state.transport if type(addr) is tuple else addr  # a TCP link takes records
+    send_batch = transport.send_batch  # type: ignore[union-attr]
     sent = errors = 0
     for _ in range(SEND_RETRIES):
         try:
@@ -278,18 +296,8 @@ async def send_datagrams(state: SiteState, peer: Peer, datagrams: list[bytes], s
             peer.frames_out += frames
             peer.bytes_out += size
             return
-        await transport.wait_writable()
+        await transport.wait_writable()  # type: ignore[union-attr]
     peer.drop("send_buffer_full")
-
-
-def send_control(state: SiteState, peer: Peer, datagram: bytes) -> None:
-    """One control datagram (handshake, HELLO, keepalive): best effort, never waits."""
-    if peer.addr is None:
-        return
-    try:
-        state.transport.send(datagram, peer.addr)
-    except OSError as exc:
-        peer.drop(f"send_{errno_name(exc)}")
 
 
 def errno_name(exc: OSError) -> str:

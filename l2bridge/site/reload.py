@@ -6,11 +6,12 @@ Flow of ``apply`` (synchronous: no other task sees a half-applied config):
      longer allow is removed), the peers' keepalive and dead-after;
   3. removed peers: down (``events.peer_down``: entries, partial frames, bursts),
      out of the peer table, the session table and the switch's policy;
-  4. changed peers: a new endpoint is resolved again by the timers; new keys
-     replace the peer's sessions (it goes down and handshakes anew); keepalive;
-     its port policy (entries it may no longer hold are removed);
-  5. added peers: a new port, its sessions, its policy; the timers resolve its
-     endpoint and handshake;
+  4. changed peers: a new endpoint is resolved again by the resolver; new keys
+     replace the peer's sessions (it goes down and handshakes anew); a new
+     transport starts its paths over (down, links closed); keepalive; its port
+     policy (entries it may no longer hold are removed);
+  5. added peers: a new port, its sessions, its policy, its paths; the resolver
+     resolves its endpoint and the timers handshake;
   6. the layer-2 policy from the new config (storm limits, every bucket full
      again; DHCP/RA guard; ARP/ND suppression; duplicate-MAC settings; loop
      protection), then the loop rule again (turned off, it releases every block).
@@ -29,7 +30,7 @@ from l2bridge.core.keys import Secrets
 from l2bridge.core.peers import Peer
 from l2bridge.core.reload import ReloadPlan
 from l2bridge.core.secure import PeerSessions
-from l2bridge.site import events, guard, inbound
+from l2bridge.site import events, guard, inbound, reach
 from l2bridge.site.state import SiteState, flap_settings
 
 
@@ -53,12 +54,14 @@ def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secre
         pc = by_name[change.name]
         if change.endpoint:
             peer.configured = pc.endpoint
-            if pc.endpoint is not None:
-                state.peers.unbind(peer)  # the timers resolve it again
-        if change.keys:
+            reach.endpoint_changed(state, peer)  # the resolver resolves it again
+        if change.keys or change.transport:
             events.peer_down(state, peer)
+        if change.keys:
             state.l2.loop.forget(peer.name)  # its probes were keyed with its old sessions
             _new_sessions(state, peer, pc, secrets)
+        if change.keys or change.transport or change.endpoint:
+            reach.adopt(state, peer, pc.transport)
         if change.keepalive:
             peer.keepalive_s = min(config.keepalive_s, pc.persistent_keepalive_s)
         if change.policy:
@@ -75,6 +78,7 @@ def _remove(state: SiteState, peer: Peer) -> None:
     events.peer_down(state, peer)
     state.peers.block(peer, None)
     state.switch.set_blocked(peer.port, False)
+    reach.forget(state, peer)
     state.peers.remove(peer)
     state.switch.set_port_policy(peer.port)
     state.l2.loop.forget(peer.name)
@@ -97,6 +101,7 @@ def _add(state: SiteState, pc: PeerConfig, secrets: Secrets) -> None:
     state.peers.add(peer)
     state.switch.set_port_policy(peer.port, allowed=pc.allowed_macs, cap=pc.max_macs)
     _new_sessions(state, peer, pc, secrets)
+    reach.adopt(state, peer, pc.transport)
 
 
 def _new_sessions(state: SiteState, peer: Peer, pc: PeerConfig, secrets: Secrets) -> None:

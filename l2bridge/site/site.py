@@ -3,9 +3,10 @@
 ``Site(config, tap=..., transport=...)`` builds the state; ``run`` resolves the
 configured endpoints (the leader) and starts, in one nursery:
 
-  outbound.run   tap → peers              inbound.run   peers → tap
+  loop.run       tap → peers and peers → tap, one wake-up for both
   events.timers  handshakes, keepalives, liveness (a follower: events.follower_timers)
   events.table_gc  aged MAC entries
+  reach.run      (the leader) TCP links, hints, relays, punching, DNS re-resolution
   guard.run      loop probes, blocks and the layer-2 reports (the leader)
 
 ``status()`` and ``fdb()`` are the views the control socket serves.  A worker
@@ -21,7 +22,7 @@ import trio
 from l2bridge.core.config import SiteConfig
 from l2bridge.io.tap import Tap
 from l2bridge.io.transport import Transport
-from l2bridge.site import events, guard, inbound, outbound, status
+from l2bridge.site import events, guard, inbound, loop, reach, status
 from l2bridge.site.state import SiteState
 
 
@@ -34,19 +35,23 @@ class Site:
         self.state = SiteState(config, tap=tap, transport=transport, **options)
         guard.install(self.state)
         inbound.select(self.state)
+        reach.prepare(self.state)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the site until cancelled."""
         state = self.state
         state.started_at = trio.current_time()
         if not state.follower:
-            await events.resolve_endpoints(state)
+            for peer in state.peers:
+                if peer.configured is not None:
+                    await reach.resolve(state, peer)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbound.run, state)
-            nursery.start_soon(inbound.run, state)
+            state.nursery = nursery
+            nursery.start_soon(loop.run, state)
             nursery.start_soon(events.follower_timers if state.follower else events.timers, state)
             nursery.start_soon(events.table_gc, state)
             if not state.follower:
+                nursery.start_soon(reach.run, state)
                 nursery.start_soon(guard.run, state)
             task_status.started()
 

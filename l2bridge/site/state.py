@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import trio
 
 from l2bridge.core import neigh, noise, offload, wire
 from l2bridge.core.budget import MtuBudget
@@ -34,6 +37,7 @@ from l2bridge.core.secure import PeerSessions, SessionTable, Timers
 from l2bridge.core.storm import StormControl
 from l2bridge.core.switch import Switch
 from l2bridge.io.tap import Tap
+from l2bridge.io.tcp import TcpLinks
 from l2bridge.io.transport import Transport
 
 
@@ -70,6 +74,7 @@ class SiteCounters:
     super_frames_out: int = 0
     tap_write_errors: int = 0
     unknown_source: int = 0
+    carried_frames: int = 0  # worker 0: frames its followers handed it for TCP or relayed peers
     tap_drops: dict[str, int] = field(default_factory=dict)
 
     def tap_drop(self, reason: str) -> None:
@@ -92,6 +97,7 @@ class SiteState:
         clock_unix: Callable[[], float] | None = None,
         lane: int = 0,
         follower: bool = False,
+        links: TcpLinks | None = None,
     ) -> None:
         if caps is None:  # what the devices in hand can do (the daemon decides it itself)
             caps = Capabilities.decide(offload=config.offload, vnet_hdr=tap.vnet_hdr,
@@ -104,8 +110,11 @@ class SiteState:
         self.budget = MtuBudget.of(mtu=config.mtu, wan_mtu=config.wan_mtu,
                                    ipv6_underlay=config.listen.is_ipv6,
                                    sealed=not config.insecure)
-        self.fragmenter = wire.Fragmenter(self.budget.max_plaintext)
-        self.burst_id = 0  # the next SEGMENT burst's id (per sender, wraps at 2**16)
+        # Fragment and burst ids of worker ``lane`` are lane, lane + lanes, ...: two workers
+        # whose lanes meet in one worker at the far end never reuse each other's ids.
+        self.fragmenter = wire.Fragmenter(self.budget.max_plaintext, first_id=lane,
+                                          stride=caps.lanes)
+        self.burst_id = lane  # the next SEGMENT burst's id (per sender, wraps at 2**16)
         self.switch = Switch(
             hub=config.hub,
             ageing_s=config.ageing_s,
@@ -153,6 +162,16 @@ class SiteState:
             tuple(wire.encode_hello(config.name, want_reply=want, offload=caps.bursts,
                                     blocked=blocked, floods=True) for blocked in (False, True))
             for want in (False, True))
+        # Reach (l2bridge.site.reach): peers by public key, TCP links (worker 0), a
+        # follower's pipe to worker 0, and what one inbound batch relays or re-injects.
+        self.identity_public = None if identity is None else identity.public
+        self.by_key: dict[bytes, Peer] = {}
+        self.links = links
+        self.pipe: Any = None  # a follower's reach.Pipe
+        self.nursery: trio.Nursery | None = None  # where worker 0 starts link tasks
+        self.answered: dict[tuple[int, int], float] = {}
+        self.forwarding: dict[Peer, list[bytes]] = {}
+        self.reinjected: list[tuple[bytes, object]] = []
         self.counters = SiteCounters()
         # Layer-2 safety: the policy of flooded frames, the rest in ``l2`` (kept apart so
         # that this object keeps few attributes: the per-frame path reads it often).

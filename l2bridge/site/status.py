@@ -15,6 +15,7 @@ from l2bridge.core.keys import fingerprint
 from l2bridge.core.loop import REASONS
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import TAP
+from l2bridge.site import reach
 from l2bridge.site.state import SiteState
 
 STALL_S = 5.0  # a batch, a timer tick or a worker's report older than this is a stall
@@ -46,6 +47,7 @@ def show(state: SiteState, now: float) -> dict:
             "tap_write_errors": counters.tap_write_errors,
             "super_frames_in": counters.super_frames_in,
             "super_frames_out": counters.super_frames_out,
+            "carried_frames": counters.carried_frames,
         },
         "offload": {
             "tap": state.caps.vnet_hdr,
@@ -53,6 +55,10 @@ def show(state: SiteState, now: float) -> dict:
             "udp_gso": state.transport.gso,
             "udp_gro": state.caps.udp_gro,
         },
+        "tcp": None if state.links is None else {
+            "port": state.links.port, "links": len(state.links.links),
+            **dict(sorted(state.links.counters.items()))},
+        "relay": cfg.relay,
         "unknown_source": counters.unknown_source,
         "socket_errors": state.transport.errors,
         "fdb": {"entries": len(state.switch.entries(now)), **state.switch.counters,
@@ -69,12 +75,25 @@ def peer_view(state: SiteState, peer: Peer, now: float) -> dict:
     for reason, count in peer.reassembler.counters.items():
         if reason != "reassembled" and count:
             drops[f"reassembly_{reason}"] = count
-    format_addr = state.transport.format_addr
+    addr = peer.addr
+    link = peer.reach.link
     return {
         "name": peer.name,
-        "endpoint": format_addr(peer.addr) if peer.addr is not None else None,
+        "endpoint": reach.describe(state, addr) if addr is not None else None,
         "configured_endpoint": str(peer.configured) if peer.configured else None,
         "state": peer.state,
+        "transport": peer.reach.mode,
+        "path": peer.path,
+        "via": addr.via.name if type(addr) is reach.RelayAddr else None,  # type: ignore[union-attr]
+        "udp_endpoint": None if peer.reach.udp is None
+        else state.transport.format_addr(peer.reach.udp),
+        "path_changes": peer.reach.changes,
+        "tcp_link": None if link is None else {
+            "link": link.describe(), "queued_bytes": len(link.pending),
+            "dropped": link.dropped, "records_in": link.records_in,
+            "records_out": link.records_out},
+        "relayed_in": peer.relayed_in,
+        "relayed_out": peer.relayed_out,
         "last_seen_s": None if peer.last_seen is None else round(now - peer.last_seen, 3),
         "frames_in": peer.frames_in,
         "bytes_in": peer.bytes_in,

@@ -2,10 +2,11 @@
 
 Not a user command: ``l2bridge up`` with ``workers = N`` starts N-1 of these,
 each with inherited fds (a tap queue, a socket of the SO_REUSEPORT group, a
-channel to the leader).  Flow: read the leader's ``setup`` from the channel (its
-parsed config, keys and capabilities: a follower reads no file of its own) →
-wrap the fds → run a follower ``Site`` (lane k) and the channel
-(``workers.Follower``) until the leader goes away or SIGTERM.  SIGINT and SIGHUP
+channel to the leader, a pipe for the datagrams the leader carries).  Flow:
+read the leader's ``setup`` from the channel (its parsed config, keys and
+capabilities: a follower reads no file of its own) → wrap the fds → run a
+follower ``Site`` (lane k) and the channel (``workers.Follower``) until the
+leader goes away or SIGTERM.  SIGINT and SIGHUP
 are ignored: a terminal's Ctrl-C reaches the leader, which stops its workers.
 """
 
@@ -25,6 +26,7 @@ from l2bridge.errors import EXIT_FAILED, EXIT_USAGE, L2bridgeError
 from l2bridge.io import logs
 from l2bridge.io.tap import TapDevice, TrioTap
 from l2bridge.io.transport import UdpTransport
+from l2bridge.site import reach
 from l2bridge.site.site import Site
 from l2bridge.site.workers import MAX_MESSAGE_BYTES, Follower, channel_from_fd, setup_of
 
@@ -44,6 +46,8 @@ async def serve(args: argparse.Namespace) -> None:
             identity = None if secrets.private is None else noise.Identity(secrets.private)
             site = Site(config, tap=tap, transport=transport, caps=caps, identity=identity,
                         psks=dict(secrets.psks), lane=args.lane, follower=True)
+            site.state.pipe = reach.Pipe(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET,
+                                                       fileno=args.pipe_fd))
             with trio.open_signal_receiver(signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(site.run)
@@ -65,7 +69,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m l2bridge.site.worker")
-    for name in ("lane", "tap-fd", "sock-fd", "channel-fd"):
+    for name in ("lane", "tap-fd", "sock-fd", "channel-fd", "pipe-fd"):
         p.add_argument(f"--{name}", type=int, required=True)
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

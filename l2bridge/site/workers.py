@@ -13,20 +13,24 @@ Layout (``workers = N`` > 1):
     sees no reordering.  Handshakes and cleartext messages go to worker 0.
   - Every worker seals with the same keypair; nonces never collide because
     worker k's counters are k, k+N, k+2N, ... (``SecureLinks(lane=k, lanes=N)``).
+  - TCP links and relays are worker 0's (``l2bridge.site.reach``): a follower
+    hands a peer on such a path its frames' datagrams, unsealed, through a
+    second socketpair (the *pipe*), and worker 0 seals and sends them.
 
 Leader → follower messages (JSON): first ``{"op": "setup", path, document,
 secrets, caps, lanes}`` - the leader's parsed config, keys and capabilities, so a
 follower never reads a file of its own and runs exactly the leader's site; then
-``{"op": "peer", name, addr, up, offload, blocked, blocks_us}`` when a peer's
-endpoint, liveness, offload or loop block changes, and ``{"op": "keys", "peer",
-"snapshot"}`` when its sessions change.  Follower → leader: ``{"op": "ready"}``
-once its site runs, ``{"op": "kick", "peer"}`` (data is waiting for keys),
-``{"op": "probe", "frame", "peer"}`` (a loop probe it met: the leader holds the
-keys and the rule), ``{"op": "flap"}`` (a MAC moved between the tap and a
-peer), ``{"op": "status", ...}`` every STATUS_EVERY_S.  Storm limits are split
-between the workers (each gets 1/N of every rate and burst).  A follower
-changes peer state only through the site's event hooks (``events.peer_up``,
-``events.peer_down``, ``guard.set_blocks``), as the leader does.
+``{"op": "peer", name, addr, path, up, offload, blocked, blocks_us}`` when a
+peer's endpoint, path, liveness, offload or loop block changes (``addr`` only for
+the UDP path), and ``{"op": "keys", "peer", "snapshot"}`` when its sessions
+change.  Follower → leader: ``{"op": "ready"}`` once its site runs, ``{"op":
+"kick", "peer"}`` (data is waiting for keys), ``{"op": "probe", "frame",
+"peer"}`` (a loop probe it met: the leader holds the keys and the rule),
+``{"op": "flap"}`` (a MAC moved between the tap and a peer), ``{"op":
+"status", ...}`` every STATUS_EVERY_S.  Storm limits are split between the
+workers (each gets 1/N of every rate and burst).  A follower changes peer state
+only through the site's event hooks (``events.peer_up``, ``events.peer_down``,
+``guard.set_blocks``), as the leader does.
 
 Reload: the leader applies the plan to its own site, then sends ``{"op":
 "reload", path, document, secrets}``; each follower computes the same plan
@@ -49,13 +53,14 @@ from typing import Any
 
 import trio
 
+from l2bridge.core import paths
 from l2bridge.core import reload as planning
 from l2bridge.core.caps import Capabilities
 from l2bridge.core.config import SiteConfig, config_from_dict
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
-from l2bridge.site import events, guard
+from l2bridge.site import events, guard, reach
 from l2bridge.site import reload as applying
 from l2bridge.site.site import Site
 from l2bridge.site.status import STALL_S
@@ -82,13 +87,17 @@ def decode(data: bytes) -> dict:
 
 
 def peer_message(peer: Any) -> dict:
-    return {"op": "peer", "name": peer.name, "addr": peer.addr, "up": peer.up,
-            "offload": peer.offload, "blocked": peer.blocked, "blocks_us": peer.blocks_us}
+    """A peer's state for the followers; a path other than UDP is worker 0's to carry."""
+    udp = peer.path == paths.UDP and type(peer.addr) is tuple
+    return {"op": "peer", "name": peer.name, "addr": peer.addr if udp else None,
+            "path": peer.path, "up": peer.up, "offload": peer.offload,
+            "blocked": peer.blocked, "blocks_us": peer.blocks_us}
 
 
-def _view(peer: Any) -> tuple:
-    """What a follower must know of a peer (a change is sent)."""
-    return (peer.addr, peer.up, peer.offload, peer.blocked, peer.blocks_us)
+def peer_view(peer: Any) -> tuple:
+    """What the followers know of a peer: when it changes, they are told."""
+    return (peer.addr if type(peer.addr) is tuple else id(peer.addr), peer.path, peer.up,
+            peer.offload, peer.blocked, peer.blocks_us)
 
 
 class Leader:
@@ -99,6 +108,7 @@ class Leader:
         self.secrets = secrets
         self.lanes = site.state.caps.lanes
         self.channels: dict[int, trio.socket.SocketType] = {}
+        self.pipes: dict[int, socket.socket] = {}  # data: what followers hand to worker 0
         self.processes: dict[int, proc.Child] = {}
         self.statuses: dict[int, dict] = {}
         self.reported: dict[int, float] = {}  # lane -> when it last reported (its sign of life)
@@ -110,13 +120,21 @@ class Leader:
         async with trio.open_nursery() as nursery:
             for lane in range(1, self.lanes):
                 mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                pipe, their_pipe = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 try:
-                    child = await self._spawn(lane, tap_fds[lane], socks[lane], theirs)
+                    child = await self._spawn(lane, tap_fds[lane], socks[lane], theirs,
+                                              their_pipe)
+                except BaseException:
+                    pipe.close()
+                    raise
                 finally:
                     theirs.close()
+                    their_pipe.close()
                 self.processes[lane] = child
                 self.channels[lane] = channel = trio.socket.from_stdlib_socket(mine)
+                self.pipes[lane] = pipe
                 nursery.start_soon(self._watch, lane, child)
+                nursery.start_soon(reach.drain_pipe, self.site.state, pipe)
                 with contextlib.suppress(OSError):  # it is exiting: its watcher names it
                     await channel.send(encode(self._setup()))
             with trio.move_on_after(READY_TIMEOUT_S) as waiting:
@@ -142,12 +160,13 @@ class Leader:
                 "secrets": self.secrets.to_json(), "caps": state.caps.to_json()}
 
     async def _spawn(self, lane: int, tap_fd: int, sock: socket.socket,
-                     channel: socket.socket) -> proc.Child:
+                     channel: socket.socket, pipe: socket.socket) -> proc.Child:
         argv = [sys.executable, "-m", "l2bridge.site.worker", "--lane", str(lane),
                 "--tap-fd", str(tap_fd), "--sock-fd", str(sock.fileno()),
-                "--channel-fd", str(channel.fileno())]
+                "--channel-fd", str(channel.fileno()), "--pipe-fd", str(pipe.fileno())]
         return await proc.start(argv, name=f"worker {lane}",
-                                pass_fds=(tap_fd, sock.fileno(), channel.fileno()))
+                                pass_fds=(tap_fd, sock.fileno(), channel.fileno(),
+                                          pipe.fileno()))
 
     async def _watch(self, lane: int, child: proc.Child) -> None:
         try:
@@ -163,6 +182,10 @@ class Leader:
         channel = self.channels.pop(lane, None)
         if channel is not None:
             channel.close()
+        pipe = self.pipes.pop(lane, None)
+        if pipe is not None:
+            trio.lowlevel.notify_closing(pipe)
+            pipe.close()
 
     async def _listen(self, lane: int, channel: trio.socket.SocketType) -> None:
         state = self.site.state
@@ -193,7 +216,7 @@ class Leader:
         state = self.site.state
         messages = []
         for peer in state.peers:
-            self._sent[peer.name] = _view(peer)
+            self._sent[peer.name] = peer_view(peer)
             messages.append(peer_message(peer))
         if state.sessions is not None:
             now = trio.current_time()
@@ -210,7 +233,7 @@ class Leader:
         while True:
             messages = []
             for peer in state.peers:
-                view = _view(peer)
+                view = peer_view(peer)
                 if self._sent.get(peer.name) != view:
                     self._sent[peer.name] = view
                     messages.append(peer_message(peer))
@@ -290,8 +313,14 @@ class Follower:
         now = trio.current_time()
         if message["op"] == "peer":
             addr = message["addr"]
-            if addr is not None and tuple(addr) != peer.addr:
+            path = message.get("path", paths.UDP)
+            if path != paths.UDP:  # worker 0 carries it: hand it the datagrams
+                if peer.addr is not peer.to_leader:
+                    state.peers.bind(peer, peer.to_leader)
+            elif addr is not None and tuple(addr) != peer.addr:
                 state.peers.bind(peer, tuple(addr))
+            peer.path = path
+            peer.room = reach.room_for(state, path)
             if message["up"] and not peer.up:
                 events.peer_up(state, peer, now)
             elif not message["up"] and peer.up:

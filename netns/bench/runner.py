@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -46,6 +47,7 @@ from typing import Any, TextIO
 
 from l2bridge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from netns.bench import stats as bs
+from netns.bench import transports
 from netns.checks.traffic import TrafficError, iperf3, ping
 from netns.describe.scenario import Scenario, parse_scenario
 from netns.lab import Lab, LabError, open_lab
@@ -455,6 +457,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-latency", action="store_true",
                    help="run the l2bridge gateways with low_latency = true: idle CPUs poll "
                         "instead of halting, machine-wide, for every variant alike")
+    p.add_argument("--transports", action="store_true",
+                   help="instead: the TCP transport against UDP (bounded and unbounded "
+                        "queue) on a clean, a lossy and a 50 Mbit/s WAN, with RTTs under load")
 
 
 def cmd_bench(args: argparse.Namespace,
@@ -462,6 +467,8 @@ def cmd_bench(args: argparse.Namespace,
               out: TextIO | None = None) -> int:
     """Validate, measure under ``runner`` (the CLI's signal-guarded trio.run), print."""
     stream = out or sys.stdout
+    if args.transports:
+        return _cmd_transports(args, runner, stream)
     try:
         settings = bs.make_settings(quick=args.quick, rounds=args.rounds, seconds=args.seconds,
                                     workers=args.workers, low_latency=args.low_latency)
@@ -487,6 +494,36 @@ def cmd_bench(args: argparse.Namespace,
         return EXIT_FAILED if result.errors else EXIT_OK
 
     return runner(body)  # LabError (BenchError too) reaches the CLI: one line, exit 1
+
+
+def _cmd_transports(args: argparse.Namespace,
+                    runner: Callable[[Callable[[], Awaitable[int]]], int], stream: TextIO) -> int:
+    """``--transports``: the TCP transport against UDP (``netns.bench.transports``)."""
+    if args.plot or args.workers != 1 or args.low_latency:
+        _err("--transports takes --rounds, --seconds, --quick and --json only")
+        return EXIT_USAGE
+    settings = transports.Settings()
+    if args.quick:
+        settings = transports.Settings(rounds=1, seconds=bs.QUICK_SECONDS, pings=bs.QUICK_PINGS)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            _err(f"--rounds {args.rounds}: expected at least 1")
+            return EXIT_USAGE
+        settings.rounds = args.rounds
+    if args.seconds is not None:
+        if not 1 <= args.seconds <= 600:
+            _err(f"--seconds {args.seconds:g}: expected 1 to 600")
+            return EXIT_USAGE
+        settings.seconds = args.seconds
+
+    async def body() -> int:
+        result = await transports.run(settings, _err)
+        stream.write(json.dumps(transports.to_doc(result), indent=2) + "\n" if args.json
+                     else transports.format_table(result))
+        stream.flush()
+        return EXIT_FAILED if result.errors else EXIT_OK
+
+    return runner(body)
 
 
 def _err(line: str) -> None:

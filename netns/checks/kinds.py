@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import trio
 
 from l2bridge.ops import control
-from netns.checks import frames, traffic
+from netns.checks import frames, paths, streams, traffic
 from netns.checks.report import CheckResult
 from netns.describe.plan import Node, Plan
 from netns.describe.scenario import Check, Scenario
@@ -105,6 +105,9 @@ Runner = Callable[[Lab, Mapping[str, Any], float], Awaitable[Outcome]]
 async def run_check(lab: Lab, check: Check) -> CheckResult:
     """Run one check, bounded by its timeout; never raises for a failing check."""
     runner = RUNNERS[check.kind]
+    counted = any(c.kind == "wan_frames" and c.params["during"] == check.index
+                  for c in lab.scenario.checks)  # a later check counts what this one sent
+    before = await wan_count(lab) if counted else None
     started = time.monotonic()
     outcome: Outcome | None = None
     try:
@@ -115,6 +118,8 @@ async def run_check(lab: Lab, check: Check) -> CheckResult:
     except OSError as e:
         outcome = (False, f"{check.kind}: {e.strerror or e}", {})
     elapsed = time.monotonic() - started
+    if before is not None:
+        lab.windows[check.index] = (before, await wan_count(lab))
     if outcome is None:
         outcome = (False, f"timed out after {check.timeout_s:g} s", {"timeout_s": check.timeout_s})
     ok, summary, numbers = outcome
@@ -906,6 +911,10 @@ RUNNERS: dict[str, Runner] = {
     "storm": check_storm,
     "dhcp_local": check_dhcp_local,
     "mac_flap": check_mac_flap,
+    "stream": streams.check_stream,  # type: ignore[dict-item]  # timeline checks: streams.Lab
+    "recovers": streams.check_recovers,  # type: ignore[dict-item]
+    "path": paths.check_path,  # type: ignore[dict-item]  # they read show: paths.Lab
+    "quiet": paths.check_quiet,  # type: ignore[dict-item]
 }
 
 

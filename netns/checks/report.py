@@ -48,10 +48,11 @@ class RunReport:
     hosts: int
     results: tuple[CheckResult, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    events: tuple[EventResult, ...] = ()  # a timeline's events, in the order they ran
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.results)
+        return all(r.ok for r in self.results) and all(e.ok for e in self.events)
 
     @property
     def passed(self) -> int:
@@ -85,13 +86,22 @@ def format_table(report: RunReport) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 7)
+    if report.events:
+        lines += ["", "events:"]
+        for e in report.events:
+            when = (f"t = {e.applied_s:.2f} s" if e.applied_s is not None
+                    else "between checks")
+            lines.append(f"  e{e.index}  {'ok' if e.ok else 'FAIL'}  {when}  {e.name}: "
+                         f"{e.summary}")
     cut = [r for r in report.results if not r.ok and len(r.summary) > SUMMARY_MAX]
     if cut:
         lines += ["", "failed checks in full:"]
         lines += [f"  {r.index} {r.name}: {r.summary}" for r in cut]
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in report.timings.items())
     verdict = "PASS" if report.ok else "FAIL"
+    failed_events = sum(1 for e in report.events if not e.ok)
     lines += ["", f"{verdict}: {report.passed}/{len(report.results)} checks passed"
+              + (f", {failed_events} events failed" if failed_events else "")
               + (f" ({timing})" if timing else "")]
     return "\n".join(lines) + "\n"
 
@@ -109,12 +119,31 @@ def to_json(report: RunReport) -> str:
         "total": len(report.results),
         "timings_s": {k.removesuffix("_s"): round(v, 3) for k, v in report.timings.items()},
         "checks": [r.as_dict() for r in report.results],
+        "events": [e.as_dict() for e in report.events],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 def make_report(lab: str, scenario: Any, gateway: str, hosts: int,
-                results: Sequence[CheckResult], timings: dict[str, float]) -> RunReport:
+                results: Sequence[CheckResult], timings: dict[str, float],
+                events: Sequence[EventResult] = ()) -> RunReport:
     return RunReport(lab=lab, scenario=scenario.name, path=scenario.path, gateway=gateway,
                      sites=len(scenario.sites), hosts=hosts, results=tuple(results),
-                     timings=dict(timings))
+                     timings=dict(timings), events=tuple(events))
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """One timeline event as it ran: when it was due, when it was applied, what it did."""
+
+    index: int
+    name: str
+    kind: str
+    at_s: float | None  # due on the timeline (None: between checks)
+    applied_s: float | None  # when it was applied, on the timeline
+    ok: bool
+    summary: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "kind": self.kind, "at_s": self.at_s,
+                "applied_s": self.applied_s, "ok": self.ok, "summary": self.summary}

@@ -51,6 +51,7 @@ from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
 from netns.checks.frames import ETH_HLEN, TPID_8021Q, insert_vlan_tag, parse_pcap
 from netns.realise.nsenter import in_netns, netns_path, netns_preexec
+from netns.realise.ports import port_open
 
 # Debian package that provides each program we run.
 TOOL_PACKAGES = types.MappingProxyType(
@@ -90,8 +91,6 @@ SOCKET_RCVBUF_BYTES = 8 * 1024 * 1024
 MAX_KEPT_FRAMES = 10_000  # FrameCounter.frames keeps at most this many
 COUNTER_SETTLE_S = 0.3
 OUTPUT_READ_BYTES = 65_536  # one pread of a tool's captured output
-
-TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 
 
 class TrafficError(L2bridgeError):
@@ -231,7 +230,7 @@ class _Child:
         pid = self.child.pid
 
         async def listening() -> bool:
-            return _port_open(pid, proto, port)
+            return port_open(pid, proto, port)
 
         await self.child.wait_ready(
             listening, deadline=trio.current_time() + timeout_s, poll_s=READY_POLL_S,
@@ -260,49 +259,6 @@ def _read_all(f: IO[bytes]) -> str:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks).decode(errors="replace")
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    """Inodes of the sockets process ``pid`` holds open."""
-    inodes: set[str] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
-def _port_open(pid: int, proto: str, port: int) -> bool:
-    """Whether process ``pid`` itself holds a ``proto`` socket on local ``port``.
-
-    For TCP only listening sockets count; for UDP any bound socket does.  The
-    socket must be one of ``pid``'s own (matched by inode), so another daemon
-    already on the port does not pass for ours.
-    """
-    owned = _socket_inodes(pid)
-    for table in (proto, proto + "6"):
-        try:
-            with open(f"/proc/{pid}/net/{table}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port != port or (proto == "tcp" and fields[3] != TCP_LISTEN):
-                continue
-            if len(fields) > 9 and fields[9] in owned:
-                return True
-    return False
 
 
 @contextlib.asynccontextmanager
@@ -565,6 +521,8 @@ async def dhcp_lease(
             "--pid-file=",
             "--dhcp-authoritative",
             "--no-ping",
+            "--user=",  # keep its uid and groups: a rootless lab maps no other user
+            "--group=",  # (and may not call setgroups)
         ]
         client_argv = [busybox, "udhcpc", "-i", client_if, "-n", "-q", "-f"]
         client_argv += ["-t", str(tries), "-T", "1", "-s", script]
@@ -727,7 +685,10 @@ def _open_packet_socket(ns: str, ifname: str, proto: int) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             if proto:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF_BYTES)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF_BYTES)
+                except PermissionError:  # a rootless lab: only up to net.core.rmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
                 sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             sock.bind((ifname, proto))
             sock.setblocking(False)

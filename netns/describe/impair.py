@@ -10,17 +10,22 @@ knob                mechanism                                                  w
 ``loss_percent``    nftables ``numgen random mod 10000 < N drop`` in the       router,
                     router's forward chain, once for ``iifname SITE`` and      forward
                     once for ``oifname SITE``
-``duplicate_...``   nftables ``dup to ip daddr device oif`` (same numgen       router,
-                    test) in a postrouting chain after source NAT, so a copy   postrouting
-                    carries the translated addresses
+``duplicate_...``   nftables ``dup to ip daddr device oif`` (``ip6`` for IPv6; router,
+                    same numgen test) in a postrouting chain               postrouting
+``block_udp``       nftables ``meta l4proto udp drop``, once for ``iifname   router,
+                    SITE`` and once for ``oifname SITE`` (IPv4 and IPv6)       forward
 ``delay_ms``        the userspace relay (``netns/relay.py``), a layer-2 bump   router ns,
 ``jitter_ms``       in the site link; inserted only when one of these three    between the
 ``reorder_...``     is set (or ``relay = true``)                               veth legs
 ``mtu``             the MTU of every veth of the link; the daemon's            link
                     ``wan_mtu`` is the smallest MTU on its paths
-``nat``             the link in 100.64.<i>.0/24, masquerade toward the other   router
-                    sites, ``ct state new`` toward the site dropped
+``nat``             the site's own NAT router between its gateway and the      ``P-S-nat``
+                    link (``nat.py``)
 ==================  =========================================================  ==========
+
+The router's rules live in one ``inet`` table named after the lab, so they
+apply to IPv4 and IPv6 alike (``[wan] ipv6``); tbf is family-neutral and the
+relay works at layer 2.
 
 Every knob applies to each direction of the site's link, as a cable would: a
 frame between two sites crosses both sites' links, so two links with 2% loss
@@ -33,6 +38,8 @@ Relay layout for site ``S`` (site names carry no ``_``, so these never clash)::
 
     P-S-gw:wan0 ═ P-wan:S_g ┄┄ relay ┄┄ P-wan:S_r ═ P-wan:S (router address)
 
+(behind NAT, ``P-S-nat:wan0`` stands where ``P-S-gw:wan0`` is.)
+
 ``S_g`` and ``S_r`` have no addresses and IPv6 off; the relay moves frames
 between them.  They must stay invisible to the router's own stack (else it would
 answer ARP for its addresses on them and the frames would bypass the relay):
@@ -43,7 +50,6 @@ the link is one veth ``P-S-gw:wan0 ═ P-wan:S``.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import sys
 from collections.abc import Sequence
@@ -51,8 +57,6 @@ from dataclasses import dataclass
 
 from netns.describe.scenario import Link
 
-UNDERLAY_NET = "198.18.0.0/15"  # the benchmarking range: site i is 198.18.<i>.0/24
-NAT_NET = "100.64.0.0/10"  # shared address space: a NAT site i is 100.64.<i>.0/24
 NUMGEN_RANGE = 10_000  # loss and duplication resolve to 0.01 %
 TBF_LATENCY_MS = 50  # the most a frame waits in tbf's queue before it is dropped
 TBF_BURST_S = 0.004  # bucket depth in seconds at the rate (a 250 Hz tick)
@@ -60,7 +64,9 @@ ETH_HLEN = 14
 GW_LEG_SUFFIX = "_g"  # relay leg toward the gateway
 ROUTER_LEG_SUFFIX = "_r"  # relay leg toward the router's address
 RELAY_QUEUE_FRAMES = 10_000  # per direction; beyond it frames are dropped and counted
-DUP_CHAIN_PRIORITY = "srcnat + 10"  # after masquerade: copies carry translated headers
+DUP_CHAIN_PRIORITY = "srcnat + 10"  # after any source NAT: copies carry the final headers
+DUP_FAMILIES = ("ip", "ip6")  # "dup to ADDRESS" takes one family: a table each
+ROUTER_FAMILIES = ("inet", *DUP_FAMILIES)  # the router's filter tables named after the lab
 
 
 # ---------------------------------------------------------------- steps
@@ -98,13 +104,7 @@ class NftRuleset:
         return f"nft {self.ns}: {tables} ({rules} rules)"
 
 
-# ---------------------------------------------------------------- addressing
-
-
-def link_addresses(index: int, link: Link) -> tuple[str, str]:
-    """(router, gateway) addresses of site ``index``'s link, both in a /24."""
-    net = ipaddress.ip_network(NAT_NET if link.nat else UNDERLAY_NET)
-    return str(net[index * 256 + 1]), str(net[index * 256 + 2])
+# ---------------------------------------------------------------- MTU
 
 
 def wan_mtu_for(own: Link, peers: Sequence[Link]) -> int:
@@ -136,8 +136,13 @@ class RelayPlan:
             "--a", self.gw_leg, "--b", self.router_leg,
             "--delay-ms", f"{self.delay_ms:g}", "--jitter-ms", f"{self.jitter_ms:g}",
             "--reorder-percent", f"{self.reorder_percent:g}", "--seed", str(self.seed),
-            "--queue-frames", str(self.queue_frames),
+            "--queue-frames", str(self.queue_frames), "--knobs", self.knobs_path,
         ]
+
+    @property
+    def knobs_path(self) -> str:
+        """Where an impair event writes new knobs before it sends the relay SIGHUP."""
+        return self.log_path.removesuffix(".log") + ".json"
 
     def __str__(self) -> str:
         return (f"relay {self.ns}: {self.gw_leg} <-> {self.router_leg} delay "
@@ -195,7 +200,10 @@ def numgen_match(percent: float, pattern: str = "random") -> str:
     if pattern == "periodic":
         period = max(1, round(100 / percent))
         return f"numgen inc mod {period} 0"
-    return f"numgen random mod {NUMGEN_RANGE} < {numgen_threshold(percent)}"
+    threshold = numgen_threshold(percent)
+    if threshold >= NUMGEN_RANGE:
+        return ""  # every packet (nft refuses "< 10000": the values are 0..9999)
+    return f"numgen random mod {NUMGEN_RANGE} < {threshold}"
 
 
 def numgen_threshold(percent: float) -> int:
@@ -211,30 +219,29 @@ def nft_ruleset(table: str, links: Sequence[tuple[str, Link]],
                 relay_legs: Sequence[str] = ()) -> str | None:
     """The router's ruleset for every link (``(router ifname, link)``), or None if empty.
 
-    Flow of a frame through the router: 0. arriving on a relay leg: dropped at
-    netdev ingress (the relay already has it)  1. forward chain: new connections
-    toward a NAT site dropped (only its outbound traffic gets through), then loss
-    on the incoming link, then loss on the outgoing link  2. nat postrouting:
-    masquerade what comes from a NAT site  3. postrouting at srcnat + 10:
-    duplication on the incoming link, then on the outgoing one (a copy is never
-    copied again).
+    Flow of a packet through the router: 0. arriving on a relay leg: dropped at
+    netdev ingress (the relay already has it)  1. forward chain (table ``inet``,
+    both families): UDP to or from a link that blocks it dropped, then loss on the
+    incoming link, then loss on the outgoing link  2. postrouting at srcnat + 10
+    (tables ``ip`` and ``ip6``: ``dup`` takes one family's address): duplication
+    on the incoming link, then on the outgoing one (a copy is never copied again).
+    NAT is not the router's: each NAT site has its own (``nat.py``).
     """
     forward: list[str] = []
-    nat: list[str] = []
     dup: list[str] = []
-    for ifname, link in links:
-        if link.nat:
-            forward.append(f"oifname {_q(ifname)} ct state new drop")
-            nat.append(f"iifname {_q(ifname)} masquerade")
+    for direction in ("iifname", "oifname"):
+        for ifname, link in links:
+            if link.block_udp:
+                forward.append(f"{direction} {_q(ifname)} meta l4proto udp drop")
     for direction in ("iifname", "oifname"):
         for ifname, link in links:
             if link.loss_percent:
                 hit = numgen_match(link.loss_percent, link.loss_pattern)
-                forward.append(f"{direction} {_q(ifname)} {hit} drop")
+                forward.append(_words(direction, _q(ifname), hit, "drop"))
             if link.duplicate_percent:
                 hit = numgen_match(link.duplicate_percent, link.loss_pattern)
-                dup.append(f"{direction} {_q(ifname)} {hit} dup to ip daddr device oif")
-    if not (forward or nat or dup or relay_legs):
+                dup.append(_words(direction, _q(ifname), hit))
+    if not (forward or dup or relay_legs):
         return None
     lines = []
     if relay_legs:
@@ -242,18 +249,31 @@ def nft_ruleset(table: str, links: Sequence[tuple[str, Link]],
         lines += [f"table netdev {table} {{", "  chain relay_legs {",
                   f"    type filter hook ingress devices = {{ {devices} }} priority filter; "
                   "policy drop;", "  }", "}"]
-    if not (forward or nat or dup):
-        return "\n".join(lines) + "\n"
-    lines.append(f"table ip {table} {{")
-    for name, header, rules in (
-        ("forward", "type filter hook forward priority filter; policy accept;", forward),
-        ("nat", "type nat hook postrouting priority srcnat; policy accept;", nat),
-        ("duplicate", f"type filter hook postrouting priority {DUP_CHAIN_PRIORITY}; "
-                      "policy accept;", dup),
-    ):
-        if rules:
-            lines += [f"  chain {name} {{", f"    {header}"]
-            lines += [f"    {rule}" for rule in rules]
-            lines.append("  }")
-    lines.append("}")
+    if forward:
+        lines += _table("inet", table, "forward",
+                        "type filter hook forward priority filter; policy accept;", forward)
+    if dup:
+        for family in DUP_FAMILIES:
+            lines += _table(family, table, "duplicate",
+                            f"type filter hook postrouting priority {DUP_CHAIN_PRIORITY}; "
+                            "policy accept;", [f"{rule} dup to {family} daddr device oif"
+                                               for rule in dup])
     return "\n".join(lines) + "\n"
+
+
+def _words(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _table(family: str, table: str, chain: str, header: str, rules: Sequence[str]) -> list[str]:
+    return [f"table {family} {table} {{", f"  chain {chain} {{", f"    {header}",
+            *(f"    {rule}" for rule in rules), "  }", "}"]
+
+
+def nft_replace(table: str, links: Sequence[tuple[str, Link]]) -> str:
+    """One ``nft -f`` transaction that replaces the router's filter tables (the netdev
+    table of the relay legs stays): each family's table made if absent, deleted, and
+    built again from ``links``."""
+    text = "".join(f"table {family} {table} {{}}\ndelete table {family} {table}\n"
+                   for family in ROUTER_FAMILIES)
+    return text + (nft_ruleset(table, links) or "")

@@ -5,17 +5,22 @@ Naming scheme (P = the run prefix, ``l2b`` + 5 hex digits, e.g. ``l2b3f9a1``):
 =====================  ==========================================================
 namespace              contents
 =====================  ==========================================================
-``P-wan``              the WAN router (ip forwarding on); one veth per site,
-                       named after the site, address 198.18.<i>.1/24 (100.64.<i>.1
-                       for a site behind NAT); with a delay relay on the link also
-                       the relay's legs ``<site>_g`` and ``<site>_r`` (impair.py);
-                       the nftables table ``P`` when a link has loss, duplication
-                       or NAT
-``P-<site>-gw``        the gateway: ``wan0`` (198.18.<i>.2/24 or 100.64.<i>.2/24,
-                       default route via .1) and ``eth1``, the veth standing in for
+``P-wan``              the WAN router (forwarding on); one veth per site, named
+                       after the site, address 198.18.<i>.1/24 and/or
+                       2001:db8:<i>::1/64 (``underlay.py``); with a delay relay
+                       on the link also the relay's legs ``<site>_g`` and
+                       ``<site>_r`` (impair.py); the nftables table ``P`` when a
+                       link has loss, duplication or blocks UDP; with ``[lab] dns``
+                       the DNS server's addresses on ``lo`` (``dns.py``)
+``P-<site>-gw``        the gateway: ``wan0`` (198.18.<i>.2/24 and/or
+                       2001:db8:<i>::2/64, or 100.64.<i>.2/24 behind NAT; default
+                       routes via .1 / ::1) and ``eth1``, the veth standing in for
                        the physical NIC;
                        the gateway (l2bridge or kernel VXLAN) adds ``br0`` and its
                        tunnel device
+``P-<site>-nat``       behind NAT only: the site's NAT router, ``lan0``
+                       100.64.<i>.1/24 toward the gateway, ``wan0`` 198.18.<i>.2/24
+                       (the site's public address) toward the WAN router (nat.py)
 ``P-<site>-sw``        the LAN switch: bridge ``br0`` (STP off, forward delay 0)
                        with port ``gw`` (peer of the gateway's ``eth1``), one
                        port per host, named after the host, and ``lan<k>``
@@ -49,17 +54,34 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from l2bridge.core import config, keys
-from netns.describe.impair import (
-    AddTbf,
-    NftRuleset,
-    RelayPlan,
-    link_addresses,
-    nft_ruleset,
-    relay_plan,
-    tbf_step,
-    wan_mtu_for,
-)
+from netns.describe.dns import HOSTS_FILE as DNS_HOSTS_FILE
+from netns.describe.dns import LOG_FILE as DNS_LOG_FILE
+from netns.describe.dns import RESOLV_FILE, DnsPlan, dns_name
+from netns.describe.impair import RelayPlan, nft_ruleset, relay_plan, wan_mtu_for
+from netns.describe.nat import NAT_SUFFIX, NatPlan
+from netns.describe.paths import L2BRIDGE_CHECKS
 from netns.describe.scenario import Link, Scenario, ScenarioError, Site
+from netns.describe.steps import (
+    AddAddress,
+    AddBridge,
+    AddNetns,
+    AddVeth,
+    NftRuleset,
+    SetLink,
+    Step,
+    Sysctl,
+    VlanPort,
+)
+from netns.describe.timeline import L2BRIDGE_ONLY
+from netns.describe.underlay import (
+    DNS_ADDRESS4,
+    DNS_ADDRESS6,
+    SiteAddresses,
+    host_port,
+    peer_address,
+    site_addresses,
+)
+from netns.describe.wanlink import link_steps
 
 LAB_RUN_DIR = "/run/l2bridge/lab"
 PREFIX_HEAD = "l2b"
@@ -70,10 +92,13 @@ VXLAN_PORT = 4789
 VXLAN_MESH_VNI = 42
 VXLAN_HUB_VNI_BASE = 1000
 VXLAN_OVERHEAD_V4 = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+VXLAN_OVERHEAD_V6 = 70  # outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
 IFNAME_MAX = 15
 LOOPBACK = "lo"
 SWITCH_BRIDGE = "br0"  # the LAN switch's bridge, in P-<site>-sw
 SWITCH_UPLINK = "gw"  # its port towards the gateway's eth1
+# Daemon keys of [[peer]] a site's ``l2bridge = {...}`` may give: they go on every peer.
+PEER_KEYS = ("transport",)
 
 
 def new_prefix() -> str:
@@ -88,102 +113,6 @@ def is_prefix(text: str) -> bool:
         and text.startswith(PREFIX_HEAD)
         and all(c in "0123456789abcdef" for c in text[len(PREFIX_HEAD):])
     )
-
-
-# ---------------------------------------------------------------- steps
-
-
-@dataclass(frozen=True, slots=True)
-class AddNetns:
-    ns: str
-
-    def __str__(self) -> str:
-        return f"netns add {self.ns}"
-
-
-@dataclass(frozen=True, slots=True)
-class Sysctl:
-    ns: str
-    key: str  # dotted, e.g. net.ipv4.ip_forward
-    value: str
-
-    def __str__(self) -> str:
-        return f"sysctl {self.ns} {self.key}={self.value}"
-
-
-@dataclass(frozen=True, slots=True)
-class AddVeth:
-    ns: str
-    ifname: str
-    peer_ns: str
-    peer_ifname: str
-    mtu: int
-
-    def __str__(self) -> str:
-        return (
-            f"veth {self.ns}:{self.ifname} <-> {self.peer_ns}:{self.peer_ifname} mtu {self.mtu}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AddBridge:
-    ns: str
-    ifname: str
-
-    def __str__(self) -> str:
-        return f"bridge {self.ns}:{self.ifname} stp off forward_delay 0"
-
-
-@dataclass(frozen=True, slots=True)
-class SetLink:
-    ns: str
-    ifname: str
-    master: str | None = None
-    mac: str | None = None
-
-    def __str__(self) -> str:
-        extra = f" master {self.master}" if self.master else ""
-        extra += f" mac {self.mac}" if self.mac else ""
-        return f"link {self.ns}:{self.ifname}{extra} up"
-
-
-@dataclass(frozen=True, slots=True)
-class AddAddress:
-    ns: str
-    ifname: str
-    cidr: str
-
-    def __str__(self) -> str:
-        return f"addr {self.ns}:{self.ifname} {self.cidr}"
-
-
-@dataclass(frozen=True, slots=True)
-class AddRoute:
-    ns: str
-    dst: str
-    via: str
-
-    def __str__(self) -> str:
-        return f"route {self.ns} {self.dst} via {self.via}"
-
-
-@dataclass(frozen=True, slots=True)
-class VlanPort:
-    """A LAN switch port as an access port of VLAN ``vid`` (0: native, untagged only)."""
-
-    ns: str
-    ifname: str
-    vid: int
-
-    def __str__(self) -> str:
-        if self.vid:
-            return (f"vlan {self.ns}:{self.ifname} access vid {self.vid} "
-                    "(tc bpf: push tag in, pass only vid and pop tag out)")
-        return f"vlan {self.ns}:{self.ifname} native (tc bpf: pass only untagged out)"
-
-
-Step = (AddNetns | Sysctl | AddVeth | AddBridge | SetLink | AddAddress | AddRoute | VlanPort
-        | AddTbf | NftRuleset)
 
 
 # ---------------------------------------------------------------- plan model
@@ -229,7 +158,7 @@ class VxlanDev:
 @dataclass(frozen=True, slots=True)
 class PeerPlan:
     name: str
-    address: str | None  # the peer gateway's underlay address; None: it dials in (NAT)
+    address: str | None  # the peer's public address this site dials; None: it dials in
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +169,8 @@ class SitePlan:
     gateway: str  # "l2bridge" | "vxlan"
     gw_ns: str
     sw_ns: str
-    underlay: str  # gateway's WAN address (bare)
-    router: str  # router's address on this site's link (bare)
+    underlay: str  # gateway's WAN address (bare; behind NAT its private one)
+    router: str  # the gateway's next hop: the WAN router, or its NAT router (bare)
     peers: tuple[PeerPlan, ...]
     config_path: str
     log_path: str
@@ -256,6 +185,14 @@ class SitePlan:
     wan_if: str = ""  # the router's interface toward this site (named after the site)
     relay: RelayPlan | None = None  # the delay relay on this link, if any
     wan_mtu: int = 1500  # the daemon's wan_mtu: the smallest MTU on its paths
+    addrs: SiteAddresses | None = None  # every underlay address (underlay.py)
+    nat: NatPlan | None = None  # its own NAT router, when it is behind NAT
+    resolv_conf: str | None = None  # the resolv.conf its daemon sees (lab DNS)
+
+    @property
+    def addresses(self) -> SiteAddresses:
+        assert self.addrs is not None, self.name
+        return self.addrs
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +219,8 @@ class Plan:
     nodes: dict[str, Node]
     sites: tuple[SitePlan, ...]
     steps: tuple[Step, ...]
+    offload: bool | None = None  # what the daemon configs say about offloads (None: default)
+    dns: DnsPlan | None = None  # the lab's DNS server ([lab] dns)
     lan_links: tuple[LanLinkPlan, ...] = ()
 
     def site(self, name: str) -> SitePlan:
@@ -308,8 +247,12 @@ class Plan:
         ]
         lines += [str(step) for step in self.steps]
         lines += [str(s.relay) for s in self.sites if s.relay is not None]
+        lines += [str(s.nat) for s in self.sites if s.nat is not None]
+        if self.dns is not None:
+            lines.append(str(self.dns))
         for s in self.sites:
-            peers = ", ".join(f"{p.name} {p.address or '(dials in)'}" for p in s.peers)
+            peers = ", ".join(f"{p.name} {endpoint_text(self.scenario, p) or '(dials in)'}"
+                              for p in s.peers)
             role = " (hub)" if s.hub else ""
             if s.gateway == "l2bridge":
                 lines.append(
@@ -324,7 +267,10 @@ class Plan:
                         f"remotes {' '.join(dev.remotes)}"
                     )
         for check in self.scenario.checks:
-            lines.append(f"check {check.index}: {check.kind}: {check.name}")
+            when = "" if check.at is None else f" (timeline, t = {check.at:g} s)"
+            lines.append(f"check {check.index}: {check.kind}: {check.name}{when}")
+        for event in self.scenario.events:
+            lines.append(f"event {event.index}: {event.when}: {event.name}")
         return lines
 
 
@@ -381,17 +327,19 @@ def make_plan(
             scenario, wan=dataclasses.replace(scenario.wan, mtu=wan_mtu)
         )
     mode = gateway or scenario.gateway
-    if mode == "vxlan" and scenario.wan.mtu < scenario.lan.mtu + VXLAN_OVERHEAD_V4:
-        need = scenario.lan.mtu + VXLAN_OVERHEAD_V4
+    overhead = VXLAN_OVERHEAD_V4 if scenario.ipv4_wan else VXLAN_OVERHEAD_V6
+    if mode == "vxlan" and scenario.wan.mtu < scenario.lan.mtu + overhead:
+        need = scenario.lan.mtu + overhead
         raise ScenarioError(
             scenario.path,
             "wan.mtu",
             f"vxlan gateways need wan.mtu >= {need} for a {scenario.lan.mtu}-byte LAN "
-            f"(VXLAN adds {VXLAN_OVERHEAD_V4} bytes and never fragments), found "
+            f"(VXLAN adds {overhead} bytes and never fragments), found "
             f"{scenario.wan.mtu}; raise it (--wan-mtu {need}) or use the l2bridge gateway",
         )
     if mode == "vxlan":
-        _check_vxlan_links(scenario)
+        _check_vxlan_links(scenario, overhead)
+        _check_vxlan_events(scenario)
     rundir = rundir or f"{LAB_RUN_DIR}/{prefix}"
     wan_ns = f"{prefix}-wan"
     nodes: dict[str, Node] = {"wan": Node(ref="wan", ns=wan_ns, site=None, role="wan")}
@@ -400,9 +348,10 @@ def make_plan(
     names.lab_owns(_ns(wan_ns), "the WAN router")
     names.lab_owns(_iface(wan_ns, LOOPBACK), "the loopback")
     hosts = _host_addressing(scenario)
+    dns = _dns_plan(scenario, wan_ns, rundir)
 
     site_plans: list[SitePlan] = []
-    peers_of = _peers(scenario)
+    peers_of = scenario.peers_of()
     for i, site in enumerate(scenario.sites, start=1):
         key = f"site[{i - 1}]"
         owner = f'{key} "{site.name}"'
@@ -415,6 +364,18 @@ def make_plan(
         namespaces += [gw_ns, sw_ns]
         nodes[f"{site.name}.gw"] = Node(f"{site.name}.gw", gw_ns, site.name, "gw")
         nodes[f"{site.name}.sw"] = Node(f"{site.name}.sw", sw_ns, site.name, "sw")
+        link = scenario.link(site.name)
+        addrs = site_addresses(i, nat=bool(link.nat), ipv4=scenario.ipv4_wan,
+                               ipv6=scenario.wan.ipv6)
+        nat = None
+        if link.nat:
+            nat_ns = f"{prefix}-{site.name}-{NAT_SUFFIX}"
+            names.claim(_ns(nat_ns), f"{key}.wan.nat", f"{owner} (its NAT router)")
+            namespaces.append(nat_ns)
+            ref = f"{site.name}.{NAT_SUFFIX}"
+            nodes[ref] = Node(ref, nat_ns, site.name, NAT_SUFFIX)
+            assert addrs.inside4 is not None and addrs.public4 is not None
+            nat = NatPlan(site.name, nat_ns, link.nat, addrs.inside4, addrs.public4)
         for j, host in enumerate(site.hosts):
             ref = f"{site.name}.{host.name}"
             ns = f"{prefix}-{site.name}-{host.name}"
@@ -425,8 +386,6 @@ def make_plan(
             namespaces.append(ns)
             v4, v6, mac = hosts[ref]
             nodes[ref] = Node(ref, ns, site.name, "host", "eth0", v4, v6, mac, host.vlan)
-        link = scenario.link(site.name)
-        router, gateway_addr = link_addresses(i, link)
         site_plan = SitePlan(
             name=site.name,
             index=i,
@@ -434,8 +393,8 @@ def make_plan(
             gateway=mode,
             gw_ns=gw_ns,
             sw_ns=sw_ns,
-            underlay=gateway_addr,
-            router=router,
+            underlay=addrs.underlay,
+            router=addrs.router,
             peers=(),
             config_path=f"{rundir}/{site.name}.toml",
             log_path=f"{rundir}/{site.name}.log",
@@ -448,6 +407,9 @@ def make_plan(
             wan_if=site.name,
             relay=relay_plan(site.name, i, link, ns=wan_ns, seed=scenario.wan.seed,
                              rundir=rundir),
+            addrs=addrs,
+            nat=nat,
+            resolv_conf=dns.resolv_path if dns is not None else None,
         )
         _claim_site_names(names, site_plan, key, owner, wan_ns)
         site_plans.append(site_plan)
@@ -469,8 +431,10 @@ def make_plan(
         lan_links.append(planned)
     finished = []
     for s in site_plans:
+        dials = scenario.site(s.name).dial_out
         peers = tuple(
-            PeerPlan(p, None if by_name[p].link.nat else by_name[p].underlay)
+            PeerPlan(p, None if by_name[p].nat is not None or not dials
+                     else peer_address(s.addresses, by_name[p].addresses))
             for p in peers_of[s.name]
         )
         s = dataclasses.replace(
@@ -496,9 +460,29 @@ def make_plan(
         nodes=nodes,
         sites=tuple(finished),
         steps=(),
+        offload=offload,
+        dns=dns,
         lan_links=tuple(lan_links),
     )
     return dataclasses.replace(plan, steps=tuple(_steps(plan)))
+
+
+def _dns_plan(scenario: Scenario, wan_ns: str, rundir: str) -> DnsPlan | None:
+    """The lab's DNS server, when ``[lab] dns`` asks for one (``dns.py``)."""
+    if not scenario.dns:
+        return None
+    listen = ((DNS_ADDRESS4,) if scenario.ipv4_wan else ()) + (
+        (DNS_ADDRESS6,) if scenario.wan.ipv6 else ())
+    return DnsPlan(ns=wan_ns, listen=listen, hosts_path=f"{rundir}/{DNS_HOSTS_FILE}",
+                   resolv_path=f"{rundir}/{RESOLV_FILE}", log_path=f"{rundir}/{DNS_LOG_FILE}")
+
+
+def dns_records(plan: Plan, addresses: Mapping[str, SiteAddresses] | None = None
+                ) -> dict[str, tuple[str | None, ...]]:
+    """Each site's public addresses for the DNS (``addresses``: as they are now)."""
+    now = addresses or {}
+    return {s.name: ((a := now.get(s.name, s.addresses)).public4, a.public6)
+            for s in plan.sites}
 
 
 def _ns(name: str) -> str:
@@ -522,9 +506,9 @@ def _claim_site_names(names: _Names, s: SitePlan, key: str, owner: str, wan_ns: 
         names.claim(f'run file "{s.relay.log_path}"', where, f"{owner} (its relay log)")
 
 
-def _check_vxlan_links(scenario: Scenario) -> None:
+def _check_vxlan_links(scenario: Scenario, overhead: int) -> None:
     """Kernel VXLAN has no dial-in peers and never fragments: no NAT, room on every link."""
-    need = scenario.lan.mtu + VXLAN_OVERHEAD_V4
+    need = scenario.lan.mtu + overhead
     for i, site in enumerate(scenario.sites):
         link = scenario.link(site.name)
         if link.nat:
@@ -537,21 +521,45 @@ def _check_vxlan_links(scenario: Scenario) -> None:
             raise ScenarioError(
                 scenario.path, f"site[{i}].wan.mtu",
                 f"vxlan gateways need an MTU >= {need} on every link for a "
-                f"{scenario.lan.mtu}-byte LAN (VXLAN adds {VXLAN_OVERHEAD_V4} bytes and never "
+                f"{scenario.lan.mtu}-byte LAN (VXLAN adds {overhead} bytes and never "
                 f"fragments), found {link.mtu} on site {site.name}'s link; raise it or use the "
                 "l2bridge gateway",
             )
 
 
-def _peers(scenario: Scenario) -> dict[str, list[str]]:
-    """Mesh: everyone peers with everyone; with a hub: spokes peer only with the hub."""
-    names = [s.name for s in scenario.sites]
-    hub = scenario.hub
-    if hub is None:
-        return {n: [p for p in names if p != n] for n in names}
-    return {
-        n: ([p for p in names if p != n] if n == hub.name else [hub.name]) for n in names
-    }
+def _check_vxlan_events(scenario: Scenario) -> None:
+    """The first thing kernel VXLAN gateways cannot do, as a one-line error."""
+    for key, why, what in _vxlan_refusals(scenario):
+        raise ScenarioError(scenario.path, key,
+                            f"{why}; use the l2bridge gateway or remove {what}")
+
+
+def _vxlan_refusals(scenario: Scenario) -> Iterator[tuple[str, str, str]]:
+    """(key, why, what to remove): stopping, continuing and reloading act on an l2bridge
+    process and a path shows in its ``show``; VXLAN has neither, knows its remotes by
+    address only, and never asks a DNS server."""
+    for e in scenario.events:
+        if e.kind in L2BRIDGE_ONLY:
+            yield (f"event[{e.index}].kind", f'"{e.kind}" acts on an l2bridge process, which '
+                   "vxlan gateways do not have", "the event")
+        elif e.kind == "readdress":
+            yield (f"event[{e.index}].kind", "vxlan gateways know their remotes by address and "
+                   "never find a moved one", "the event")
+    for c in scenario.checks:
+        if c.kind in L2BRIDGE_CHECKS:
+            yield (f"check[{c.index}].kind", f"a {c.kind} check reads an l2bridge daemon's "
+                   "show, which vxlan gateways do not have", "the check")
+    if scenario.dns:
+        yield "lab.dns", "vxlan gateways take addresses, not names", "dns"
+
+
+def reload_config(plan: Plan, site: str, changes: Mapping[str, object]) -> str:
+    """Site ``site``'s daemon config with ``changes`` to its ``[site]`` keys (a reload event)."""
+    scenario = plan.scenario
+    own = scenario.site(site)
+    changed = dataclasses.replace(own, l2bridge={**own.l2bridge, **changes})
+    by_name = {s.name: s for s in plan.sites}
+    return render_site_config(scenario, changed, by_name[site], by_name, offload=plan.offload)
 
 
 def _vxlan_devices(
@@ -645,8 +653,17 @@ def _steps(plan: Plan) -> Iterator[Step]:
         yield AddNetns(ns)
         yield SetLink(ns, LOOPBACK)
     yield Sysctl(plan.wan_ns, "net.ipv4.ip_forward", "1")
+    if sc.wan.ipv6:
+        yield Sysctl(plan.wan_ns, "net.ipv6.conf.all.forwarding", "1")
+        # addresses are added without DAD; link-local ones need none either
+        for ns in [plan.wan_ns] + [s.gw_ns for s in plan.sites if s.addresses.gw6]:
+            yield Sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
+    if plan.dns is not None:
+        for address in plan.dns.listen:
+            yield AddAddress(plan.wan_ns, LOOPBACK, f"{address}/{32 if '.' in address else 128}")
     for s in plan.sites:
-        yield from _wan_link_steps(plan, s)
+        yield from link_steps(wan_ns=plan.wan_ns, wan_if=s.wan_if, gw_ns=s.gw_ns, link=s.link,
+                              addrs=s.addresses, relay=s.relay, nat=s.nat, table=plan.prefix)
         yield AddBridge(s.sw_ns, SWITCH_BRIDGE)
         yield AddVeth(s.gw_ns, s.lan_ifname, s.sw_ns, SWITCH_UPLINK, sc.lan.mtu)
         yield SetLink(s.sw_ns, SWITCH_UPLINK, master=SWITCH_BRIDGE)
@@ -672,28 +689,6 @@ def _steps(plan: Plan) -> Iterator[Step]:
         yield NftRuleset(plan.wan_ns, plan.prefix, ruleset)
 
 
-def _wan_link_steps(plan: Plan, s: SitePlan) -> Iterator[Step]:
-    """One site's WAN link: a veth, or two with the relay's legs between them; tbf."""
-    mtu = s.link.mtu
-    if s.relay is None:
-        yield AddVeth(s.gw_ns, "wan0", plan.wan_ns, s.wan_if, mtu)
-    else:
-        yield AddVeth(s.gw_ns, "wan0", plan.wan_ns, s.relay.gw_leg, mtu)
-        yield AddVeth(plan.wan_ns, s.relay.router_leg, plan.wan_ns, s.wan_if, mtu)
-        for leg in (s.relay.gw_leg, s.relay.router_leg):
-            yield Sysctl(plan.wan_ns, f"net.ipv6.conf.{leg}.disable_ipv6", "1")
-            yield SetLink(plan.wan_ns, leg)
-    yield AddAddress(plan.wan_ns, s.wan_if, f"{s.router}/24")
-    yield SetLink(plan.wan_ns, s.wan_if)
-    yield AddAddress(s.gw_ns, "wan0", f"{s.underlay}/24")
-    yield SetLink(s.gw_ns, "wan0")
-    yield AddRoute(s.gw_ns, "0.0.0.0/0", s.router)
-    for ns, ifname in ((plan.wan_ns, s.wan_if), (s.gw_ns, "wan0")):
-        tbf = tbf_step(ns, ifname, s.link)
-        if tbf is not None:
-            yield tbf
-
-
 # ---------------------------------------------------------------- daemon config
 
 
@@ -716,7 +711,7 @@ def render_site_config(
     """The ``l2bridge up`` configuration of one site (TOML text)."""
     table: list[tuple[str, object]] = [
         ("name", s.name),
-        ("listen", f"0.0.0.0:{L2BRIDGE_PORT}"),
+        ("listen", f"[::]:{L2BRIDGE_PORT}" if s.addresses.gw6 else f"0.0.0.0:{L2BRIDGE_PORT}"),
         ("bridge", s.bridge),
         ("tap", "l2b0"),
         ("interfaces", [s.lan_ifname]),
@@ -729,6 +724,8 @@ def render_site_config(
         # Lab gateways share one machine: one process each unless the scenario says.
         ("workers", 1),
     ]
+    if scenario.resolve_interval_s is not None:
+        table.append(("resolve_interval", scenario.resolve_interval_s))
     if offload is not None:
         table.append(("offload", offload))
     if scenario.insecure:
@@ -738,15 +735,27 @@ def render_site_config(
     merged: dict[str, object] = dict(table)
     merged.update(scenario.l2bridge)  # [lab] l2bridge: every site's daemon ...
     merged.update(site.l2bridge)  # ... a site's own win; keys the lab owns were rejected
+    per_peer = {k: merged.pop(k) for k in PEER_KEYS if k in merged}
     lines = ["[site]"] + [f"{k} = {_toml_value(v)}" for k, v in merged.items()]
     for p in s.peers:
         lines += ["", "[[peer]]", f"name = {_toml_value(p.name)}"]
-        if p.address is not None:  # else a dial-in peer: bound to its HELLO's source
-            lines.append(f"endpoint = {_toml_value(f'{p.address}:{L2BRIDGE_PORT}')}")
+        endpoint = endpoint_text(scenario, p)
+        if endpoint is not None:  # else a dial-in peer: bound to its HELLO's source
+            lines.append(f"endpoint = {_toml_value(endpoint)}")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in per_peer.items()]
         if not scenario.insecure:
             public = keys.public_key(sites[p.name].private_key)
             lines.append(f"public_key = {_toml_value(keys.encode_key(public))}")
     return "\n".join(lines) + "\n"
+
+
+def endpoint_text(scenario: Scenario, p: PeerPlan) -> str | None:
+    """Peer ``p``'s endpoint in a daemon config: its DNS name with ``[lab] dns``, else its
+    address; None for a peer that dials in."""
+    if p.address is None:
+        return None
+    return f"{dns_name(p.name)}:{L2BRIDGE_PORT}" if scenario.dns else host_port(
+        p.address, L2BRIDGE_PORT)
 
 
 def _toml_value(v: object) -> str:

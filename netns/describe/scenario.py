@@ -24,14 +24,14 @@ Invariants guaranteed to the planner:
 - at most one hub site;
 - every check kind is known, its parameters typed, its host references exist;
 - every site link (``Scenario.link``): jitter <= delay, reordering only with a
-  delay, and no two sites behind NAT that would have to peer with each other;
+  delay;
+- every pair of sites that peer can reach each other (``reach_problem``): one
+  of them dials the other (it dials out and the other is not behind NAT), or
+  both are behind NAT and share a third site that is not, which tells each the
+  other's public address and relays when punching fails;
 - every LAN link (``[[lan_link]]``: another layer-2 path between two sites' LAN
   switches, e.g. a backup cable that makes a loop) joins two different sites,
   has a unique name and no twin between the same two sites.
-
-Keys reserved for later versions (IPv6 underlay) are part of the schema so they
-validate by type, but a non-default value is rejected with a message saying it is
-not implemented yet.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,14 @@ from l2bridge.core.schema import (
     expected,
     format_number,
 )
+from netns.describe import timeline
+from netns.describe.paths import (
+    L2BRIDGE_CHECKS,
+    PATH_CHECK_SCHEMAS,
+    PATH_CHECK_TIMEOUT_S,
+    site_problem,
+)
+from netns.describe.timeline import HOST_REF, TIMELINE_CHECK_SCHEMAS, Event
 
 NAME_MAX = 12
 NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
@@ -71,6 +79,8 @@ DEFAULT_DEAD_AFTER_S = 3.0
 MIN_MTU = 576
 DEFAULT_WAN_SEED = 1
 MAX_MTU = 9000
+DEFAULT_UP_WITHIN_S = 10.0
+NAT_KINDS = ("cone", "symmetric")  # nat = true means "cone"
 
 
 class ScenarioError(SchemaError):
@@ -100,6 +110,7 @@ class Site:
     hub: bool = False
     l2bridge: Mapping[str, Any] = field(default_factory=dict)  # extra daemon [site] keys
     wan: Mapping[str, Any] = field(default_factory=dict)  # link keys overriding [wan]
+    dial_out: bool = True  # False: its config lists its peers without endpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +130,10 @@ class Wan:
     reorder_percent: float = 0.0
     loss_pattern: str = "random"  # "periodic": every Nth packet (the same in every run)
     relay: bool = False  # insert the relay even with delay, jitter and reorder at 0
-    nat: bool = False  # per site only (validation rejects it here)
+    nat: str = ""  # per site only (validation rejects it here)
+    block_udp: bool = False  # the router drops every UDP datagram to or from the link
     seed: int = DEFAULT_WAN_SEED  # the relay's random decisions
-    ipv6: bool = False  # reserved
+    ipv6: bool = False  # an IPv6 WAN (dual-stack when a site is behind NAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +149,8 @@ class Link:
     reorder_percent: float = 0.0
     loss_pattern: str = "random"  # or "periodic": loss and duplication hit every Nth packet
     relay: bool = False
-    nat: bool = False
+    nat: str = ""  # "" (a public address), "cone" or "symmetric": the site's own NAT router
+    block_udp: bool = False
 
     @property
     def needs_relay(self) -> bool:
@@ -146,7 +159,8 @@ class Link:
 
     @property
     def needs_nft(self) -> bool:
-        return bool(self.loss_percent or self.duplicate_percent or self.nat)
+        """Whether the WAN router needs rules for this link (NAT lives in its own router)."""
+        return bool(self.loss_percent or self.duplicate_percent or self.block_udp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +190,7 @@ class Check:
     params: Mapping[str, Any]
     timeout_s: float
     index: int
+    at: float | None = None  # seconds on the timeline (timeline.py); None: sequential
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +208,11 @@ class Scenario:
     insecure: bool = False  # l2bridge gateways without keys (cleartext)
     lan_links: tuple[LanLink, ...] = ()
     l2bridge: Mapping[str, Any] = field(default_factory=dict)  # daemon keys of every site
+    events: tuple[Event, ...] = ()  # [[event]]: faults on the timeline or between checks
+    pcap: tuple[str, ...] = ()  # [lab] pcap: interfaces to capture ("NODE:IF" or "all")
+    dns: bool = False  # a dnsmasq in the WAN router; peers' endpoints are names
+    resolve_interval_s: float | None = None  # the daemons' resolve_interval (None: default)
+    up_within_s: float = DEFAULT_UP_WITHIN_S  # how long start-up waits for all peers up
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -206,9 +226,25 @@ class Scenario:
 
     def link(self, name: str) -> Link:
         """Site ``name``'s WAN link: the ``[wan]`` defaults, then the site's own keys."""
-        values = {k: getattr(self.wan, k) for k in LINK_KEYS if k != "nat"}
-        values.update(self.site(name).wan)
-        return Link(**values)
+        link = _link(self.wan, self.site(name))
+        if name in timeline.impaired_sites(self.events):
+            # an event changes its delay: the relay is there from the start
+            link = dataclasses.replace(link, relay=True)
+        return link
+
+    @property
+    def natted(self) -> set[str]:
+        """The sites behind a NAT router of their own."""
+        return {s.name for s in self.sites if _link(self.wan, s).nat}
+
+    @property
+    def ipv4_wan(self) -> bool:
+        """Whether the WAN carries IPv4: always, except an IPv6 WAN without NAT sites."""
+        return not self.wan.ipv6 or bool(self.natted)
+
+    def peers_of(self) -> dict[str, list[str]]:
+        """Mesh: everyone peers with everyone; with a hub: spokes peer only with the hub."""
+        return peerings(self.sites)
 
     def host_refs(self) -> list[str]:
         """Every host as ``"site.host"``, in file order."""
@@ -218,22 +254,18 @@ class Scenario:
 # ---------------------------------------------------------------- schemas
 
 
-def _not_yet(what: str, default: Any) -> Hook:
-    def check(value: Any) -> Any:
-        if value != default:
-            raise ValueError(
-                f"{what}: not implemented in this version of the lab (remove the key)"
-            )
-        return value
-
-    return check
-
-
-def _per_site_nat(value: bool) -> bool:
+def _per_site_nat(value: bool | str) -> str:
     if value:
         raise ValueError("NAT is per site: set it in the site's own table, "
                          "[[site]] wan = { nat = true } (remove it from [wan])")
-    return value
+    return ""
+
+
+def _nat_kind(value: bool | str) -> str:
+    """``true`` is a cone NAT, ``false`` none (``""``); a kind is kept (``schema`` hook)."""
+    if value is True:
+        return NAT_KINDS[0]
+    return value or ""
 
 
 def _families(value: list[str]) -> list[str]:
@@ -286,8 +318,7 @@ def _count(high: int, default: int | None) -> Param:
 
 
 NAME = schema.name(NAME_RE, NAME_MAX, "a-z 0-9 - (the first one a-z)")
-# Every check parameter naming a host is this one object: ``checks`` finds them by it.
-HOST_REF = schema.string('a host reference "site.host"')
+# Every check parameter naming a host is one object, HOST_REF: ``checks`` finds them by it.
 FAMILIES = ("ipv4", "ipv6")
 LOSS_PATTERNS = ("random", "periodic")  # periodic: every Nth packet, the same in every run
 
@@ -299,6 +330,10 @@ LAB_SCHEMA: dict[str, Param] = {
     "dead_after": _seconds(0.2, 600, DEFAULT_DEAD_AFTER_S),
     "insecure": schema.boolean(False),  # true: cleartext gateways (the demonstration only)
     "l2bridge": schema.table(None, None),  # daemon [site] keys of every site (a site's win)
+    "pcap": schema.strings([], of='"NODE:IF" strings or "all"'),  # captures (describe/pcap.py)
+    "dns": schema.boolean(False),  # dnsmasq in the WAN router; endpoints by name
+    "resolve_interval": _seconds(1, 3600),  # the daemons' [site] resolve_interval
+    "up_within": _seconds(1, 600, DEFAULT_UP_WITHIN_S),  # start-up: every peer up by then
 }
 LAN_SCHEMA: dict[str, Param] = {
     "ipv4": schema.string(f'an IPv4 network like "{DEFAULT_LAN_IPV4}"', DEFAULT_LAN_IPV4,
@@ -318,14 +353,17 @@ SITE_WAN_SCHEMA: dict[str, Param] = {
     "reorder_percent": _percent(0.0),
     "loss_pattern": schema.choice(LOSS_PATTERNS, "random"),
     "relay": schema.boolean(False),
-    "nat": schema.boolean(False),
+    "nat": dataclasses.replace(
+        schema.either('true, false, "cone" or "symmetric"', schema.boolean(),
+                      schema.choice(NAT_KINDS), default=False), check=_nat_kind),
+    "block_udp": schema.boolean(False),
 }
 LINK_KEYS = tuple(SITE_WAN_SCHEMA)
 WAN_SCHEMA: dict[str, Param] = {
     **SITE_WAN_SCHEMA,
-    "nat": schema.boolean(False, check=_per_site_nat),
+    "nat": dataclasses.replace(SITE_WAN_SCHEMA["nat"], check=_per_site_nat),
     "seed": schema.integer(0, 2**32 - 1, DEFAULT_WAN_SEED),
-    "ipv6": schema.boolean(False, check=_not_yet("an IPv6 underlay", False)),
+    "ipv6": schema.boolean(False),
 }
 # A site's own link keys: absent ones are None, so only what the site sets overrides [wan].
 _OVERRIDES_SCHEMA = {k: dataclasses.replace(p, default=None) for k, p in SITE_WAN_SCHEMA.items()}
@@ -339,6 +377,7 @@ HOST_SCHEMA: dict[str, Param] = {
 SITE_SCHEMA: dict[str, Param] = {
     "name": NAME,
     "hub": schema.boolean(False),
+    "dial_out": schema.boolean(True),  # false: its peers are listed without endpoints
     "l2bridge": schema.table(None, None),  # extra keys of the daemon's [site]: checked below
     "wan": schema.table(_OVERRIDES_SCHEMA, None),
     "host": schema.tables(HOST_SCHEMA, "site.host", min_items=1, max_items=MAX_HOSTS_PER_SITE),
@@ -416,6 +455,8 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "expect_output": schema.string(default=None),
         "regex": schema.boolean(False),
     },
+    **TIMELINE_CHECK_SCHEMAS,  # stream, recovers
+    **PATH_CHECK_SCHEMAS,  # path, quiet
     "vlan_tags": {
         "from": HOST_REF,
         "to": HOST_REF,
@@ -477,6 +518,8 @@ _COMMON_CHECK: dict[str, Param] = {
     "kind": CHECK_KIND,
     "name": schema.string(default=None),
     "timeout": _seconds(0.1, 3600),
+    "at": schema.number(-timeline.TIMELINE_MAX_S, timeline.TIMELINE_MAX_S, None,
+                        unit="seconds"),
 }
 CHECK_TIMEOUT_S: dict[str, float] = {
     "ping": 15.0,
@@ -495,6 +538,8 @@ CHECK_TIMEOUT_S: dict[str, float] = {
     "storm": 60.0,
     "dhcp_local": 40.0,
     "mac_flap": 20.0,
+    **timeline.TIMELINE_CHECK_TIMEOUT_S,
+    **PATH_CHECK_TIMEOUT_S,
 }
 TOP_SCHEMA: dict[str, Param] = {
     "lab": schema.table(LAB_SCHEMA, {}, rule="a table [lab]"),
@@ -503,6 +548,7 @@ TOP_SCHEMA: dict[str, Param] = {
     "site": schema.tables(SITE_SCHEMA, "site", min_items=2, max_items=MAX_SITES),
     "lan_link": schema.tables(LAN_LINK_SCHEMA, "lan_link", []),
     "check": schema.tables(None, "check", []),  # each against its kind's schema, below
+    "event": schema.tables(None, "event", []),  # each against its kind's schema (timeline.py)
 }
 
 
@@ -533,6 +579,8 @@ class _Parser:
         self.checker = Checker(ScenarioError, path)
         self.vlans: dict[str, int | None] = dict(vlans or {})  # host ref -> VLAN
         self.link_names: set[str] = set(link_names or ())  # the [[lan_link]] names
+        self.timeouts_given: set[str] = set()  # check keys with their own timeout
+        self.peers: dict[str, list[str]] = {}  # site -> the sites it peers with
 
     def fail(self, key: str, message: str) -> SchemaError:
         return self.checker.fail(key, message)
@@ -554,12 +602,21 @@ class _Parser:
         wan = Wan(**doc["wan"])
         sites = self.sites(doc["site"], lan)
         self.links(wan, sites)
+        problem = reach_problem(wan, sites)
+        if problem is not None:
+            raise self.fail(*problem)
         extra = self.daemon_keys(lab["l2bridge"] or {}, "lab")
         lan_links = self.lan_links(doc["lan_link"], {s.name for s in sites})
         refs = {f"{s.name}.{h.name}" for s in sites for h in s.hosts}
+        self.peers = peerings(sites)
         self.vlans = {f"{s.name}.{h.name}": h.vlan for s in sites for h in s.hosts}
         self.link_names = {link.name for link in lan_links}
         checks = self.checks(doc["check"], refs, {s.name for s in sites})
+        links = {s.name: dataclasses.asdict(_link(wan, s)) for s in sites}
+        events = timeline.parse_events(
+            self.checker, doc["event"], sites=[s.name for s in sites], hosts=sorted(refs),
+            check_at=[c.at for c in checks], links=links)
+        checks = self.timeline_checks(checks, events)
         name = lab["name"]
         if name is None:
             name = os.path.splitext(os.path.basename(self.path))[0] or "lab"
@@ -577,6 +634,11 @@ class _Parser:
             insecure=lab["insecure"],
             lan_links=lan_links,
             l2bridge=extra,
+            events=events,
+            pcap=tuple(lab["pcap"]),
+            dns=lab["dns"],
+            resolve_interval_s=lab["resolve_interval"],
+            up_within_s=lab["up_within"],
         )
 
     def daemon_keys(self, extra: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -642,26 +704,18 @@ class _Parser:
             extra = self.daemon_keys(t["l2bridge"] or {}, key)
             link = {k: v for k, v in (t["wan"] or {}).items() if v is not None}
             hosts = self.hosts(t["host"], key, v4, v6, addresses, macs)
-            sites.append(
-                Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra, wan=link)
-            )
+            sites.append(Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra, wan=link,
+                              dial_out=t["dial_out"]))
         return tuple(sites)
 
     def links(self, wan: Wan, sites: tuple[Site, ...]) -> None:
         """Cross-key rules of every effective site link; errors name where the value came from.
 
         - jitter never exceeds the delay (a frame is never due before it arrived);
-        - reordering needs a delay: a frame overtakes only frames still held back;
-        - two sites that peer with each other are never both behind NAT (neither
-          could open the path), so a mesh has at most one NAT site, and with a hub
-          either the hub or any spokes may be behind NAT.
+        - reordering needs a delay: a frame overtakes only frames still held back.
         """
-        hub = next((s for s in sites if s.hub), None)
-        natted: list[tuple[int, Site]] = []
         for i, site in enumerate(sites):
-            values = {k: getattr(wan, k) for k in LINK_KEYS if k != "nat"}
-            values.update(site.wan)
-            link = Link(**values)
+            link = _link(wan, site)
 
             def where(k: str, i: int = i, site: Site = site) -> str:
                 return f"site[{i}].wan.{k}" if k in site.wan else f"wan.{k}"
@@ -678,22 +732,6 @@ class _Parser:
                     f"reordering on site {site.name}'s link needs a delay to overtake "
                     "(set delay_ms > 0)",
                 )
-            if link.nat:
-                natted.append((i, site))
-        if len(natted) < 2 or (hub is not None and not hub.wan.get("nat")):
-            return
-        # A mesh: the second NAT site clashes with the first; with a NAT hub: the
-        # first NAT spoke clashes with the hub.
-        (_, a), (j, b) = natted[0], natted[1]
-        if hub is not None:
-            a = hub
-            j, b = next((j, s) for j, s in natted if s is not hub)
-        raise self.fail(
-            f"site[{j}].wan.nat",
-            f'sites "{a.name}" and "{b.name}" would both be behind NAT and peer with each '
-            "other, so neither could reach the other (at most one side of each peering may "
-            "be behind NAT)",
-        )
 
     def hosts(
         self,
@@ -749,6 +787,8 @@ class _Parser:
             key = f"check[{i}]"
             kind = self.checker.get(raw, key, "kind", CHECK_KIND)
             t = self.checker.table(raw, key, {**_COMMON_CHECK, **CHECK_SCHEMAS[kind]})
+            if t["timeout"] is not None:
+                self.timeouts_given.add(key)
             for pname, param in CHECK_SCHEMAS[kind].items():
                 if param is HOST_REF and t[pname] not in refs:
                     raise self.fail(
@@ -762,16 +802,30 @@ class _Parser:
                 raise self.fail(f"{key}.client", "client must differ from server")
             if kind in ("command", "vlan_tags", "iperf3"):
                 self.check_extra(kind, t, key)
+            if kind in L2BRIDGE_CHECKS:
+                problem = site_problem(kind, t, self.peers)
+                if problem is not None:
+                    raise self.fail(f"{key}.{problem[0]}", problem[1])
             if kind in ("restart", "loop_blocked") and t["site"] not in sites:
                 raise self.fail(
                     f"{key}.site", f'no site "{t["site"]}" (one of: {", ".join(sorted(sites))})'
                 )
+            at = t["at"]
+            if at is not None and at < 0:
+                raise self.fail(f"{key}.at", f"{format_number(at)} s is in the past: the "
+                                "timeline starts at 0 s, when the lab is up (expected at >= 0)")
+            if kind == "recovers" and at is not None:
+                raise self.fail(f"{key}.at", "a recovers check starts with its event (remove "
+                                '"at")')
+            if kind in ("stream", "recovers") and at is None:
+                at = 0.0  # on the timeline; a recovers check's real start is its event's
             if kind in LAYER2_KINDS:
                 self.check_layer2(kind, t, key, refs, sites, i)
             params = {k: v for k, v in t.items() if k not in _COMMON_CHECK}
             name = t["name"] or _default_check_name(kind, params)
             timeout = t["timeout"] if t["timeout"] is not None else CHECK_TIMEOUT_S[kind]
-            checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i))
+            checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i,
+                                at=at))
         return tuple(checks)
 
     def check_layer2(self, kind: str, t: dict[str, Any], key: str, refs: set[str],
@@ -817,6 +871,37 @@ class _Parser:
         elif kind == "mac_flap" and t["from"].split(".")[0] == t["to"].split(".")[0]:
             raise self.fail(f"{key}.to", f'expected a host at another site than {t["from"]}')
 
+    def timeline_checks(self, checks: tuple[Check, ...], events: tuple[Event, ...]
+                        ) -> tuple[Check, ...]:
+        """Streams get their length (default: until after the last event) and timeout;
+        a recovers check names an event on the timeline and starts with it."""
+        out = []
+        for c in checks:
+            key = f"check[{c.index}]"
+            if c.kind == "stream":
+                at = c.at or 0.0
+                seconds = timeline.stream_seconds(at, c.params["seconds"], events)
+                params = {**c.params, "seconds": seconds}
+                timeout = c.timeout_s
+                if key not in self.timeouts_given:
+                    timeout = seconds + timeline.STREAM_TIMEOUT_SLACK_S
+                c = dataclasses.replace(c, params=params, timeout_s=timeout)
+            elif c.kind == "recovers":
+                n = c.params["event"]
+                if n >= len(events):
+                    raise self.fail(f"{key}.event", f"no event[{n}] (the scenario has "
+                                    f"{len(events)} events)")
+                event = events[n]
+                if event.at is None:
+                    raise self.fail(f"{key}.event", f"event[{n}] ({event.name}) runs between "
+                                    'checks; a recovers check needs an event with "at"')
+                timeout = c.timeout_s
+                if key not in self.timeouts_given:
+                    timeout = c.params["within_s"] + timeline.RECOVERS_SLACK_S
+                c = dataclasses.replace(c, at=event.at, timeout_s=timeout)
+            out.append(c)
+        return tuple(out)
+
     def check_extra(self, kind: str, t: dict[str, Any], key: str) -> None:
         """Cross-field rules of the ``command``, ``vlan_tags`` and ``iperf3`` checks."""
         if kind == "iperf3":
@@ -845,6 +930,62 @@ class _Parser:
             raise self.fail(f"{key}.to", f'expected a host at another site than {t["from"]}')
 
 
+def _link(wan: Wan, site: Site) -> Link:
+    """Site ``site``'s link as the file gives it: the ``[wan]`` defaults, its own keys."""
+    values = {k: getattr(wan, k) for k in LINK_KEYS if k != "nat"}
+    values.update(site.wan)
+    return Link(**values)
+
+
+def peerings(sites: Sequence[Site]) -> dict[str, list[str]]:
+    """Who peers with whom: a mesh, or with a hub, spokes only with the hub."""
+    names = [s.name for s in sites]
+    hub = next((s for s in sites if s.hub), None)
+    if hub is None:
+        return {n: [p for p in names if p != n] for n in names}
+    return {n: ([p for p in names if p != n] if n == hub.name else [hub.name]) for n in names}
+
+
+def reach_problem(wan: Wan, sites: Sequence[Site]) -> tuple[str, str] | None:
+    """(key, message) for the first pair of peering sites that could never reach each
+    other, or None.
+
+    Site ``a`` dials ``b`` when ``a`` dials out and ``b`` is not behind NAT.  A pair
+    in which neither dials the other is refused, except two NAT sites that share a
+    third site not behind NAT (it hints each one's public address to the other and
+    relays when the NATs cannot be punched).
+    """
+    index = {s.name: i for i, s in enumerate(sites)}
+    by_name = {s.name: s for s in sites}
+    natted = {s.name for s in sites if _link(wan, s).nat}
+    peers = peerings(sites)
+    for a in sites:
+        for name in peers[a.name]:
+            b = by_name[name]
+            if index[b.name] < index[a.name]:
+                continue  # each pair once, named at its later site
+            if (a.dial_out and b.name not in natted) or (b.dial_out and a.name not in natted):
+                continue
+            if a.name in natted and b.name in natted:
+                if any(c not in natted for c in peers[a.name] if c in peers[b.name]):
+                    continue
+                return (f"site[{index[b.name]}].wan.nat",
+                        f'sites "{a.name}" and "{b.name}" are both behind NAT and share no '
+                        "peer with a public address, so neither could reach the other (add a "
+                        "site not behind NAT that peers with both, or remove one nat)")
+            if not a.dial_out and not b.dial_out:
+                return (f"site[{index[b.name]}].dial_out",
+                        f'sites "{a.name}" and "{b.name}" both have dial_out = false, so '
+                        "neither would dial the other")
+            q, o = (a, b) if not a.dial_out else (b, a)
+            why = (f'its peer "{o.name}" is behind NAT' if o.name in natted
+                   else f'it is behind NAT, so "{o.name}" cannot dial it')
+            return (f"site[{index[q.name]}].dial_out",
+                    f'site "{q.name}" has dial_out = false and {why}; neither would dial the '
+                    "other")
+    return None
+
+
 def _daemon_value(value: Any) -> str | None:
     """What is wrong with a value for the daemon's [site] table, or None.
 
@@ -871,6 +1012,9 @@ def parse_check(raw: Mapping[str, Any], scenario: Scenario, path: str = "<check>
     vlans = {f"{s.name}.{h.name}": h.vlan for s in scenario.sites for h in s.hosts}
     links = {link.name for link in scenario.lan_links}
     return _Parser(path, vlans, links).checks([dict(raw)], refs, sites)[0]
+    parser = _Parser(path, vlans)
+    parser.peers = scenario.peers_of()
+    return parser.checks([dict(raw)], refs, sites)[0]
 
 
 def check_host_address(text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
@@ -922,5 +1066,14 @@ def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:
                 f"{params['iperf_to']}")
     if kind == "dhcp_local":
         return "dhcp_local" + (" ipv6" if params["ipv6"] else " ipv4")
+    if kind == "recovers":
+        return f"recovers after event[{params['event']}]: {params['from']} → {params['to']}"
+    if kind == "stream":
+        return f"stream {params['tool']} {params['from']} → {params['to']}"
+    if kind == "path":
+        via = f" via {params['via']}" if params["via"] else ""
+        return f"path {params['site']} → {params['peer']} is {params['expect']}{via}"
+    if kind == "quiet":
+        return f"quiet {params['site']} during iperf3 {params['from']} → {params['to']}"
     suffix = " ipv6" if params.get("ipv6") else ""
     return f"{kind}{suffix} {params['from']} → {params['to']}"

@@ -5,25 +5,28 @@ not care which one runs: ``start()``, ``wait_ready(deadline)``, ``kill()`` (hard
 stop, like kill -9), ``stop()`` (graceful, bounded) and ``show()`` (the site's
 status as the control socket's JSON).
 
-l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. spawn
+l2bridge flow: 1. write the site config to ``RUNDIR/<site>.toml``  2. the lab's
+fork server (``forkserver.py``: one per lab, the daemon imported once) forks
 ``python -m l2bridge up -c CONFIG`` inside the gateway namespace (own session, so
-a terminal's Ctrl-C reaches only the runner, which then tears down in order),
-output to ``RUNDIR/<site>.log``  3. READY when the control socket answers
+a terminal's Ctrl-C reaches only the runner, which then tears down in order; with
+the lab's DNS, in a mount namespace of its own that shows it the lab's
+``resolv.conf``), output to ``RUNDIR/<site>.log``  3. READY when the control socket answers
 ``{"cmd": "show"}``; an early exit fails with its status and the tail of the log
 4. stop: SIGTERM, then SIGKILL after a grace; kill: SIGKILL (``l2bridge.io.proc``).
 
 vxlan flow: 1. bridge ``br0`` (STP off, forward delay 0) in the gateway namespace
 2. VXLAN devices from the plan (learning on, an all-zero fdb entry per remote for
-head-end replication) enslaved to ``br0``  3. ``eth1`` enslaved, all up.  Kill and
-stop delete ``br0`` and the VXLAN devices, as a crashed daemon would leave nothing.
+head-end replication; local and remotes IPv6 over an IPv6 WAN) enslaved to
+``br0``  3. ``eth1`` enslaved, all up.  Kill and stop delete ``br0`` and the VXLAN
+devices, as a crashed daemon would leave nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import sys
 from typing import Any, Protocol
 
 import trio
@@ -34,7 +37,8 @@ from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
 from netns.describe.plan import VXLAN_PORT, SitePlan
 from netns.realise.build import is_missing, netlink
-from netns.realise.nsenter import netns_preexec
+from netns.realise.forkserver import ForkedProcess, Launcher
+from netns.realise.nsenter import netns_path
 
 READY_POLL_S = 0.05
 CONTROL_TIMEOUT_S = 2.0
@@ -58,10 +62,20 @@ class Gateway(Protocol):
     async def show(self) -> dict[str, Any]: ...
 
 
-def make_gateway(site: SitePlan, *, detached: bool = False) -> Gateway:
+def make_gateway(site: SitePlan, launcher: Launcher | None) -> Gateway:
+    """The site's gateway; an l2bridge one is forked by ``launcher``."""
     if site.gateway == "vxlan":
         return VxlanGateway(site)
-    return L2bridgeGateway(site, detached=detached)
+    if launcher is None:
+        raise GatewayError(f"gateway {site.name}: l2bridge gateways need the lab's launcher")
+    return L2bridgeGateway(site, launcher)
+
+
+def gateway_launcher(log_path: str) -> Launcher:
+    """The lab's fork server for its l2bridge gateways (the project's code on their path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    return Launcher(log_path, env=env, cwd=PROJECT_ROOT)
 
 
 async def query_control(path: str, cmd: str = "show", timeout_s: float = CONTROL_TIMEOUT_S
@@ -94,18 +108,20 @@ def peers_up(show: dict[str, Any]) -> tuple[int, int]:
 class L2bridgeGateway:
     """One ``l2bridge up`` process in the site's gateway namespace."""
 
-    def __init__(self, site: SitePlan, *, detached: bool = False) -> None:
+    def __init__(self, site: SitePlan, launcher: Launcher) -> None:
         self.site = site
-        self.detached = detached
-        self.child: proc.Child | None = None
+        self.launcher = launcher
+        self.child: proc.Child[ForkedProcess] | None = None
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "l2bridge", "up", "-c", self.site.config_path]
+        """What the child runs, as arguments of ``python``."""
+        return ["-m", "l2bridge", "up", "-c", self.site.config_path]
 
     @property
-    def process(self) -> trio.Process | None:
-        """The running ``l2bridge up``, for whoever watches it (None before ``start``)."""
+    def process(self) -> ForkedProcess | None:
+        """The running ``l2bridge up`` (pid, poll, wait), for whoever watches it (None
+        before ``start``)."""
         return self.child.process if self.child is not None else None
 
     async def start(self) -> None:
@@ -115,22 +131,15 @@ class L2bridgeGateway:
             fd = os.open(self.site.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(keys.encode_key(self.site.private_key) + "\n")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p
+        self.child = await self.launcher.spawn(
+            self.command,
+            name=f"gateway {self.site.name}",
+            netns=self.site.gw_ns,
+            resolv_conf=self.site.resolv_conf,
+            log_path=self.site.log_path,
+            error=GatewayError,
+            detail=proc.log_detail(self.site.log_path, LOG_TAIL_LINES),
         )
-        with open(self.site.log_path, "ab") as log:
-            self.child = await proc.start(
-                self.command,
-                name=f"gateway {self.site.name}",
-                stdout=log,
-                stderr=log,
-                preexec=netns_preexec(self.site.gw_ns),
-                env=env,
-                cwd=PROJECT_ROOT,
-                error=GatewayError,
-                detail=proc.log_detail(self.site.log_path, LOG_TAIL_LINES),
-            )
 
     async def wait_ready(self, deadline: float) -> None:
         if self.child is None:
@@ -153,6 +162,9 @@ class L2bridgeGateway:
 
     async def stop(self) -> None:
         if self.child is not None:
+            if self.child.running:  # a stopped (SIGSTOP) daemon must run to stop cleanly
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child.pid, signal.SIGCONT)
             await self.child.stop(signal.SIGTERM, grace_s=STOP_GRACE_S)
 
     async def show(self) -> dict[str, Any]:
@@ -173,9 +185,10 @@ class VxlanGateway:
                      mtu=max(d.mtu for d in s.vxlan))
             br = ipr.link_lookup(ifname=s.bridge)[0]
             for dev in s.vxlan:
+                local = "vxlan_local6" if ":" in dev.local else "vxlan_local"
                 ipr.link("add", ifname=dev.ifname, kind="vxlan", vxlan_id=dev.vni,
-                         vxlan_local=dev.local, vxlan_port=VXLAN_PORT, vxlan_learning=1,
-                         mtu=dev.mtu)
+                         vxlan_port=VXLAN_PORT, vxlan_learning=1, mtu=dev.mtu,
+                         **{local: dev.local})
                 idx = ipr.link_lookup(ifname=dev.ifname)[0]
                 for remote in dev.remotes:
                     ipr.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
@@ -190,6 +203,8 @@ class VxlanGateway:
 
     async def kill(self) -> None:
         s = self.site
+        if not self.running and not os.path.exists(netns_path(s.gw_ns)):
+            return  # never started in a namespace that was never built: nothing to remove
         with netlink(s.gw_ns) as ipr:
             for name in [d.ifname for d in s.vxlan] + [s.bridge]:
                 try:

@@ -4,9 +4,10 @@ Layout: ``/run/l2bridge/lab/<prefix>/state.json`` plus the run files of the lab
 (site configs, logs, control sockets) in the same directory.
 
 ``state.json`` = ``{prefix, scenario, gateway, pid, start_time, namespaces, nodes,
-created}``.  It is written BEFORE the first namespace is created and rewritten
-(atomically, via rename) before each further namespace is created, so at any
-instant every lab namespace that exists is listed.  ``pid`` 0 means detached
+created}``.  It is written BEFORE the first namespace is created, and rewritten
+(atomically, via rename) with the namespaces about to be made before they are
+(the build records every namespace of its plan at once), so at any instant every
+lab namespace that exists is listed (a listed one may not exist yet).  ``pid`` 0 means detached
 (``lab up`` / ``run --keep``): owned by nobody until ``lab down``.
 
 ``clean`` removes only labs whose owner is dead: its pid no longer exists, or now
@@ -30,6 +31,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from pyroute2 import netns as pr_netns
@@ -110,7 +112,11 @@ class Registry:
 
     def add_namespace(self, ns: str) -> None:
         """Record ``ns`` (call BEFORE creating it)."""
-        self.state.namespaces.append(ns)
+        self.add_namespaces([ns])
+
+    def add_namespaces(self, namespaces: Sequence[str]) -> None:
+        """Record ``namespaces`` in one write (call BEFORE creating any of them)."""
+        self.state.namespaces.extend(namespaces)
         self.write()
 
     def detach(self) -> None:

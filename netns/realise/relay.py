@@ -14,7 +14,10 @@ Flow (one process per link):
  3. loop: sleep in epoll until a leg is readable or the next frame is due;
     drain each readable leg (at most ``BATCH_FRAMES``) into the ``DelayLine``
     of its direction; send every frame that is due
- 4. SIGTERM / SIGINT: print the counters as one JSON line on stderr, exit 0
+ 4. SIGHUP: read the knobs again from ``--knobs FILE`` (JSON ``delay_ms``,
+    ``jitter_ms``, ``reorder_percent``) and apply them to both directions at
+    once (a timeline's impair event); frames already held keep their times
+ 5. SIGTERM / SIGINT: print the counters as one JSON line on stderr, exit 0
 
 ``DelayLine`` is the pure part (time is a parameter):
 - every frame draws exactly two numbers from the direction's own
@@ -35,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import json
+import os
 import random
 import select
 import signal
@@ -147,8 +152,12 @@ def _open_leg(ifname: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
-    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES)
+    except PermissionError:  # a rootless lab: only up to net.core.{r,w}mem_max
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
     sock.bind((ifname, ETH_P_ALL))  # Python converts to network order itself
     sock.setblocking(False)
     return sock
@@ -165,9 +174,33 @@ def _send(sock: socket.socket, frame: bytes | memoryview, c: LineCounters) -> No
         c.send_errors += 1
 
 
-def serve(a: str, b: str, lines: tuple[DelayLine, DelayLine]) -> None:
+def set_knobs(lines: tuple[DelayLine, DelayLine], knobs: dict[str, float]) -> None:
+    """New delay, jitter and reordering for both directions (missing keys stay)."""
+    for line in lines:
+        line.delay_s = float(knobs.get("delay_ms", line.delay_s * 1000)) / 1000
+        line.jitter_s = float(knobs.get("jitter_ms", line.jitter_s * 1000)) / 1000
+        line.reorder_fraction = float(knobs.get("reorder_percent",
+                                                line.reorder_fraction * 100)) / 100
+
+
+def _read_knobs(path: str, lines: tuple[DelayLine, DelayLine]) -> None:
+    try:
+        with open(path) as f:
+            knobs = json.load(f)
+        set_knobs(lines, knobs)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        print(f"relay: knobs {path}: {e}; keeping the old ones", file=sys.stderr, flush=True)
+        return
+    print(f"relay: knobs now {json.dumps(knobs)}", file=sys.stderr, flush=True)
+
+
+def serve(a: str, b: str, lines: tuple[DelayLine, DelayLine], knobs: str | None = None
+          ) -> None:
     """Relay frames between legs ``a`` and ``b`` until SIGTERM/SIGINT (flow: module doc)."""
     legs = (_open_leg(a), _open_leg(b))
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)  # the wakeup fd carries it
     routes = {
         legs[0].fileno(): (legs[0], legs[1], lines[0]),
         legs[1].fileno(): (legs[1], legs[0], lines[1]),
@@ -175,6 +208,7 @@ def serve(a: str, b: str, lines: tuple[DelayLine, DelayLine]) -> None:
     ep = select.epoll()
     for fd in routes:
         ep.register(fd, select.EPOLLIN)
+    ep.register(wake_r, select.EPOLLIN)
     print(READY_LINE, flush=True)
     sys.stdout.close()
     buf = bytearray(FRAME_BUFFER_BYTES)
@@ -187,6 +221,12 @@ def serve(a: str, b: str, lines: tuple[DelayLine, DelayLine]) -> None:
         events = ep.poll(timeout)
         now = clock()
         for fd, _ in events:
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    got = os.read(wake_r, 64)
+                    if knobs is not None and signal.SIGHUP in got:
+                        _read_knobs(knobs, lines)
+                continue
             src, dst, line = routes[fd]
             c = line.counters
             for _ in range(BATCH_FRAMES):
@@ -224,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reorder-percent", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--queue-frames", type=int, default=DEFAULT_QUEUE_FRAMES)
+    parser.add_argument("--knobs", help="JSON file read again on SIGHUP (new knobs)")
     args = parser.parse_args(argv)
     lines = make_lines(args.delay_ms, args.jitter_ms, args.reorder_percent, args.seed,
                        args.queue_frames)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        serve(args.a, args.b, lines)
+        serve(args.a, args.b, lines, args.knobs)
     except _Stop:
         pass
     except OSError as e:

@@ -16,7 +16,7 @@ from support import REPO
 
 L2BRIDGE_LAYERS = {"errors": 0, "core": 1, "io": 2, "site": 3, "ops": 4}
 NETNS_LAYERS = {"describe": 10, "realise": 11, "checks": 12, "lab": 13, "pytest_plugin": 14,
-                "bench": 14, "cli": 15, "main": 16, "__main__": 16}
+                "bench": 14, "artifacts": 14, "cli": 15, "rootless": 15, "main": 16, "__main__": 16}
 IMPURE = ("trio", "socket", "pyroute2")
 
 

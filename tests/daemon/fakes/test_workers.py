@@ -25,7 +25,8 @@ def leader_with(script: str) -> Leader:
     site = types.SimpleNamespace(state=state)
     leader = Leader(site, Secrets(None, {}))  # type: ignore[arg-type]
 
-    async def spawn(lane: int, tap_fd: int, sock: object, channel: socket.socket) -> proc.Child:
+    async def spawn(lane: int, tap_fd: int, sock: object, channel: socket.socket,
+                    pipe: socket.socket) -> proc.Child:
         return await proc.start([sys.executable, "-c", script, str(channel.fileno())],
                                 name=f"worker {lane}", pass_fds=(channel.fileno(),))
 

@@ -47,10 +47,10 @@ def scratch_ns() -> Iterator[str]:
     from pyroute2 import IPRoute
     from pyroute2 import netns as pyroute2_netns
 
-    from netns.realise.nsenter import netns_preexec
+    from netns.realise.nsenter import create_netns, netns_preexec
 
     name = SCRATCH_PREFIX + secrets.token_hex(4)
-    pyroute2_netns.create(name)
+    create_netns(name)
     try:
         with IPRoute(netns=name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")

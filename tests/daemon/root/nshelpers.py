@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from netns.realise.nsenter import in_netns
+from netns.realise.nsenter import create_netns, in_netns
 
 SCRATCH_PREFIX = "l2bt-"
 
@@ -22,7 +22,7 @@ def extra_ns() -> Iterator[str]:
     Only threads of this process ever enter it, so removing it leaves nothing behind.
     """
     name = SCRATCH_PREFIX + secrets.token_hex(4)
-    pyroute2_netns.create(name)
+    create_netns(name)
     try:
         with IPRoute(netns=name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")

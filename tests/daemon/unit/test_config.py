@@ -915,3 +915,7 @@ def test_a_peers_own_storm_limits_and_the_dhcp_servers() -> None:
     assert error_of(MINIMAL + '[[peer]]\nname = "b"\nstorm_multicast = 0\n') == (
         "site.toml: peer[0].storm_multicast: expected a number of frames per second from 1 "
         "to 1000000, found 0")
+
+
+def test_default_workers_leave_a_core_to_the_kernel_per_worker() -> None:
+    assert [default_workers(n) for n in (1, 2, 3, 4, 8, 200)] == [1, 1, 1, 2, 4, 64]

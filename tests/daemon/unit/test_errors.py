@@ -19,3 +19,10 @@ def test_several_errors_of_one_type_count_as_the_first() -> None:
 def test_errors_of_different_types_stay_a_group() -> None:
     group = ExceptionGroup("g", [OSError("a"), ValueError("b")])
     assert sole_cause(group) is group
+
+
+def test_several_l2bridge_errors_count_as_the_first() -> None:
+    from l2bridge.errors import L2bridgeError, PeerError
+
+    first = L2bridgeError('tap "l2b0" was deleted')
+    assert sole_cause(ExceptionGroup("g", [first, PeerError("other")])) is first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -337,7 +338,56 @@ def test_a_flooded_frame_has_a_type_of_its_own() -> None:
     frag = Fragmenter(100)
     frame = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"x" * 28
     (flooded,) = frag.split_flooded(frame)
-    assert flooded[:4] == b"\x15\x00\x00\x00"
+    assert flooded[:4] == b"\x19\x00\x00\x00"
     assert decode(flooded) == Frame(frame)
     big = frame + b"y" * 200
     assert frag.split_flooded(big) == Fragmenter(100).split(big)  # fragments stay fragments
+    assert [d[:1] for d in frag.split_flooded(frame, 40)] == [b"\x12"] * 2  # a path's room
+    assert frag.split_flooded(frame, 1000)[0][:1] == b"\x19"  # a TCP link's room
+
+
+# ---------------------------------------------------------------- reach messages
+
+KEY = bytes(range(32))
+
+
+def test_reach_messages_round_trip() -> None:
+    from l2bridge.core.wire import Ask, Hint, Relayed, encode_ask, encode_hint, encode_relay
+
+    assert decode(encode_ask(KEY)) == Ask(KEY)
+    assert decode(encode_hint(KEY, "198.18.1.2", 55555, True)) == Hint(KEY, "198.18.1.2", 55555,
+                                                                       True)
+    assert decode(encode_hint(KEY, "2001:db8::7", 1, False)) == Hint(KEY, "2001:db8::7", 1,
+                                                                     False)
+    assert decode(encode_relay(KEY, b"\x04sealed", to=True)) == Relayed(KEY, b"\x04sealed", True)
+    assert decode(encode_relay(KEY, b"\x01init", to=False)) == Relayed(KEY, b"\x01init", False)
+
+
+@pytest.mark.parametrize("datagram", [
+    b"\x15\x00\x00\x00" + KEY[:31],  # a short key
+    b"\x15\x01\x00\x00" + KEY,  # ASK with flags
+    b"\x15\x00\x00\x00" + KEY + b"x",  # ASK with a tail
+    b"\x16\x00\x00\x00" + KEY + bytes(4),  # HINT port 0
+    b"\x16\x00\xd9\x03" + KEY + bytes(5),  # HINT address of 5 bytes
+    b"\x16\x04\xd9\x03" + KEY + bytes(4),  # HINT unknown flag
+    b"\x17\x00\x00\x00" + KEY,  # RELAY_TO without a datagram
+    b"\x18\x00\x00\x01" + KEY + b"x",  # RELAYED with b2b3 set
+])
+def test_malformed_reach_messages_are_wire_errors(datagram: bytes) -> None:
+    with pytest.raises(WireError):
+        decode(datagram)
+
+
+@given(st.binary(min_size=1, max_size=80))
+def test_reach_decode_raises_only_wire_errors(tail: bytes) -> None:
+    for kind in (0x15, 0x16, 0x17, 0x18):
+        with contextlib.suppress(WireError):
+            decode(bytes((kind,)) + tail)
+
+
+def test_fragment_ids_of_a_worker_stride_by_the_workers() -> None:
+    fragmenter = Fragmenter(104, first_id=1, stride=3)
+    ids = [_fragments(fragmenter.split(_frame(300, i)))[0].frag_id for i in range(4)]
+    assert ids == [1, 4, 7, 10]
+    assert len(fragmenter.split_within(_frame(300), 400)) == 1  # a TCP link's room
+    assert len(fragmenter.split_within(_frame(300), 50)) == 6  # a relayed path's

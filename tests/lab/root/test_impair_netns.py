@@ -50,9 +50,9 @@ def _udp_socket(ns: str, addr: str, port: int) -> socket.socket:
 
 
 async def udp_probe(lab: Any, src: str, dst: str, *, count: int, per_ms: int = 2,
-                    settle_s: float = 0.5, expect: int = 0) -> list[int]:
-    """Send ``count`` numbered datagrams ``src`` gw → ``dst`` gw (``per_ms`` per ms);
-    return the numbers received, in arrival order.
+                    settle_s: float = 0.5, expect: int = 0, to: str | None = None) -> list[int]:
+    """Send ``count`` numbered datagrams ``src`` gw → ``dst`` gw (``per_ms`` per ms; to
+    address ``to``, by default ``dst``'s own); return the numbers received, in arrival order.
 
     After sending, receiving goes on until ``expect`` distinct numbers arrived (for
     at most ``BOUND_S``; the caller asserts the result), then ``settle_s`` more."""
@@ -71,7 +71,7 @@ async def udp_probe(lab: Any, src: str, dst: str, *, count: int, per_ms: int = 2
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive)
             for i in range(count):
-                await tx.sendto(SEQ.pack(i) + bytes(60), (d.underlay, PROBE_PORT))
+                await tx.sendto(SEQ.pack(i) + bytes(60), (to or d.underlay, PROBE_PORT))
                 if i % per_ms == per_ms - 1:
                     await trio.sleep(0.001)
             with trio.move_on_after(BOUND_S):

@@ -24,17 +24,23 @@ async def test_site_behind_nat_only_dials_out_and_the_lab_passes(lab_scenario) -
     out = await traffic.ping(home.gw_ns, london.underlay, count=3, interval_s=0.05)
     assert out.ok, out.output
     assert sorted(await udp_probe(lab, "home", "london", count=50, expect=50)) == list(range(50))
-    # inbound does not: neither ping nor a new UDP flow reaches home's private address
-    inbound = await traffic.ping(london.gw_ns, home.underlay, count=3, interval_s=0.05,
+    # inbound does not: the private address is not routed on the WAN, and home's NAT router
+    # answers nothing new at its public address (no ping, no new UDP flow gets through)
+    assert home.nat is not None
+    private = await traffic.ping(london.gw_ns, home.underlay, count=1, deadline_s=1)
+    assert private.received == 0, private.output
+    inbound = await traffic.ping(london.gw_ns, home.nat.public, count=3, interval_s=0.05,
                                  deadline_s=1)
     assert inbound.sent >= 3 and inbound.received == 0, inbound.output
-    assert await udp_probe(lab, "london", "home", count=50, settle_s=0.2) == []
+    assert await udp_probe(lab, "london", "home", count=50, settle_s=0.2,
+                           to=home.nat.public) == []
 
-    # london learned home's translated address from its authenticated handshake: the router's
-    # address on london's own link (masquerade), never home's private one
+    # london learned home's translated address from its authenticated handshake: the public
+    # address of home's own NAT router, never home's private one
+    assert home.nat is not None and home.nat.public == "198.18.3.2"
     peers = {p["name"]: p for p in (await lab.show("london"))["peers"]}
     assert peers["home"]["state"] == "up"
-    assert peers["home"]["endpoint"].startswith(f"{london.router}:"), peers["home"]
+    assert peers["home"]["endpoint"] == f"{home.nat.public}:55555", peers["home"]
     assert peers["home"]["configured_endpoint"] is None
 
     results = await lab.run_checks()

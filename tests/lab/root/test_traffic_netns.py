@@ -45,7 +45,7 @@ from netns.checks.traffic import (
     send_frames,
     tcpdump_count,
 )
-from netns.realise.nsenter import in_netns, pids_in_netns
+from netns.realise.nsenter import create_netns, in_netns, pids_in_netns
 
 SRC = bytes.fromhex("020000000001")
 DST = bytes.fromhex("020000000002")
@@ -140,14 +140,13 @@ def _destroy(names: list[str]) -> None:
 def topo() -> Iterator[Topo]:
     if os.geteuid() != 0:
         pytest.skip("needs root: builds network namespaces, veths and a bridge")
-    from pyroute2 import netns
 
     prefix = f"l2btr-{secrets.token_hex(3)}"
     t = Topo(s=f"{prefix}-s", a=f"{prefix}-a", b=f"{prefix}-b", c=f"{prefix}-c")
     created: list[str] = []
     try:
         for name in (t.s, *t.hosts):
-            netns.create(name)
+            create_netns(name)
             created.append(name)
         _build(t)
         yield t

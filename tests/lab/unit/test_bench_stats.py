@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 
 import pytest
@@ -400,7 +401,8 @@ def test_scenario_is_two_sites_with_one_host_and_a_vxlan_sized_wan() -> None:
 
 def args(**kw: object) -> argparse.Namespace:
     base: dict[str, object] = {"json": False, "plot": None, "rounds": None, "seconds": None,
-                               "quick": False, "workers": 1, "low_latency": False}
+                               "quick": False, "workers": 1, "low_latency": False,
+                               "transports": False}
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -446,3 +448,31 @@ def test_cli_knows_the_command() -> None:
 
     parsed = cli.build_parser().parse_args(["bench", "--quick", "--json", "--rounds", "2"])
     assert (parsed.command, parsed.quick, parsed.json, parsed.rounds) == ("bench", True, True, 2)
+
+
+def test_transports_bench_scenarios_set_the_transport_on_every_peer() -> None:
+    from netns.bench import transports
+
+    for variant, keys in (("udp", 'transport = "udp"'), ("tcp unbounded", "tcp_send_queue = 0")):
+        plan = make_plan(transports.scenario(variant, "lossy"), prefix="l2b00000")
+        west = plan.site("west").config_text
+        assert keys.split(",")[-1].strip() in west
+        assert west.count("transport = ") == 1  # on its one [[peer]], not in [site]
+    assert "rate_mbit = 50" not in make_plan(transports.scenario("tcp", "clean"),
+                                             prefix="l2b00000").site("west").config_text
+
+
+def test_transports_table_names_every_wan_and_variant() -> None:
+    from netns.bench import transports
+
+    result = transports.Result(transports.Settings(rounds=2, seconds=1))
+    result.samples[("tcp", "clean")] = [{"tcp1_mbit_s": 10.0}, {"tcp1_mbit_s": 30.0}]
+    table = transports.format_table(result)
+    assert "WAN clean" in table and "WAN lossy" in table and "tcp unbounded" in table
+    assert "20 (10–30)" in table
+
+
+def test_transports_takes_only_its_options() -> None:
+    out = io.StringIO()
+    code = bench.cmd_bench(args(transports=True, workers=2), lambda body: 99, out)
+    assert code == 2

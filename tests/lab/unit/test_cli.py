@@ -96,14 +96,39 @@ def test_vxlan_on_small_wan_mtu_exits_2(capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["plan", TWO, "--wan-mtu", "20"]) == 2
 
 
-@pytest.mark.parametrize("argv", [["run", TWO], ["up", TWO], ["down", "l2b00000"], ["clean"],
-                                  ["exec", "l2b00000", "a.h1", "--", "true"]])
-def test_commands_needing_root_say_so(argv: list[str], monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+FORBIDDEN = ("this kernel forbids unprivileged user namespaces (/proc/sys/kernel/"
+             "unprivileged_userns_clone is 0); enable them as root (...) or run the lab as root")
+
+
+@pytest.mark.parametrize("argv", [["run", TWO], ["up", TWO], ["bench", "--quick"],
+                                  ["timing", "--sites", "2"]])
+def test_without_root_or_user_namespaces_one_line_says_why(
+        argv: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from netns import rootless
+
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(rootless, "inside", lambda: False)
+    monkeypatch.setattr(rootless, "userns_problem", lambda: FORBIDDEN)
     assert cli.main(argv) == 2
-    assert capsys.readouterr().err == (
-        "this command needs root (network namespaces); run it with sudo\n")
+    assert capsys.readouterr().err == FORBIDDEN + "\n"
+
+
+@pytest.mark.parametrize(("argv", "needs"), [
+    (["timing", "--mininet"], "timing --mininet needs root"),
+    (["run", "scenarios/vlan-trunk.toml"], "VLAN hosts ("),
+])
+def test_what_cannot_run_rootless_is_refused_in_one_line(
+        argv: list[str], needs: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from netns import rootless
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(rootless, "inside", lambda: False)
+    monkeypatch.chdir(REPO)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(needs) and err.count("\n") == 1, err
 
 
 def test_python_dash_m_netns_runs_the_cli() -> None:

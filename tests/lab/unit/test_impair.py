@@ -10,13 +10,15 @@ import pytest
 from netns.describe.impair import (
     AddTbf,
     NftRuleset,
-    link_addresses,
+    nft_replace,
     nft_ruleset,
     numgen_threshold,
     tbf_step,
 )
-from netns.describe.plan import IFNAME_MAX, AddAddress, AddVeth, Sysctl, make_plan
+from netns.describe.plan import IFNAME_MAX, make_plan
 from netns.describe.scenario import Link, ScenarioError, parse_scenario
+from netns.describe.steps import AddAddress, AddRoute, AddVeth, Sysctl
+from netns.describe.underlay import site_addresses
 from netns.realise.relay import DelayLine, make_lines
 
 
@@ -50,7 +52,7 @@ def test_site_link_is_wan_defaults_with_the_sites_own_keys() -> None:
     assert scenario.link("a") == Link(mtu=1400, rate_mbit=20.0, loss_percent=1.0)
     assert scenario.link("b") == Link(mtu=1400, rate_mbit=20.0, loss_percent=0.0, delay_ms=30.0,
                                       jitter_ms=5.0, reorder_percent=2.0)
-    assert scenario.link("c") == Link(mtu=1300, rate_mbit=20.0, loss_percent=1.0, nat=True)
+    assert scenario.link("c") == Link(mtu=1300, rate_mbit=20.0, loss_percent=1.0, nat="cone")
     assert (scenario.link("a").needs_relay, scenario.link("b").needs_relay) == (False, True)
     assert (scenario.link("a").needs_nft, scenario.link("b").needs_nft) == (True, False)
     assert scenario.wan.seed == 1
@@ -71,21 +73,35 @@ def test_site_link_is_wan_defaults_with_the_sites_own_keys() -> None:
         ("[wan]\nnat = true\n" + sites("", ""),
          "lab.toml: wan.nat: NAT is per site: set it in the site's own table, [[site]] wan = "
          "{ nat = true } (remove it from [wan])"),
-        (sites("wan = { nat = true }", "", "wan = { nat = true }"),
-         'lab.toml: site[2].wan.nat: sites "a" and "c" would both be behind NAT and peer with '
-         "each other, so neither could reach the other (at most one side of each peering may "
-         "be behind NAT)"),
+        (sites("wan = { nat = true }", "wan = { nat = 'symmetric' }"),
+         'lab.toml: site[1].wan.nat: sites "a" and "b" are both behind NAT and share no peer '
+         "with a public address, so neither could reach the other (add a site not behind NAT "
+         "that peers with both, or remove one nat)"),
         (sites("hub = true\nwan = { nat = true }", "", "wan = { nat = true }"),
-         'lab.toml: site[2].wan.nat: sites "a" and "c" would both be behind NAT and peer with '
-         "each other, so neither could reach the other (at most one side of each peering may "
-         "be behind NAT)"),
+         'lab.toml: site[2].wan.nat: sites "a" and "c" are both behind NAT and share no peer '
+         "with a public address, so neither could reach the other (add a site not behind NAT "
+         "that peers with both, or remove one nat)"),
+        (sites("wan = { nat = 'full-cone' }", ""),
+         'lab.toml: site[0].wan.nat: expected true, false, "cone" or "symmetric", found '
+         '"full-cone" (did you mean "cone"?)'),
+        (sites("wan = { nat = 1 }", ""),
+         'lab.toml: site[0].wan.nat: expected true, false, "cone" or "symmetric", found an '
+         "integer (1)"),
+        (sites("wan = { block_udp = 'yes' }", ""),
+         'lab.toml: site[0].wan.block_udp: expected true or false, found a string ("yes")'),
+        (sites("dial_out = false", "dial_out = false"),
+         'lab.toml: site[1].dial_out: sites "a" and "b" both have dial_out = false, so neither '
+         "would dial the other"),
+        (sites("", "wan = { nat = true }\ndial_out = false"),
+         'lab.toml: site[1].dial_out: site "b" has dial_out = false and it is behind NAT, so '
+         '"a" cannot dial it; neither would dial the other'),
         (sites("wan = { los_percent = 1 }", ""),
          'lab.toml: site[0].wan.los_percent: unknown key "los_percent" (did you mean '
          '"loss_percent"?)'),
         (sites("wan = { seed = 3 }", ""),
          'lab.toml: site[0].wan.seed: unknown key "seed"; expected one of mtu, rate_mbit, '
          "loss_percent, duplicate_percent, delay_ms, jitter_ms, reorder_percent, loss_pattern, "
-         "relay, nat"),
+         "relay, nat, block_udp"),
         (sites("wan = { rate_mbit = 0 }", ""),
          "lab.toml: site[0].wan.rate_mbit: expected a number of Mbit/s from 0.01 to 10000, "
          "found 0"),
@@ -104,7 +120,17 @@ def test_bad_link_keys_are_one_exact_line(text: str, message: str) -> None:
 
 def test_nat_spokes_behind_a_public_hub_are_fine() -> None:
     scenario = parse_scenario(sites("hub = true", "wan = { nat = true }", "wan = { nat = true }"))
-    assert [scenario.link(s).nat for s in "abc"] == [False, True, True]
+    assert [scenario.link(s).nat for s in "abc"] == ["", "cone", "cone"]
+
+
+def test_two_nat_sites_that_share_a_public_site_may_peer() -> None:
+    scenario = parse_scenario(sites("wan = { nat = 'cone' }", "wan = { nat = 'symmetric' }", ""))
+    assert [scenario.link(s).nat for s in "abc"] == ["cone", "symmetric", ""]
+    plan = make_plan(scenario, prefix="l2b0c0de")
+    a = tomllib.loads(plan.site("a").config_text)["peer"]
+    # each NAT site lists the other without an endpoint (dial-in), and dials the public one
+    assert [(p["name"], p.get("endpoint")) for p in a] == [("b", None),
+                                                           ("c", "198.18.3.2:55555")]
 
 
 # ---------------------------------------------------------------- plan
@@ -134,7 +160,8 @@ def test_relay_splits_the_link_into_two_legs() -> None:
     assert b.relay.argv()[1:] == ["-m", "netns.realise.relay", "--a", "b_g", "--b", "b_r",
                                   "--delay-ms", "20", "--jitter-ms", "5",
                                   "--reorder-percent", "1", "--seed", "42",
-                                  "--queue-frames", "10000"]
+                                  "--queue-frames", "10000", "--knobs",
+                                  f"{plan.rundir}/relay-b.json"]
     assert "relay l2b0c0de-wan: b_g <-> b_r delay 20ms jitter 5ms reorder 1% seed 42" in (
         plan.describe())
 
@@ -158,32 +185,44 @@ def test_rate_is_tbf_on_both_ends_of_the_link() -> None:
     assert tbf_step("ns", "x", Link(rate_mbit=0.5, mtu=1500)) == AddTbf("ns", "x", 500, 3028, 50)
 
 
-def test_loss_duplication_and_nat_ruleset() -> None:
+def test_loss_duplication_and_blocked_udp_ruleset() -> None:
     text = nft_ruleset("l2b0c0de", [
         ("a", Link(loss_percent=2.5, duplicate_percent=0.01)),
-        ("b", Link()),
-        ("c", Link(nat=True, loss_percent=10)),
+        ("b", Link(block_udp=True)),
+        ("c", Link(nat="cone", loss_percent=10)),
     ])
-    assert text == """table ip l2b0c0de {
+    assert text == """table inet l2b0c0de {
   chain forward {
     type filter hook forward priority filter; policy accept;
-    oifname "c" ct state new drop
+    iifname "b" meta l4proto udp drop
+    oifname "b" meta l4proto udp drop
     iifname "a" numgen random mod 10000 < 250 drop
     iifname "c" numgen random mod 10000 < 1000 drop
     oifname "a" numgen random mod 10000 < 250 drop
     oifname "c" numgen random mod 10000 < 1000 drop
   }
-  chain nat {
-    type nat hook postrouting priority srcnat; policy accept;
-    iifname "c" masquerade
-  }
+}
+table ip l2b0c0de {
   chain duplicate {
     type filter hook postrouting priority srcnat + 10; policy accept;
     iifname "a" numgen random mod 10000 < 1 dup to ip daddr device oif
     oifname "a" numgen random mod 10000 < 1 dup to ip daddr device oif
   }
 }
+table ip6 l2b0c0de {
+  chain duplicate {
+    type filter hook postrouting priority srcnat + 10; policy accept;
+    iifname "a" numgen random mod 10000 < 1 dup to ip6 daddr device oif
+    oifname "a" numgen random mod 10000 < 1 dup to ip6 daddr device oif
+  }
+}
 """
+    replace = nft_replace("l2b0c0de", [("b", Link())])
+    assert replace == "".join(f"table {f} l2b0c0de {{}}\ndelete table {f} l2b0c0de\n"
+                              for f in ("inet", "ip", "ip6"))
+    assert nft_ruleset("x", [("a", Link(nat="symmetric"))]) is None  # NAT is not the router's
+    every = nft_ruleset("x", [("a", Link(loss_percent=100, duplicate_percent=100))]) or ""
+    assert '    iifname "a" drop\n' in every and '    oifname "a" dup to ip6 daddr' in every
     assert nft_ruleset("x", [("a", Link()), ("b", Link(mtu=1400))]) is None
     assert [numgen_threshold(p) for p in (0.004, 0.005, 2, 33.333, 100)] == [0, 0, 200, 3333,
                                                                               10_000]
@@ -193,8 +232,25 @@ def test_nat_site_is_private_and_dials_out() -> None:
     plan = plan_of(sites("", "", "wan = { nat = true }"))
     home = plan.site("c")
     assert (home.router, home.underlay) == ("100.64.3.1", "100.64.3.2")
-    assert link_addresses(3, Link()) == ("198.18.3.1", "198.18.3.2")
-    assert AddAddress("l2b0c0de-c-gw", "wan0", "100.64.3.2/24") in plan.steps
+    assert home.addresses.public4 == "198.18.3.2"
+    public = site_addresses(3, nat=False, ipv4=True, ipv6=False)
+    assert (public.router, public.underlay) == ("198.18.3.1", "198.18.3.2")
+    nat, wan = "l2b0c0de-c-nat", "l2b0c0de-wan"
+    assert nat in plan.namespaces and plan.nodes["c.nat"].ns == nat
+    for step in (AddVeth("l2b0c0de-c-gw", "wan0", nat, "lan0", 1500),
+                 AddAddress(nat, "lan0", "100.64.3.1/24"),
+                 AddVeth(nat, "wan0", wan, "c", 1500),
+                 AddAddress(wan, "c", "198.18.3.1/24"),
+                 AddAddress(nat, "wan0", "198.18.3.2/24"),
+                 AddRoute(nat, "0.0.0.0/0", "198.18.3.1"),
+                 AddAddress("l2b0c0de-c-gw", "wan0", "100.64.3.2/24"),
+                 AddRoute("l2b0c0de-c-gw", "0.0.0.0/0", "100.64.3.1"),
+                 Sysctl(nat, "net.ipv4.ip_forward", "1")):
+        assert step in plan.steps, step
+    (rules,) = [s for s in plan.steps if isinstance(s, NftRuleset) and s.ns == nat]
+    assert "masquerade\n" in rules.text and 'iifname "wan0" ct state new drop' in rules.text
+    assert "nat c: l2b0c0de-c-nat cone, lan0 100.64.3.1 (private) ↔ wan0 198.18.3.2 " \
+           "(public)" in plan.describe()
     def endpoints(site: str) -> list[tuple[str, str | None]]:
         peers = tomllib.loads(plan.site(site).config_text)["peer"]
         return [(p["name"], p.get("endpoint")) for p in peers]
@@ -202,7 +258,7 @@ def test_nat_site_is_private_and_dials_out() -> None:
     assert endpoints("a") == [("b", "198.18.2.2:55555"), ("c", None)]
     assert endpoints("c") == [("a", "198.18.1.2:55555"), ("b", "198.18.2.2:55555")]
     assert "gateway a: l2bridge up -c /run/l2bridge/lab/l2b0c0de/a.toml in l2b0c0de-a-gw, " \
-           "peers: b 198.18.2.2, c (dials in)" in plan.describe()
+           "peers: b 198.18.2.2:55555, c (dials in)" in plan.describe()
     config = pytest.importorskip("l2bridge.core.config")
     for site in plan.sites:
         parsed = config.parse_config(site.config_text, site.config_path)

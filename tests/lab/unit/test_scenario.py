@@ -96,9 +96,8 @@ to = "berlin.h1"
          "lab.toml: wan.mtu: expected an integer from 576 to 9000, found 100"),
         ("[wan]\nloss_percent = 101\n" + TWO_SITES,
          "lab.toml: wan.loss_percent: expected a number from 0 to 100, found 101"),
-        ("[wan]\nipv6 = true\n" + TWO_SITES,
-         "lab.toml: wan.ipv6: an IPv6 underlay: not implemented in this version of the lab "
-         "(remove the key)"),
+        ("[wan]\nipv6 = 1\n" + TWO_SITES,
+         "lab.toml: wan.ipv6: expected true or false, found an integer (1)"),
         ("[lab]\ngateway = 'gre'\n" + TWO_SITES,
          'lab.toml: lab.gateway: expected one of "l2bridge", "vxlan", found "gre"'),
         ("[lab]\nkeepalive = 3\ndead_after = 2\n" + TWO_SITES,
