@@ -28,6 +28,7 @@ with the userspace stage alone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -40,6 +41,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from l2bridge.core.classify import LOOP_PROBE_MAC
+from l2bridge.core.config import SiteConfig
 from l2bridge.core.storm import StormLimits
 from l2bridge.errors import KernelError
 
@@ -47,6 +49,7 @@ log = logging.getLogger("l2bridge")
 
 WINDOW_NS = 100_000_000  # 100 ms
 MIN_LIMIT = 16  # group frames per window and CPU, whatever the configured rates
+NO_LIMIT = 2**31 - 1  # the largest immediate of a BPF compare: storm control off
 FILTER_PRIO = 0xC2B2  # our filter's priority on the tap's egress
 FILTER_NAME = "l2b_storm"
 STP_MAC = bytes.fromhex("0180c2000000")
@@ -79,7 +82,15 @@ class StormGuardError(KernelError):
 def kernel_limit(limits: list[StormLimits], window_ns: int = WINDOW_NS) -> int:
     """Group frames per window and CPU: twice the highest broadcast + multicast rate."""
     rate = max(limit.broadcast + limit.multicast for limit in limits)
-    return max(MIN_LIMIT, math.ceil(2 * rate * window_ns / 1e9))
+    return min(NO_LIMIT, max(MIN_LIMIT, math.ceil(2 * rate * window_ns / 1e9)))
+
+
+def site_limit(config: SiteConfig) -> int:
+    """The kernel limit for a site's config: its own and its peers' storm limits;
+    ``NO_LIMIT`` while ``storm_control`` is off (the filter stays, passing all)."""
+    if not config.storm_control:
+        return NO_LIMIT
+    return kernel_limit([config.storm] + [p.storm for p in config.peers if p.storm is not None])
 
 
 def program(limit: int, map_fd: int, window_ns: int = WINDOW_NS) -> bytes:
@@ -199,9 +210,23 @@ def load(insns: bytes, name: str = FILTER_NAME) -> int:
 # ---------------------------------------------------------------- the tap's filter
 
 
+def attach(config: SiteConfig, undo: contextlib.ExitStack) -> StormGuard | None:
+    """The kernel stage on the site's tap until ``undo`` closes, or None (logged once: the
+    kernel refused it, and the userspace buckets work alone)."""
+    guard = StormGuard(config.tap, site_limit(config))
+    try:
+        undo.enter_context(guard)
+    except StormGuardError as exc:
+        log.warning("%s", exc)
+        return None
+    log.info("tap %s: kernel storm filter on (%s group frames per CPU and %d ms)", config.tap,
+             "any" if guard.limit == NO_LIMIT else guard.limit, WINDOW_NS // 1_000_000)
+    return guard
+
+
 class StormGuard:
-    """The kernel stage on ``tap``: ``with StormGuard(tap, limit):``; ``set_limit`` on a
-    reload.  Removes exactly what it added."""
+    """The kernel stage on ``tap``: ``with StormGuard(tap, limit):``; ``follow(config)``
+    on a reload.  Removes exactly what it added."""
 
     def __init__(self, tap: str, limit: int) -> None:
         self.tap = tap
@@ -234,6 +259,16 @@ class StormGuard:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def follow(self, config: SiteConfig) -> None:
+        """A reload changed the policy: the limit the new config gives (a refusal is logged,
+        the old filter stays)."""
+        try:
+            self.set_limit(site_limit(config))
+        except (OSError, NetlinkError) as exc:
+            code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
+            log.warning("tap %s: cannot change the kernel storm filter: %s; the old limit "
+                        "stays", self.tap, os.strerror(code))
 
     def set_limit(self, limit: int) -> None:
         """A new limit (a reload): the filter is replaced by one with the new limit."""

@@ -16,9 +16,17 @@ from nshelpers import extra_ns, link_up
 from pyroute2 import IPRoute
 
 from l2bridge.core.classify import LOOP_PROBE_MAC
+from l2bridge.core.config import parse_config
 from l2bridge.core.storm import StormLimits
 from l2bridge.io.netctl import BridgePlumbing
-from l2bridge.io.stormguard import MIN_LIMIT, StormGuard, kernel_limit, program
+from l2bridge.io.stormguard import (
+    MIN_LIMIT,
+    NO_LIMIT,
+    StormGuard,
+    kernel_limit,
+    program,
+    site_limit,
+)
 from l2bridge.io.tap import open_tap
 from netns.realise.nsenter import in_netns
 
@@ -92,6 +100,11 @@ def test_the_kernel_limit_follows_the_rates() -> None:
     assert kernel_limit([StormLimits(broadcast=5, multicast=5)]) == MIN_LIMIT
     assert kernel_limit([StormLimits(), StormLimits(broadcast=9000)]) == 2000
     assert len(program(400, 3)) % 8 == 0
+    site = parse_config('[site]\nname = "a"\ninsecure = true\nstorm_broadcast = 3000\n'
+                        '[[peer]]\nname = "b"\nstorm_multicast = 9000\n')
+    assert site_limit(site) == 2 * (3000 + 9000) // 10  # the peer's own limits count
+    off = parse_config('[site]\nname = "a"\ninsecure = true\nstorm_control = false\n')
+    assert site_limit(off) == NO_LIMIT
 
 
 def test_the_bridge_forgets_what_it_learned_when_asked() -> None:
