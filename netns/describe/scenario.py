@@ -1011,8 +1011,7 @@ def parse_check(raw: Mapping[str, Any], scenario: Scenario, path: str = "<check>
     sites = {s.name for s in scenario.sites}
     vlans = {f"{s.name}.{h.name}": h.vlan for s in scenario.sites for h in s.hosts}
     links = {link.name for link in scenario.lan_links}
-    return _Parser(path, vlans, links).checks([dict(raw)], refs, sites)[0]
-    parser = _Parser(path, vlans)
+    parser = _Parser(path, vlans, links)
     parser.peers = scenario.peers_of()
     return parser.checks([dict(raw)], refs, sites)[0]
 
