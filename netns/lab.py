@@ -79,6 +79,12 @@ CHECK_PROGRAMS: dict[str, tuple[str, ...]] = {
     "restart": ("ping",),
     "command": (),  # its own program: see command_programs()
     "vlan_tags": ("tcpdump",),
+    "wan_frames": (),
+    "loop_blocked": (),
+    "unplug": ("ping",),
+    "storm": ("iperf3",),
+    "dhcp_local": ("dnsmasq", "busybox"),
+    "mac_flap": (),
     "stream": ("ping",),  # or iperf3: see command_programs()
     "recovers": ("ping",),
     "path": (),
@@ -167,6 +173,8 @@ class Lab:
         }
         self.dns = DnsServer(plan.dns) if plan.dns is not None else None
         self.timings: dict[str, float] = {}
+        # What crossed the WAN around the checks a ``wan_frames`` check counts ``during``.
+        self.windows: dict[int, tuple[checks_mod.WanCount, checks_mod.WanCount]] = {}
         self.faults = Faults(plan, self.gateways, self.relays, self.dns)
         self.timeline: Timeline | None = None  # set while (and after) the timeline runs
         self.event_results: list[EventResult] = []

@@ -41,6 +41,17 @@ File format (every key of [site] but ``name`` is optional)::
     pinned_macs = []                 # MACs that live here: no peer may claim them
     rekey_after = 120                # seconds; all session timers scale with it (tests)
     metrics = "127.0.0.1:9587"       # optional: serve Prometheus /metrics here
+    loop_protect = true              # probes break loops through another layer-2 path
+    loop_probe_interval = 1          # seconds, 0.1..60; a loop is released 3 intervals after
+    storm_control = true             # token buckets on flooded frames, per peer and direction
+    storm_broadcast = 1000           # frames/s, 1..1000000 (also storm_multicast,
+    storm_burst = 2                  #   storm_unknown_unicast); bucket depth in seconds of rate
+    mac_flap_detect = true           # a MAC moving > mac_flap_moves times in mac_flap_window
+    mac_flap_moves = 5               #   seconds is held where it was for mac_flap_hold seconds
+    dhcp_servers = ["berlin"]        # optional: the peers whose DHCP servers and IPv6 routers
+                                     #   this site's hosts may use ([]: only local ones)
+    arp_suppress = false             # answer ARP/NS for addresses known behind peers
+    arp_max_bindings = 8192
     relay = true                     # pass sealed datagrams between two of our peers that
                                      # cannot reach each other directly
     resolve_interval = 60            # seconds: endpoints given as DNS names are resolved again
@@ -55,6 +66,8 @@ File format (every key of [site] but ``name`` is optional)::
     allowed_macs = []                # optional: only these source MACs from this peer
     max_macs = 1024                  # MACs learned behind this peer (default max_entries_per_peer)
     persistent_keepalive = 25        # seconds: the longest silence towards this peer
+    storm_broadcast = 5000           # optional: this peer's own storm limits (storm_multicast,
+                                     #   storm_unknown_unicast, storm_burst); the site's otherwise
     transport = "auto"               # "udp", "tcp", or "auto": UDP, TCP when UDP gets nowhere
 """
 
@@ -73,6 +86,8 @@ from l2bridge.core.caps import MAX_WORKERS, default_workers
 from l2bridge.core.ether import is_multicast, parse_mac
 from l2bridge.core.files import FileProblem, read_regular_file
 from l2bridge.core.keys import Secrets
+from l2bridge.core.loop import DEFAULT_INTERVAL_S, INTERVAL_MAX_S, INTERVAL_MIN_S
+from l2bridge.core.neigh import DEFAULT_MAX_BINDINGS
 from l2bridge.core.schema import (
     REQUIRED,
     Checker,
@@ -85,6 +100,16 @@ from l2bridge.core.schema import (
     missing,
     quote,
 )
+from l2bridge.core.storm import (
+    BURST_MAX_S,
+    BURST_MIN_S,
+    DEFAULT_BURST_S,
+    DEFAULT_RATE_PER_S,
+    RATE_MAX_PER_S,
+    RATE_MIN_PER_S,
+    StormLimits,
+)
+from l2bridge.core.switch import MAC_FLAP_HOLD_S, MAC_FLAP_MOVES, MAC_FLAP_WINDOW_S
 from l2bridge.core.wire import MAX_FRAGMENTS
 
 DEFAULT_PORT = 55555
@@ -124,6 +149,10 @@ TCP_SEND_QUEUE_MAX = 64 * 1024 * 1024
 DEFAULT_INSECURE = False
 DEFAULT_REKEY_AFTER_S = 120.0  # WireGuard's REKEY_AFTER_TIME; every session timer scales with it
 REKEY_AFTER_MIN_S = 1.0
+
+MAC_FLAP_MOVES_MAX = 1000
+MAC_FLAP_TIME_MIN_S, MAC_FLAP_TIME_MAX_S = 1.0, 86400.0
+STORM_KEYS = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast", "storm_burst")
 
 KEY_FILE_RULE = "a path to a key file"
 MAC_RULE = 'a unicast MAC address like "02:00:00:00:00:01"'  # the lab's host MACs too
@@ -166,6 +195,7 @@ class PeerConfig:
     max_macs: int | None = None  # None: the site's max_entries_per_peer
     persistent_keepalive_s: float = DEFAULT_PERSISTENT_KEEPALIVE_S
     transport: str = DEFAULT_TRANSPORT  # "auto" | "udp" | "tcp" (l2bridge.core.paths)
+    storm: StormLimits | None = None  # None: the site's limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +228,18 @@ class SiteConfig:
     workers: int = field(default_factory=default_workers)
     low_latency: bool = False
     metrics: Endpoint | None = None  # where /metrics is served (None: nowhere)
+    # Layer-2 safety (README "Layer-2 safety"); every one can change on a reload.
+    loop_protect: bool = True
+    loop_probe_interval_s: float = DEFAULT_INTERVAL_S
+    storm_control: bool = True
+    storm: StormLimits = StormLimits()
+    mac_flap_detect: bool = True
+    mac_flap_moves: int = MAC_FLAP_MOVES
+    mac_flap_window_s: float = MAC_FLAP_WINDOW_S
+    mac_flap_hold_s: float = MAC_FLAP_HOLD_S
+    dhcp_servers: tuple[str, ...] | None = None  # peer names; None: every peer
+    arp_suppress: bool = False
+    arp_max_bindings: int = DEFAULT_MAX_BINDINGS
     relay: bool = True
     resolve_interval_s: float = DEFAULT_RESOLVE_INTERVAL_S
     tcp_send_queue: int = DEFAULT_TCP_SEND_QUEUE
@@ -344,12 +386,26 @@ def _ifname_param(default: Any = REQUIRED) -> Param:
     )
 
 
-def _seconds(low: float, high: float, default: float) -> Param:
+def _seconds(low: float, high: float, default: float | None) -> Param:
     return schema.number(low, high, default, unit="seconds")
 
 
 def _macs(default: Any) -> Param:
     return schema.array(MAC, 'MAC addresses like ["02:00:00:00:00:01"]', default)
+
+
+def _rate(default: Any) -> Param:
+    return schema.number(RATE_MIN_PER_S, RATE_MAX_PER_S, default, unit="frames per second")
+
+
+def _storm_keys(default: bool) -> dict[str, Param]:
+    """The storm limits: the site's defaults, or absent (None) for a peer of its own."""
+    return {
+        "storm_broadcast": _rate(DEFAULT_RATE_PER_S if default else None),
+        "storm_multicast": _rate(DEFAULT_RATE_PER_S if default else None),
+        "storm_unknown_unicast": _rate(DEFAULT_RATE_PER_S if default else None),
+        "storm_burst": _seconds(BURST_MIN_S, BURST_MAX_S, DEFAULT_BURST_S if default else None),
+    }
 
 
 NAME = schema.name(_NAME_RE, NAME_MAX_LEN, "A-Z a-z 0-9 _ . -")
@@ -391,6 +447,17 @@ SITE_SCHEMA: dict[str, Param] = {
         f'an address like "127.0.0.1:{DEFAULT_METRICS_PORT}" or "[::1]:{DEFAULT_METRICS_PORT}"',
         None, check=lambda text: parse_endpoint(text, ip_only=True),
     ),
+    "loop_protect": schema.boolean(True),
+    "loop_probe_interval": _seconds(INTERVAL_MIN_S, INTERVAL_MAX_S, DEFAULT_INTERVAL_S),
+    "storm_control": schema.boolean(True),
+    **_storm_keys(True),
+    "mac_flap_detect": schema.boolean(True),
+    "mac_flap_moves": schema.integer(1, MAC_FLAP_MOVES_MAX, MAC_FLAP_MOVES),
+    "mac_flap_window": _seconds(MAC_FLAP_TIME_MIN_S, MAC_FLAP_TIME_MAX_S, MAC_FLAP_WINDOW_S),
+    "mac_flap_hold": _seconds(MAC_FLAP_TIME_MIN_S, MAC_FLAP_TIME_MAX_S, MAC_FLAP_HOLD_S),
+    "dhcp_servers": schema.array(NAME, 'peer names like ["berlin"] ([]: none)', None),
+    "arp_suppress": schema.boolean(False),
+    "arp_max_bindings": schema.integer(ENTRIES_MIN, ENTRIES_MAX, DEFAULT_MAX_BINDINGS),
     "relay": schema.boolean(True),
     "resolve_interval": _seconds(RESOLVE_INTERVAL_MIN_S, DEAD_AFTER_MAX_S,
                                  DEFAULT_RESOLVE_INTERVAL_S),
@@ -408,6 +475,7 @@ PEER_SCHEMA: dict[str, Param] = {
     "persistent_keepalive": _seconds(KEEPALIVE_MIN_S, KEEPALIVE_MAX_S,
                                      DEFAULT_PERSISTENT_KEEPALIVE_S),
     "transport": schema.choice(TRANSPORTS, DEFAULT_TRANSPORT),
+    **_storm_keys(False),
 }
 TOP_SCHEMA: dict[str, Param] = {
     "site": schema.table(SITE_SCHEMA, rule='a table [site] with name = "..."'),
@@ -474,7 +542,10 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
                 " cleartext lab link"
             ),
         )
-    peers = _peers(checker, doc["peer"], name, listen, insecure)
+    storm = StormLimits(site["storm_broadcast"], site["storm_multicast"],
+                        site["storm_unknown_unicast"], site["storm_burst"])
+    peers = _peers(checker, doc["peer"], name, listen, insecure, storm)
+    dhcp_servers = _dhcp_servers(checker, site["dhcp_servers"], peers)
     workers = site["workers"]
     return SiteConfig(
         name=name,
@@ -503,11 +574,40 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<dict>") -> SiteConfi
         pinned_macs=frozenset(site["pinned_macs"]),
         rekey_after_s=site["rekey_after"],
         metrics=site["metrics"],
+        loop_protect=site["loop_protect"],
+        loop_probe_interval_s=site["loop_probe_interval"],
+        storm_control=site["storm_control"],
+        storm=storm,
+        mac_flap_detect=site["mac_flap_detect"],
+        mac_flap_moves=site["mac_flap_moves"],
+        mac_flap_window_s=site["mac_flap_window"],
+        mac_flap_hold_s=site["mac_flap_hold"],
+        dhcp_servers=dhcp_servers,
+        arp_suppress=site["arp_suppress"],
+        arp_max_bindings=site["arp_max_bindings"],
         relay=site["relay"],
         resolve_interval_s=site["resolve_interval"],
         tcp_send_queue=site["tcp_send_queue"],
         document=data,
     )
+
+
+def _dhcp_servers(checker: Checker, names: list[str] | None,
+                  peers: tuple[PeerConfig, ...]) -> tuple[str, ...] | None:
+    """``dhcp_servers``: distinct names of configured peers (None: every peer)."""
+    if names is None:
+        return None
+    known = [p.name for p in peers]
+    seen: dict[str, int] = {}
+    for index, item in enumerate(names):
+        key = f"site.dhcp_servers[{index}]"
+        if item not in known:
+            listed = ", ".join(known) if known else "none configured"
+            raise checker.fail(key, f"no peer {quote(item)} (expected a [[peer]] name: {listed})")
+        if item in seen:
+            raise checker.fail(key, duplicate("peer", item, f"site.dhcp_servers[{seen[item]}]"))
+        seen[item] = index
+    return tuple(names)
 
 
 def _check_interfaces(checker: Checker, interfaces: list[str], bridge: str, tap: str) -> None:
@@ -544,7 +644,7 @@ def _check_fragments(checker: Checker, budget: MtuBudget) -> None:
 
 def _peers(
     checker: Checker, tables: list[dict[str, Any]], site_name: str, listen: Endpoint,
-    insecure: bool,
+    insecure: bool, storm: StormLimits,
 ) -> tuple[PeerConfig, ...]:
     """The [[peer]] tables: unique names and keys, none the site's own, usable endpoints."""
     peers: list[PeerConfig] = []
@@ -590,6 +690,12 @@ def _peers(
                 )
             keys_seen[public_key] = key
         allowed = peer["allowed_macs"]
+        own = None
+        if any(peer[k] is not None for k in STORM_KEYS):  # the site's limits, where unset
+            own = StormLimits(*(storm_value if peer[k] is None else peer[k] for k, storm_value
+                                in zip(STORM_KEYS, (storm.broadcast, storm.multicast,
+                                                    storm.unknown_unicast, storm.burst_s),
+                                       strict=True)))
         transport = peer["transport"]
         if insecure and transport == "tcp":
             raise checker.fail(
@@ -600,7 +706,7 @@ def _peers(
         peers.append(PeerConfig(
             name, endpoint, public_key, peer["preshared_key_file"],
             None if allowed is None else frozenset(allowed), peer["max_macs"],
-            peer["persistent_keepalive"], transport,
+            peer["persistent_keepalive"], transport, own,
         ))
     return tuple(peers)
 

@@ -13,6 +13,11 @@ Liveness (cleartext transport, version 1):
      it and flushes the MACs learned behind it.
   5. A peer configured without an endpoint only dials in: its endpoint is the
      source address of the first HELLO that carries its name.
+
+Loop protection blocks a peer (``PeerTable.block``: our own decision, or the
+peer's BLOCKED flag): it stays alive (keepalives, handshakes, probes) but leaves
+the flood list ``flood`` (the live peers that carry frames); ``live`` stays the
+list of peers that are up.
 """
 
 from __future__ import annotations
@@ -60,11 +65,20 @@ class Peer:
     keepalive_s: float = 5.0  # the longest silence towards this peer
     sessions: Any = None  # its secure.PeerSessions (secure mode)
     offload: bool | None = None  # it accepts SEGMENT bursts (from its HELLO); None: not heard
+    floods: bool = False  # it accepts FLOOD datagrams (from its HELLO)
     bursts: Any = None  # its offload.BurstAssembler (SEGMENTs it sent us)
     bursts_out: int = 0
     bursts_in: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     reassembler: Reassembler = field(default_factory=Reassembler)
+    # Loop protection: why we block it (None: we do not), and whether it blocks us.
+    blocked: str | None = None
+    blocks_us: bool = False
+    blocked_since: float | None = None
+    loop_blocks: int = 0  # times it was blocked
+    # Flooded frames by class (storm.CLASSES: broadcast, multicast, unknown unicast).
+    bum_out: list[int] = field(default_factory=lambda: [0, 0, 0])
+    bum_in: list[int] = field(default_factory=lambda: [0, 0, 0])
     # How it is reached (l2bridge.core.paths, l2bridge.site.reach): the path its data
     # takes ("udp", "tcp" or "relay"), the room for a frame in one datagram on that
     # path (None: the site's budget), the configured endpoint as last resolved, the
@@ -86,6 +100,11 @@ class Peer:
     @property
     def state(self) -> str:
         return "up" if self.up else "down"
+
+    @property
+    def carries_frames(self) -> bool:
+        """Not blocked by loop protection, at either end."""
+        return self.blocked is None and not self.blocks_us
 
 
 class PeerTable:
@@ -110,8 +129,10 @@ class PeerTable:
         self.dead_after_s = dead_after_s
         self.retry_s = min(DOWN_RETRY_MAX_S, keepalive_s)
         self._high = max(self.by_port, default=0)  # the highest port ever used
-        # Live peers in port order: the flood list, rebuilt only on state changes.
+        # Live peers in port order, rebuilt only on state changes; ``flood``: those of
+        # them that carry frames (not blocked by loop protection).
         self.live: list[Peer] = []
+        self.flood: list[Peer] = []
 
     def __iter__(self):
         return iter(self.by_port.values())
@@ -224,5 +245,24 @@ class PeerTable:
                 when = min(when, peer.last_seen + self.dead_after_s)
         return max(when, now)
 
+    def block(self, peer: Peer, reason: str | None, *, by_peer: bool | None = None,
+              now: float | None = None) -> bool:
+        """Set why we block ``peer`` (None: we do not) and, when given, whether it blocks
+        us; returns True when whether it carries frames changed."""
+        before = peer.carries_frames
+        peer.blocked = reason
+        if by_peer is not None:
+            peer.blocks_us = by_peer
+        after = peer.carries_frames
+        if before != after:
+            if not after:
+                peer.loop_blocks += 1
+                peer.blocked_since = now
+            else:
+                peer.blocked_since = None
+            self._rebuild_live()
+        return before != after
+
     def _rebuild_live(self) -> None:
         self.live = [p for p in self.by_port.values() if p.up]
+        self.flood = [p for p in self.live if p.carries_frames]

@@ -7,9 +7,11 @@ Live (applied without a restart; unchanged peers keep their sessions):
   peers         added, removed, or changed: endpoint; public key or pre-shared key
                 (new sessions: the peer handshakes again); persistent_keepalive;
                 max_macs and allowed_macs (the switch's port policy); transport
-                (the peer starts over on its new paths)
+                (the peer starts over on its new paths); storm_* (its storm limits)
   [site]        ageing, max_entries, max_entries_per_peer, pinned_macs, keepalive,
-                dead_after, log_level, relay, resolve_interval
+                dead_after, log_level, relay, resolve_interval; the layer-2 safety
+                keys: loop_protect, loop_probe_interval, storm_control, storm_*,
+                mac_flap_*, dhcp_servers, arp_suppress, arp_max_bindings
 Not live: every other key - listen, tap, bridge, interfaces, workers, the
 private key (its file or its content), mtu, wan_mtu, hub, offload, insecure,
 control, ... (a key added to ``SiteConfig`` is not live until it is listed
@@ -24,15 +26,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from l2bridge.core.config import PeerConfig, SiteConfig
+from l2bridge.core.config import STORM_KEYS, PeerConfig, SiteConfig
 from l2bridge.core.keys import Secrets
 
 # SiteConfig field -> its key in the file.
 SITE_KEY = {"ageing_s": "ageing", "keepalive_s": "keepalive", "dead_after_s": "dead_after",
-            "rekey_after_s": "rekey_after", "resolve_interval_s": "resolve_interval"}
+            "rekey_after_s": "rekey_after", "resolve_interval_s": "resolve_interval",
+            "loop_probe_interval_s": "loop_probe_interval",
+            "storm": "storm limits", "mac_flap_window_s": "mac_flap_window",
+            "mac_flap_hold_s": "mac_flap_hold"}
+LAYER2_SAFETY = frozenset({"loop_protect", "loop_probe_interval_s", "storm_control", "storm",
+                           "mac_flap_detect", "mac_flap_moves", "mac_flap_window_s",
+                           "mac_flap_hold_s", "dhcp_servers", "arp_suppress", "arp_max_bindings"})
 LIVE_SITE = frozenset({"ageing_s", "max_entries", "max_entries_per_peer", "pinned_macs",
                        "keepalive_s", "dead_after_s", "log_level", "relay",
-                       "resolve_interval_s"})
+                       "resolve_interval_s"}) | LAYER2_SAFETY
+# The live fields as written in the file (the storm limits are four keys).
+LIVE_SITE_KEYS = tuple(sorted(k for f in LIVE_SITE for k in (
+    STORM_KEYS if f == "storm" else (SITE_KEY.get(f, f),))))
 NOT_COMPARED = frozenset({"peers", "path", "document"})
 
 
@@ -45,13 +56,15 @@ class PeerChange:
     keys: bool = False  # public key or pre-shared key: its sessions start over
     keepalive: bool = False
     policy: bool = False  # allowed_macs or max_macs
+    storm: bool = False  # its storm limits
     transport: bool = False
 
     @property
     def what(self) -> list[str]:
         return [w for w, on in (("endpoint", self.endpoint), ("keys", self.keys),
                                 ("keepalive", self.keepalive), ("MAC policy", self.policy),
-                                ("transport", self.transport))
+                                ("transport", self.transport),
+                                ("storm limits", self.storm))
                 if on]
 
 
@@ -131,5 +144,6 @@ def _peer_change(old: PeerConfig, new: PeerConfig, old_psks: Mapping[str, bytes]
               or old_psks.get(old.name) != new_psks.get(new.name)),
         keepalive=old.persistent_keepalive_s != new.persistent_keepalive_s,
         policy=old.allowed_macs != new.allowed_macs or old.max_macs != new.max_macs,
+        storm=old.storm != new.storm,
         transport=old.transport != new.transport,
     )

@@ -10,7 +10,9 @@ Per-frame flow (``egress`` from the tap, ``ingress`` from peer ``port``):
   1. Validate, cheapest first: runt (< 14 bytes) -> oversize (> max_frame)
      -> bad source (group bit or all-zero) -> PAUSE destination.
      A frame dropped here teaches the table nothing.
-  2. Layer-2 policy, then learning.  A source a peer port may not use is
+  2. Layer-2 policy, then learning.  A peer port that loop protection blocked
+     (``set_blocked``) teaches nothing and every frame from it is refused
+     (LOOP_BLOCKED).  A source a peer port may not use is
      refused: a MAC pinned as local (``pinned``: the site's own hosts; as
      Linux ``br_fdb_update`` refuses to learn over a local address) or one
      outside the port's allow-list (``set_port_policy``), as PINNED_MAC /
@@ -24,7 +26,9 @@ Per-frame flow (``egress`` from the tap, ``ingress`` from peer ``port``):
   3. Decide:
      egress:            group dst -> FLOOD; dst at peer p -> p;
                         dst at TAP -> LOCAL_DEST; unknown -> FLOOD
-     ingress (mesh):    TAP, always (split horizon: never peer to peer)
+     ingress (mesh):    group dst -> FLOOD (the caller delivers it to the tap,
+                        through the policy of flooded frames; split horizon:
+                        never peer to peer); else TAP
      ingress (hub):     group dst -> FLOOD (caller: tap + live peers but
                         `port`); dst at TAP -> TAP; dst at q != port -> q;
                         dst at `port` -> HAIRPIN; unknown -> FLOOD
@@ -65,6 +69,21 @@ Table invariants:
     ``learned``, subject to the caps).
   * ``ageing_s == 0``: nothing is ever learned, every unicast floods (the
     policy is still checked, on every frame).
+
+Duplicate MACs (EVPN's MAC mobility rule, RFC 7432 section 15.1), checked only
+where a live entry would move to another port: a MAC that already moved
+``flap_moves`` times in the last ``flap_window_s`` seconds does not move again.
+It is *held* where it was for ``flap_hold_s`` seconds (counted ``dup_mac``, and
+one ``MacEvent`` naming both ports for the site to report); meanwhile its frames
+are still forwarded, but frames arriving from another port never move it
+(counted ``held``).  After the hold its history starts afresh.  Histories and
+holds are bounded (``max_entries`` each; the oldest go first) and go with
+their port (``flush_port``).
+
+Every relocation between the tap and a peer, a real move or one a hold
+refused, is also counted per peer in ``tap_moves`` (and in total in
+``flapped``): a loop between the LAN and a peer shows up there first, and the
+site's loop protection reads it once per batch.
 """
 
 from __future__ import annotations
@@ -72,6 +91,7 @@ from __future__ import annotations
 import enum
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from l2bridge.core.ether import ETH_HLEN, PAUSE_MAC, VLAN_HLEN, VLAN_TPIDS, ZERO_MAC
@@ -85,6 +105,10 @@ FDB_AGEING_S = 300.0
 FDB_MAX_ENTRIES = 8192
 FDB_MAX_ENTRIES_PER_PEER = 1024
 LRU_SLACK = 64  # a port's eviction heap may hold this many stale items beyond 2x its count
+MAC_FLAP_MOVES = 5  # EVPN's defaults (RFC 7432 section 15.1): 5 moves ...
+MAC_FLAP_WINDOW_S = 180.0  # ... in 180 s
+MAC_FLAP_HOLD_S = 180.0  # then held where it was this long
+MAC_EVENTS_MAX = 256  # duplicate-MAC reports waiting for the site; more are counted only
 MAX_FRAME_BYTES = 1522
 """Default largest accepted frame: 1500 payload + 14 header + 4 tag + 4 tag."""
 
@@ -100,6 +124,30 @@ class Drop(enum.Enum):
     MAC_NOT_ALLOWED = "mac_not_allowed"  # a peer used a source MAC outside its allow-list
     LOCAL_DEST = "local_dest"  # egress frame whose destination was learned on the tap
     HAIRPIN = "hairpin"  # hub: destination learned behind the ingress peer
+    LOOP_BLOCKED = "loop_blocked"  # from a peer that loop protection blocked
+
+
+@dataclass(frozen=True, slots=True)
+class MacEvent:
+    """A duplicate MAC: it moved too often and is now held at ``held_port``."""
+
+    vlan: int
+    mac: bytes
+    held_port: int  # where it stays
+    other_port: int  # where it also appeared
+    moves: int  # moves within the window, this one included
+    until: float  # the hold ends
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMac:
+    """A MAC held by duplicate detection, as shown to operators."""
+
+    vlan: int
+    mac: bytes
+    port: int
+    other_port: int
+    remaining_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +169,7 @@ _PINNED_MAC = Drop.PINNED_MAC
 _MAC_NOT_ALLOWED = Drop.MAC_NOT_ALLOWED
 _LOCAL_DEST = Drop.LOCAL_DEST
 _HAIRPIN = Drop.HAIRPIN
+_LOOP_BLOCKED = Drop.LOOP_BLOCKED
 _TAGGED_HLEN = ETH_HLEN + VLAN_HLEN
 
 # Table key: bytes (VLAN 0) or (vid, mac).  Value: [port, last_seen].
@@ -155,6 +204,15 @@ class Switch:
         "_counts",
         "_stale_from",
         "_lru",
+        "_blocked",
+        "_flap_moves",
+        "_flap_window_s",
+        "_flap_hold_s",
+        "_moves",
+        "_held",
+        "events",
+        "tap_moves",
+        "flapped",
         "counters",
     )
 
@@ -167,6 +225,9 @@ class Switch:
         max_entries_per_peer: int = FDB_MAX_ENTRIES_PER_PEER,
         max_frame: int = MAX_FRAME_BYTES,
         pinned: frozenset[bytes] = frozenset(),
+        flap_moves: int | None = MAC_FLAP_MOVES,
+        flap_window_s: float = MAC_FLAP_WINDOW_S,
+        flap_hold_s: float = MAC_FLAP_HOLD_S,
     ) -> None:
         if ageing_s < 0:
             raise ValueError(f"ageing_s must be >= 0, got {ageing_s}")
@@ -191,9 +252,33 @@ class Switch:
         self._stale_from = math.inf
         # Per port: heap of (stamp <= last_seen, vlan, mac); see "Eviction" above.
         self._lru: dict[int, list[tuple[float, int, bytes]]] = {}
+        self._blocked: set[int] = set()  # peer ports loop protection blocked
+        self._moves: dict[_Key, deque[float]] = {}  # recent move times of MACs that moved
+        self._held: dict[_Key, list] = {}  # [until, held port, other port]
+        self._flap_moves: int | None = None
+        self._flap_window_s = self._flap_hold_s = 0.0
+        self.set_flap(flap_moves, flap_window_s, flap_hold_s)
+        self.events: list[MacEvent] = []  # duplicate MACs to report (the site drains it)
+        self.tap_moves: dict[int, int] = {}  # peer port -> relocations between it and the tap
+        self.flapped = 0  # all of them
         self.counters: dict[str, int] = {
             "learned": 0, "moved": 0, "expired": 0, "flushed": 0, "evicted": 0,
+            "dup_mac": 0, "held": 0,
         }
+
+    def set_flap(self, flap_moves: int | None, flap_window_s: float, flap_hold_s: float) -> None:
+        """Duplicate-MAC detection: ``flap_moves`` in ``flap_window_s``, then held
+        ``flap_hold_s`` (moves None: off).  Also a reload's: holds in force stay."""
+        moves, window_s, hold_s = flap_moves, flap_window_s, flap_hold_s
+        if moves is not None and (moves < 1 or window_s <= 0 or hold_s <= 0):
+            raise ValueError(f"flap moves {moves} window {window_s} hold {hold_s}: "
+                             "expected moves >= 1 and positive times")
+        self._flap_moves = moves
+        self._flap_window_s = float(window_s)
+        self._flap_hold_s = float(hold_s)
+        if moves is None:
+            self._moves.clear()
+            self._held.clear()
 
     @property
     def hub(self) -> bool:
@@ -240,7 +325,11 @@ class Switch:
         return entry[0]
 
     def ingress(self, frame: bytes, port: int, now: float) -> int | Drop:
-        """Decide for a frame received from peer ``port`` (precondition: port >= 1)."""
+        """Decide for a frame received from peer ``port`` (precondition: port >= 1).
+
+        A group destination goes to ``_group_ingress``, so the unicast path tests
+        the group bit once, as it always did (it is the per-frame path).
+        """
         n = len(frame)
         if n < ETH_HLEN:
             return _RUNT
@@ -249,9 +338,8 @@ class Switch:
         src = frame[6:12]
         if frame[6] & 1 or src == ZERO_MAC:
             return _BAD_SOURCE
-        group = frame[0] & 1
-        if group and frame[:6] == PAUSE_MAC:
-            return _PAUSE
+        if frame[0] & 1:
+            return self._group_ingress(frame, n, src, port, now)
         vid = 0
         if n >= _TAGGED_HLEN and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
             vid = (frame[14] << 8 | frame[15]) & 0x0FFF
@@ -267,8 +355,6 @@ class Switch:
                 return refused
         if not self._hub:
             return TAP
-        if group:
-            return FLOOD
         dst = frame[:6]
         entry = table.get((vid, dst) if vid else dst)
         if entry is None or now - entry[1] >= ageing:
@@ -276,6 +362,22 @@ class Switch:
         if entry[0] == port:
             return _HAIRPIN
         return entry[0]
+
+    def _group_ingress(self, frame: bytes, n: int, src: bytes, port: int,
+                       now: float) -> int | Drop:
+        """``ingress`` of a group destination: PAUSE dropped, the source learned, FLOOD."""
+        if frame[:6] == PAUSE_MAC:
+            return _PAUSE
+        vid = 0
+        if n >= _TAGGED_HLEN and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
+            vid = (frame[14] << 8 | frame[15]) & 0x0FFF
+        key = (vid, src) if vid else src
+        entry = self._table.get(key)
+        if entry is not None and entry[0] == port and now - entry[1] < self._ageing_s:
+            entry[1] = now
+            return FLOOD
+        refused = self._learn(key, vid, src, entry, port, now)
+        return FLOOD if refused is None else refused
 
     # --- learning (off the common path) --------------------------------------
 
@@ -287,6 +389,8 @@ class Switch:
         returns the policy's refusal, or None (module docstring, steps 2).
         """
         if port != TAP:
+            if port in self._blocked:
+                return _LOOP_BLOCKED
             if mac in self._pinned:
                 return _PINNED_MAC
             allowed = self._allowed.get(port)
@@ -299,7 +403,14 @@ class Switch:
         table = self._table
         if entry is not None:
             if now - entry[1] < ageing:
-                # 1. Live entry on another port: a move (the global count is unchanged).
+                # 1. Live entry on another port: a move (the global count is unchanged),
+                # unless the MAC is held or this move makes it a duplicate.
+                if port == TAP or entry[0] == TAP:
+                    peer = port or entry[0]
+                    self.tap_moves[peer] = self.tap_moves.get(peer, 0) + 1
+                    self.flapped += 1
+                if self._flap_moves is not None and self._holds(key, vid, mac, entry, port, now):
+                    return None
                 if port != TAP and counts.get(port, 0) >= self._cap(port):
                     self._make_room(port, now)
                 counts[entry[0]] -= 1
@@ -328,6 +439,54 @@ class Switch:
         if expiry < self._stale_from:
             self._stale_from = expiry
         return None
+
+    def _holds(self, key: _Key, vid: int, mac: bytes, entry: list, port: int,
+               now: float) -> bool:
+        """Whether a live entry must stay where it is instead of moving to ``port``
+        (module docstring, "Duplicate MACs"); records the move otherwise."""
+        held = self._held.get(key)
+        if held is not None:
+            if now < held[0]:
+                self.counters["held"] += 1
+                return True
+            del self._held[key]
+            self._moves.pop(key, None)
+        window = self._moves.get(key)
+        if window is None:
+            if len(self._moves) >= self._max_entries:
+                self._trim_moves(now)
+            window = self._moves[key] = deque()
+        start = now - self._flap_window_s
+        while window and window[0] <= start:
+            window.popleft()
+        limit = self._flap_moves
+        assert limit is not None
+        if len(window) < limit:
+            window.append(now)
+            return False
+        until = now + self._flap_hold_s
+        if len(self._held) >= self._max_entries:
+            del self._held[next(iter(self._held))]
+        self._held[key] = [until, entry[0], port]
+        del self._moves[key]
+        self.counters["dup_mac"] += 1
+        self.counters["held"] += 1
+        if len(self.events) < MAC_EVENTS_MAX:
+            self.events.append(MacEvent(vid, mac, entry[0], port, limit + 1, until))
+        return True
+
+    def _trim_moves(self, now: float) -> None:
+        """Room in the move histories: forget quiet MACs, else the oldest history."""
+        self._forget_quiet(now)
+        if len(self._moves) >= self._max_entries:
+            del self._moves[next(iter(self._moves))]
+
+    def _forget_quiet(self, now: float) -> None:
+        """Drop the histories whose last move left the window."""
+        start = now - self._flap_window_s
+        quiet = [key for key, window in self._moves.items() if not window or window[-1] <= start]
+        for key in quiet:
+            del self._moves[key]
 
     def _make_room(self, port: int, now: float) -> None:
         """One free place under ``port``'s cap: purge expired entries, else evict its LRU."""
@@ -479,14 +638,49 @@ class Switch:
         """
         self._stale_from = -math.inf  # force the scan
         self._purge(now)
+        for key in [k for k, held in self._held.items() if held[0] <= now]:
+            del self._held[key]
+        self._forget_quiet(now)
         return None if not self._table else self._stale_from
 
     def flush_port(self, port: int) -> int:
-        """Remove every stored entry of ``port`` (a peer went down); return the count."""
+        """Remove every stored entry of ``port`` (a peer went down); return the count.
+
+        Holds and move histories that involve the port go too: what a loop or a
+        peer that is gone made flap is not a duplicate MAC.
+        """
         flushed = self._remove(lambda key, entry: entry[0] == port)
         self._counts.pop(port, None)
         self._lru.pop(port, None)
+        for key in [k for k, held in self._held.items() if port in (held[1], held[2])]:
+            del self._held[key]
+        self._moves.clear()
+        self.tap_moves.pop(port, None)
         return flushed
+
+    def set_blocked(self, port: int, blocked: bool) -> int:
+        """Loop protection: a blocked peer port teaches nothing and its frames are
+        refused (LOOP_BLOCKED); its entries are flushed.  Returns how many."""
+        if port <= TAP:
+            raise ValueError(f"port {port}: only a peer port can be blocked")
+        if not blocked:
+            self._blocked.discard(port)
+            return 0
+        self._blocked.add(port)
+        return self.flush_port(port)
+
+    def blocked(self, port: int) -> bool:
+        return port in self._blocked
+
+    def held(self, now: float) -> list[HeldMac]:
+        """Every MAC held by duplicate detection now, sorted by (vlan, mac)."""
+        out = []
+        for key, (until, port, other) in self._held.items():
+            if now < until:
+                vlan, mac = _split_key(key)
+                out.append(HeldMac(vlan, mac, port, other, until - now))
+        out.sort(key=lambda h: (h.vlan, h.mac))
+        return out
 
     def lookup(self, vlan: int, mac: bytes, now: float) -> int | None:
         """The port a live entry places (vlan, mac) behind, or None."""

@@ -7,11 +7,19 @@ Every datagram is a 4-byte header followed by a payload of at least one byte::
     0x11 FRAME     b1 = 0 (ignored)            b2b3 = 0 (ignored)  one whole Ethernet frame
     0x12 FRAGMENT  b1 = index<<4 | (count-1)   b2b3 = fragment id  one slice of a frame
     0x13 HELLO     b1 = flags (bit0 WANT_REPLY,    b2b3 = 0           site name, UTF-8, 1..64 bytes
-                           bit1 OFFLOAD)
+                           bit1 OFFLOAD, bit2 BLOCKED,
+                           bit3 FLOODS)
     0x14 SEGMENT   one chunk of an offloaded super-frame (l2bridge.core.offload)
+    0x19 FLOOD     b1 = 0 (ignored)            b2b3 = 0 (ignored)  a whole frame the sender
+                                                                  flooded
 
 HELLO's OFFLOAD flag says the sender accepts SEGMENT bursts; a peer that never
-said so gets ordinary frames.
+said so gets ordinary frames.  FLOODS says it accepts FLOOD: a frame the sender
+flooded (broadcast, multicast or unknown unicast), which the receiver's storm
+control counts; a peer that never said so gets it as a FRAME.  A type of its
+own, not a flag in FRAME, so the per-frame path of known unicast tests nothing
+more.  BLOCKED says loop protection at the sender blocked this tunnel (the
+receiver blocks it too); it is only ever set while a loop is being broken.
 
 Reach messages (sealed mode only: they travel inside a session with a neighbour;
 ``KEY`` is a site's 32-byte static public key; l2bridge.site.reach uses them)::
@@ -58,12 +66,15 @@ TYPE_ASK = 0x15
 TYPE_HINT = 0x16
 TYPE_RELAY_TO = 0x17
 TYPE_RELAYED = 0x18
+TYPE_FLOOD = 0x19
 KEY_LEN = 32
 HINT_RELAY_OK = 0x01
 HEADER_LEN = 4
 MAX_FRAGMENTS = 16
 HELLO_WANT_REPLY = 0x01
 HELLO_OFFLOAD = 0x02
+HELLO_BLOCKED = 0x04
+HELLO_FLOODS = 0x08
 MAX_HELLO_NAME_BYTES = 64
 FRAG_ID_MODULO = 1 << 16
 
@@ -74,6 +85,7 @@ REASSEMBLY_MAX_FRAME = 65535
 
 _HEADER = struct.Struct("!BBH")
 _FRAME_HEADER = _HEADER.pack(TYPE_FRAME, 0, 0)
+_FLOOD_HEADER = _HEADER.pack(TYPE_FLOOD, 0, 0)
 
 
 class WireError(Exception):
@@ -108,6 +120,8 @@ class Hello:
     name: str
     want_reply: bool
     offload: bool = False
+    blocked: bool = False
+    floods: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +169,14 @@ def encode_fragment(frag_id: int, index: int, count: int, data: bytes) -> bytes:
     return _HEADER.pack(TYPE_FRAGMENT, (index << 4) | (count - 1), frag_id) + data
 
 
-def encode_hello(name: str, want_reply: bool, offload: bool = False) -> bytes:
+def encode_hello(name: str, want_reply: bool, offload: bool = False,
+                 blocked: bool = False, floods: bool = False) -> bytes:
     """Return a HELLO datagram; raises ``ValueError`` unless the name is 1..64 UTF-8 bytes."""
     raw = name.encode("utf-8")
     if not 1 <= len(raw) <= MAX_HELLO_NAME_BYTES:
         raise ValueError(f"hello name of {len(raw)} bytes: expected 1..64 bytes of UTF-8")
-    flags = (HELLO_WANT_REPLY if want_reply else 0) | (HELLO_OFFLOAD if offload else 0)
+    flags = ((HELLO_WANT_REPLY if want_reply else 0) | (HELLO_OFFLOAD if offload else 0)
+             | (HELLO_BLOCKED if blocked else 0) | (HELLO_FLOODS if floods else 0))
     return _HEADER.pack(TYPE_HELLO, flags, 0) + raw
 
 
@@ -201,7 +217,7 @@ def decode(datagram: bytes) -> Message:
     if len(datagram) <= HEADER_LEN:
         raise WireError("truncated")
     kind = datagram[0]
-    if kind == TYPE_FRAME:
+    if kind in (TYPE_FRAME, TYPE_FLOOD):
         return Frame(datagram[HEADER_LEN:])
     if kind == TYPE_FRAGMENT:
         b1 = datagram[1]
@@ -212,7 +228,8 @@ def decode(datagram: bytes) -> Message:
         return Fragment((datagram[2] << 8) | datagram[3], index, count, datagram[HEADER_LEN:])
     if kind == TYPE_HELLO:
         flags = datagram[1]
-        if flags & ~(HELLO_WANT_REPLY | HELLO_OFFLOAD) or datagram[2] or datagram[3]:
+        known = HELLO_WANT_REPLY | HELLO_OFFLOAD | HELLO_BLOCKED | HELLO_FLOODS
+        if flags & ~known or datagram[2] or datagram[3]:
             raise WireError("bad_hello")
         raw = bytes(datagram[HEADER_LEN:])
         if len(raw) > MAX_HELLO_NAME_BYTES:
@@ -221,7 +238,8 @@ def decode(datagram: bytes) -> Message:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise WireError("bad_hello") from None
-        return Hello(name, bool(flags & HELLO_WANT_REPLY), bool(flags & HELLO_OFFLOAD))
+        return Hello(name, bool(flags & HELLO_WANT_REPLY), bool(flags & HELLO_OFFLOAD),
+                     bool(flags & HELLO_BLOCKED), bool(flags & HELLO_FLOODS))
     if TYPE_ASK <= kind <= TYPE_RELAYED:
         return _decode_reach(datagram)
     raise WireError("bad_type")
@@ -266,6 +284,15 @@ class Fragmenter:
         self.next_id = first_id % FRAG_ID_MODULO
         self.stride = stride  # ids first_id, first_id + stride, ...: one residue per worker
         self._room = max_datagram - HEADER_LEN
+
+    def split_flooded(self, frame: bytes, room: int | None = None) -> list[bytes]:
+        """``split`` (``split_within`` with ``room``) for a peer that accepts FLOOD: a whole
+        frame as FLOOD (FRAGMENTs stay FRAGMENTs: the receiver judges the whole frame by
+        its destination)."""
+        room = self._room if room is None else room
+        if 0 < len(frame) <= room:
+            return [_FLOOD_HEADER + frame]
+        return self.split_within(frame, room)
 
     def split(self, frame: bytes) -> list[bytes]:
         """Return the datagrams carrying ``frame``, in index order.

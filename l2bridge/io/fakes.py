@@ -2,7 +2,10 @@
 runs in tests without root (the same ``Site`` runs on real devices).
 
 ``FakeTap``: ``inject(frame)`` is what the kernel bridge would send into the tap
-(the site reads it); ``delivered`` collects what the site writes to the tap.
+(the site reads it); ``delivered`` collects what the site writes to the tap,
+but for its loop probes, which go to ``probes``.  ``join(other)`` is a second
+layer-2 path between two sites' LANs (a backup cable): whatever one site
+writes into its LAN comes back out of the other's tap, both ways.
 
 ``FakeNetwork``: a datagram fabric between ``FakeTransport``s.  Delivery is
 immediate and in order; ``drop`` may be set to a predicate to lose datagrams;
@@ -21,9 +24,11 @@ from collections.abc import Callable
 import trio
 
 from l2bridge.core import framing
+from l2bridge.core.classify import LOOP_PROBE_MAC
 from l2bridge.core.config import Endpoint
 from l2bridge.errors import PeerError
 
+_VNET_HDR_LEN = 10  # struct virtio_net_hdr, ahead of every frame of a vnet tap
 FAKE_QUEUE_DATAGRAMS = 4096
 FAKE_TAP_QUEUE_FRAMES = 4096
 
@@ -52,9 +57,20 @@ class FakeTap:
         self._inbox: deque[bytes] = deque()
         self._ready = _Readiness()
         self.delivered: list[bytes] = []
+        self.probes: list[bytes] = []
+        self.joined: list[FakeTap] = []  # LANs joined to ours by another path
         self.overflow = 0
         self.closed = False
         self.vnet_hdr = False  # plain frames: no virtio_net_hdr, no super-frames
+
+    def join(self, other: FakeTap) -> None:
+        """Another layer-2 path between this LAN and ``other``'s (both ways)."""
+        self.joined.append(other)
+        other.joined.append(self)
+
+    def unjoin(self, other: FakeTap) -> None:
+        self.joined.remove(other)
+        other.joined.remove(self)
 
     # The kernel side.
     def inject(self, frame: bytes) -> None:
@@ -73,7 +89,11 @@ class FakeTap:
         return [inbox.popleft() for _ in range(min(max_frames, len(inbox)))]
 
     def write(self, frame: bytes) -> None:
-        self.delivered.append(bytes(frame))
+        frame = bytes(frame)
+        dst = frame[_VNET_HDR_LEN:_VNET_HDR_LEN + 6] if self.vnet_hdr else frame[:6]
+        (self.probes if dst == LOOP_PROBE_MAC else self.delivered).append(frame)
+        for other in self.joined:
+            other.inject(frame)
 
     def close(self) -> None:
         self.closed = True

@@ -121,6 +121,18 @@ class BridgePlumbing:
             self._rollback(ipr, strict=True)
         self._set_up = False
 
+    def flush_fdb(self) -> None:
+        """Forget every MAC the bridge learned (IFLA_BR_FDB_FLUSH): the layer-2 topology
+        changed (loop protection blocked or released a tunnel), as STP flushes on a
+        topology change.  A bridge that is gone is left alone (the watch repairs it)."""
+        with self._ipr() as ipr:
+            msg = self._get(ipr, self.bridge)
+            if msg is None:
+                return
+            self._call(ipr, f'flushing the MAC table of bridge "{self.bridge}"',
+                       "check your privileges (CAP_NET_ADMIN)", "set", index=msg["index"],
+                       kind="bridge", br_fdb_flush=1)
+
     def __enter__(self) -> BridgePlumbing:
         self.setup()
         return self

@@ -193,7 +193,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_fdb(args: argparse.Namespace) -> int:
     from l2bridge.ops.report import format_fdb
 
-    return _print_query(args, "fdb", format_fdb)
+    if args.json:
+        return _print_query(args, "fdb", format_fdb)
+    entries = _query(args, "fdb")
+    view = _query(args, "show")
+    blocked = view.get("loop", {}).get("blocked", []) if isinstance(view, dict) else []
+    print(format_fdb(entries, blocked))  # type: ignore[arg-type]
+    return 0
 
 
 def _print_query(args: argparse.Namespace, cmd: str, render) -> int:

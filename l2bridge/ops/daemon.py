@@ -33,7 +33,7 @@ from l2bridge.core import keys, noise
 from l2bridge.core.caps import Capabilities, gro_allowed
 from l2bridge.core.config import SiteConfig, load_secrets
 from l2bridge.core.keys import Secrets
-from l2bridge.io import pmqos
+from l2bridge.io import pmqos, stormguard
 from l2bridge.io.netctl import BridgePlumbing
 from l2bridge.io.notify import Notifier
 from l2bridge.io.plumbwatch import PlumbingWatch
@@ -155,6 +155,10 @@ async def serve_site(
         site = Site(config, tap=tap, transport=transport, caps=caps, identity=identity,
                     psks=dict(secrets.psks), links=links)
         service = Service(site, secrets, notifier)
+        site.state.l2.topology_hooks.append(plumb.flush_fdb)  # a loop blocked or released
+        storm_stage = stormguard.attach(config, undo)  # storm control's first stage
+        if storm_stage is not None:
+            site.state.l2.policy_hooks.append(storm_stage.follow)
         sections = site.state.status_sections
         sections["plumbing"] = watch.status
         sections["config"] = service.view

@@ -78,7 +78,11 @@ LOCAL_COUNTERS = {
                       "the tap (the LAN)")
     for kind in ("frames", "bytes") for way, short, _ in _DIRECTIONS
 }
-FDB_COUNTERS = ("learned", "moved", "expired", "flushed", "evicted")
+FDB_COUNTERS = ("learned", "moved", "expired", "flushed", "evicted", "dup_mac", "held")
+CLASSES = ("broadcast", "multicast", "unknown_unicast")  # of flooded frames (core.storm)
+PROBE_EVENTS = ("sent", "seen", "own_returned", "echoed", "via_peer", "malformed",
+                "unverified", "unknown", "replayed", "flap_probes")
+NEIGH_EVENTS = ("learned", "updated", "conflicts", "evicted", "expired")
 
 
 def totals(status: Status) -> dict[str, Any]:
@@ -88,6 +92,9 @@ def totals(status: Status) -> dict[str, Any]:
     peers = {p["name"]: {key: int(p.get(key) or 0) for key in PEER_COUNTERS} for p in
              status["peers"]}
     peer_drops = {p["name"]: dict(p.get("drops", {})) for p in status["peers"]}
+    flooded = {p["name"]: {way: [int(p.get("flooded_by_class", {}).get(way, {}).get(c, 0))
+                                 for c in CLASSES] for way in ("in", "out")}
+               for p in status["peers"]}
     for follower in status.get("workers", {}).get("followers", []):
         for key, value in follower.get("local", {}).items():
             if key in local:
@@ -100,10 +107,13 @@ def totals(status: Status) -> dict[str, Any]:
                 continue
             for key in WORKER_PEER_KEYS:
                 peers[name][key] += int(counters.get(key, 0))
+            for way, by_class in counters.get("flooded_by_class", {}).items():
+                for i, c in enumerate(CLASSES):
+                    flooded[name][way][i] += int(by_class.get(c, 0))
             for reason, count in counters.get("drops", {}).items():
                 peer_drops[name][reason] = peer_drops[name].get(reason, 0) + count
     return {"local": local, "local_drops": local_drops, "peers": peers,
-            "peer_drops": peer_drops}
+            "peer_drops": peer_drops, "flooded": flooded}
 
 
 def families(status: Status) -> Iterator[Any]:
@@ -127,6 +137,27 @@ def families(status: Status) -> Iterator[Any]:
             seen.add_metric([peer["name"]], float(peer["last_seen_s"]))
     yield up
     yield seen
+    blocked = GaugeMetricFamily("l2bridge_peer_loop_blocked",
+                                "1 while loop protection blocks the tunnel to the peer",
+                                labels=["peer"])
+    blocks = CounterMetricFamily("l2bridge_peer_loop_blocks",
+                                 "Times loop protection blocked the tunnel to the peer",
+                                 labels=["peer"])
+    for peer in status["peers"]:
+        stopped = peer.get("loop_blocked") is not None or bool(peer.get("blocks_us"))
+        blocked.add_metric([peer["name"]], 1.0 if stopped else 0.0)
+        blocks.add_metric([peer["name"]], float(peer.get("loop_blocks", 0)))
+    yield blocked
+    yield blocks
+    by_class = CounterMetricFamily(
+        "l2bridge_peer_flooded_by_class_frames",
+        "Flooded frames sent to (tx) and accepted from (rx) the peer, by class",
+        labels=["peer", "direction", "class"])
+    for peer, ways in summed["flooded"].items():
+        for way, short in (("in", "rx"), ("out", "tx")):
+            for c, count in zip(CLASSES, ways[way], strict=True):
+                by_class.add_metric([peer, short, c], float(count))
+    yield by_class
     path = GaugeMetricFamily("l2bridge_peer_path",
                              "1 for the path the peer's data takes now (udp, tcp, relay)",
                              labels=["peer", "path"])
@@ -163,6 +194,10 @@ def families(status: Status) -> Iterator[Any]:
     for event in FDB_COUNTERS:
         learning.add_metric([event], float(fdb.get(event, 0)))
     yield learning
+    yield GaugeMetricFamily("l2bridge_fdb_held_macs",
+                            "MACs held where they were by duplicate-MAC detection",
+                            value=float(fdb.get("held_macs", 0)))
+    yield from _layer2_families(status)
     yield CounterMetricFamily("l2bridge_socket_errors", "Transient socket receive errors",
                               value=float(status.get("socket_errors", 0)))
     config = status.get("config")
@@ -172,6 +207,40 @@ def families(status: Status) -> Iterator[Any]:
         reloads.add_metric(["ok"], float(config.get("reloads_ok", 0)))
         reloads.add_metric(["failed"], float(config.get("reloads_failed", 0)))
         yield reloads
+
+
+def _layer2_families(status: Status) -> Iterator[Any]:
+    """Loop probes, the ARP/ND bindings and the DHCP guard (the leader's view)."""
+    loop = status.get("loop", {})
+    probes = CounterMetricFamily("l2bridge_loop_probes",
+                                 "Loop probes sent, and met by kind (seen on the LAN, back from "
+                                 "the LAN, through a tunnel, refused)", labels=["event"])
+    for event in PROBE_EVENTS:
+        probes.add_metric([event], float(loop.get("probes", {}).get(event, 0)))
+    yield probes
+    yield GaugeMetricFamily("l2bridge_loop_self",
+                            "1 while this site's own probes come back from its LAN",
+                            value=1.0 if loop.get("self_loop") else 0.0)
+    neigh = status.get("neigh", {})
+    yield GaugeMetricFamily("l2bridge_neigh_bindings", "IP-to-MAC bindings (ARP/ND suppression)",
+                            value=float(neigh.get("bindings", 0)))
+    events = CounterMetricFamily("l2bridge_neigh_events", "ARP/ND binding events by kind",
+                                 labels=["event"])
+    for event in NEIGH_EVENTS:
+        events.add_metric([event], float(neigh.get(event, 0)))
+    yield events
+    answered = CounterMetricFamily("l2bridge_neigh_answered",
+                                   "ARP requests and neighbour solicitations answered locally",
+                                   labels=["protocol"])
+    answered.add_metric(["arp"], float(neigh.get("answered_arp", 0)))
+    answered.add_metric(["nd"], float(neigh.get("answered_nd", 0)))
+    yield answered
+    policy = status.get("policy", {})
+    yield CounterMetricFamily("l2bridge_dhcp_requests_kept_local",
+                              "DHCP client requests and router solicitations not sent to some "
+                              "peer (dhcp_servers)", value=float(policy.get("dhcp_kept_local", 0)))
+    yield CounterMetricFamily("l2bridge_bpdus", "Spanning-tree BPDUs crossed",
+                              value=float(policy.get("bpdus", 0)))
 
 
 class StatusCollector(Collector):

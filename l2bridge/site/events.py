@@ -32,7 +32,7 @@ import trio
 from l2bridge.core import paths, wire
 from l2bridge.core.peers import Peer
 from l2bridge.core.secure import Established, Reply
-from l2bridge.site import reach
+from l2bridge.site import guard, reach
 from l2bridge.site.state import SiteState
 
 log = logging.getLogger("l2bridge")
@@ -59,6 +59,7 @@ def authenticated(state: SiteState, peer: Peer, addr: object, now: float,
     peer.last_seen = now
     if not peer.up and state.peers.seen(peer, now):
         log.info("peer %s is up (%s)", peer.name, reach.describe(state, peer.addr))
+        guard.peer_up(state, now)  # a loop through this tunnel shows at once
 
 
 def roam(state: SiteState, peer: Peer, addr: object) -> None:
@@ -111,8 +112,10 @@ def hello(state: SiteState, peer: Peer, message: bytes, now: float,
     else:  # the keys named the peer; its name is the remote site's own label
         peer.keepalives_in += 1
     peer.offload = parsed.offload
+    peer.floods = parsed.floods
     if state.sessions is None:
         authenticated(state, peer, peer.addr, now)
+    guard.hello_flag(state, peer, parsed.blocked, now)
     if parsed.want_reply:
         keepalive(state, peer, now, to=None if addr is None else reply_path(peer, addr),
                   reply=True)
@@ -149,7 +152,8 @@ def keepalive(state: SiteState, peer: Peer, now: float, to: object = None,
               reply: bool = False) -> None:
     """A HELLO (sealed in secure mode): liveness, and whether we accept bursts; ``to``
     another path than the peer's; a ``reply`` never asks for one."""
-    message = state.hellos[not reply and (not peer.up or peer.offload is None)]
+    message = state.hellos[not reply and (not peer.up or peer.offload is None)][
+        peer.blocked is not None]
     target = peer.addr if to is None else to
     if state.sessions is None:
         if target is not None:
@@ -188,10 +192,14 @@ def peer_down(state: SiteState, peer: Peer) -> int:
     as another version).
     """
     state.peers.mark_down(peer)
+    if peer.blocks_us:  # it says so again in its first HELLO when it comes back
+        state.peers.block(peer, peer.blocked, by_peer=False)
     flushed = state.switch.flush_port(peer.port)
+    guard.sync_switch(state, peer)
     peer.reassembler.expire(math.inf)
     peer.bursts.pending.clear()
     peer.offload = None
+    peer.floods = False
     if not state.follower:
         reach.peer_gone(state, peer)
     return flushed
@@ -240,6 +248,9 @@ async def follower_timers(state: SiteState) -> None:
             state.sessions.expire(now)
         for peer in state.peers:
             peer.reassembler.expire(now)
+        guard.report(state, now)  # this worker's duplicate MACs and binding conflicts
+        if state.policy.bindings is not None:
+            state.policy.bindings.expire(now)
         await trio.sleep(FOLLOWER_TICK_S)
 
 

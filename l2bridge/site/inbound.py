@@ -13,11 +13,20 @@ for a TCP link):
      ``deliver``; FRAGMENT → the peer's reassembler → ``deliver``; SEGMENT →
      the peer's burst assembler → ``deliver_super``; HELLO → ``events.hello``;
      ASK, HINT, RELAY_TO, RELAYED → ``reach.message``;
-  4. ``deliver``: ``switch.ingress`` (layer-2 policy, learning) says: the tap,
-     a relay (a hub), or a drop counted for the peer.  Relays wait until the
-     batch is read (``Relay``, sent by ``outbound``; and ``reach.flush`` for
-     datagrams relayed between two peers): the per-datagram path never awaits.
-A TCP link runs ``run(state, link)`` over its records.
+  4. ``deliver``: ``switch.ingress`` (learning, the port's policy) says: the tap,
+     a relay (a hub), or a drop counted for the peer.  A flooded frame (a FLOOD
+     datagram, or a group destination, which the switch answers with FLOOD)
+     goes through ``deliver_flooded``, where the layer-2 policy
+     (``policy.ingress``: loop probes, storm control, DHCP/RA guard, bindings)
+     decides first; known unicast never meets it (with ``arp_suppress`` on,
+     ``deliver_snooping`` picks out ARP replies and NAs; ``select`` chooses).
+     Relays wait until the batch is read (``Relay``, sent by ``outbound``; and
+     ``reach.flush`` for datagrams relayed between two peers): the
+     per-datagram path never awaits;
+  5. after the batch: a MAC that moved between the tap and a peer wakes the
+     guard room (``guard.flapped``).
+A TCP link runs ``run(state, link)`` over its records: the same ``demux``, so
+every layer-2 guard applies whichever way a datagram came (UDP, TCP, a relay).
 
 Kept inline on purpose (the per-datagram path, where a call costs): the
 common case of step 2 (an authenticated datagram from a peer already up at its
@@ -32,10 +41,12 @@ from typing import Protocol
 import trio
 
 from l2bridge.core import noise, offload, wire
+from l2bridge.core.classify import LOOP_PROBE_MAC, STP_MACS
+from l2bridge.core.ether import vlan_id
 from l2bridge.core.mss import clamp_mss
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, TAP, Drop
-from l2bridge.site import events, outbound, reach
+from l2bridge.site import events, guard, outbound, reach
 from l2bridge.site.state import SiteState
 
 BATCH_DATAGRAMS = 64
@@ -49,7 +60,7 @@ class Source(Protocol):
     def recv_batch(self, max_datagrams: int) -> list[tuple[bytes, object]]: ...
 
 _DATA = bytes((noise.MSG_DATA,))
-_FRAME, _HDR = wire.TYPE_FRAME, wire.HEADER_LEN
+_FRAME, _FLOOD, _HDR = wire.TYPE_FRAME, wire.TYPE_FLOOD, wire.HEADER_LEN
 
 
 async def run(state: SiteState, source: Source) -> None:
@@ -137,6 +148,8 @@ async def demux(state: SiteState, batch: list[tuple[bytes, object]], now: float,
     for relay in relays:
         await relay.send(state, now)
     await reach.flush(state, now, waiting)
+    if state.switch.flapped != state.l2.flaps_seen:
+        guard.flapped(state, now)
 
 
 def _asks_reply(data: bytes) -> bool:
@@ -160,7 +173,9 @@ class Relay:
         if self.meta is None:
             await outbound.forward(state, self.frame, self.decision, self.ingress, now)
             return
-        chosen = outbound.targets(state, self.decision, ingress=self.ingress)
+        head = self.frame[:self.meta.hdr_len]
+        chosen = outbound.targets(state, self.decision, head, now, ingress=self.ingress,
+                                  count=outbound.segments(self.meta, self.frame))
         if isinstance(chosen, Drop):
             self.ingress.drop(chosen.value)
             return
@@ -178,10 +193,17 @@ def inner(state: SiteState, peer: Peer, data: bytes, addr: object, now: float,
             return
         if state.sessions is None:  # cleartext: a valid message is the peer's sign of life
             events.authenticated(state, peer, peer.addr, now)
-        deliver(state, peer, data[_HDR:], now, relays)
+        state.deliver(state, peer, data[_HDR:], now, relays)  # ``deliver``, or with snooping
         return
     try:
-        if kind == wire.TYPE_SEGMENT:
+        if kind == _FLOOD:  # a frame the peer flooded: the policy's (``deliver_flooded``)
+            if len(data) <= _HDR:
+                peer.drop("truncated")
+                return
+            if state.sessions is None:
+                events.authenticated(state, peer, peer.addr, now)
+            deliver_flooded(state, peer, data[_HDR:], now, relays)
+        elif kind == wire.TYPE_SEGMENT:
             ready = peer.bursts.feed(data, now)
             if state.sessions is None:
                 events.authenticated(state, peer, peer.addr, now)
@@ -194,7 +216,7 @@ def inner(state: SiteState, peer: Peer, data: bytes, addr: object, now: float,
             if whole is not None:
                 if state.sessions is None:
                     events.authenticated(state, peer, peer.addr, now)
-                deliver(state, peer, whole, now, relays)
+                state.deliver(state, peer, whole, now, relays)
         elif kind == wire.TYPE_HELLO:
             events.hello(state, peer, data, now, addr)
         elif wire.TYPE_ASK <= kind <= wire.TYPE_RELAYED:
@@ -207,12 +229,16 @@ def inner(state: SiteState, peer: Peer, data: bytes, addr: object, now: float,
 
 def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
             relays: list[Relay]) -> None:
-    """Step 4: one whole frame from ``peer`` to the tap (and, on a hub, to other peers)."""
+    """Step 4: one whole frame from ``peer`` to the tap (and, on a hub, to other peers).
+
+    Known unicast tests nothing it did not test before layer-2 safety: a group
+    destination comes back from the switch as FLOOD and goes to ``deliver_flooded``.
+    """
     mss = state.config.mss_clamp
     if mss is not None:
         frame = clamp_mss(frame, mss)
     decision = state.switch.ingress(frame, peer.port, now)
-    if decision is TAP or decision is FLOOD:
+    if decision is TAP:
         counters = state.counters
         try:
             state.tap.write(offload.PLAIN_VNET_HDR + frame if state.caps.vnet_hdr else frame)
@@ -223,10 +249,14 @@ def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
             counters.tap_bytes_out += len(frame)
         peer.frames_in += 1
         peer.bytes_in += len(frame)
-        if decision is FLOOD:
-            relays.append(Relay(peer, frame, decision))
         return
-    if decision is Drop.PINNED_MAC or decision is Drop.MAC_NOT_ALLOWED:
+    if decision is FLOOD:
+        deliver_flooded(state, peer, frame, now, relays, decision)
+        return
+    if decision in _REFUSALS:
+        if decision is Drop.LOOP_BLOCKED and frame[:6] in STP_MACS:
+            _to_tap(state, peer, frame)  # BPDUs cross a blocked tunnel: STP sees every path
+            return
         peer.drop(decision.value)  # type: ignore[union-attr]
         return
     peer.frames_in += 1
@@ -234,21 +264,86 @@ def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
     relays.append(Relay(peer, frame, decision))  # a hub's unicast, or a counted drop
 
 
+def deliver_snooping(state: SiteState, peer: Peer, frame: bytes, now: float,
+                     relays: list[Relay]) -> None:
+    """``deliver`` with ARP/ND suppression on: unicast ARP replies and NAs teach bindings."""
+    state.policy.snoop(frame, now)
+    deliver(state, peer, frame, now, relays)
+
+
+def select(state: SiteState) -> None:
+    """Which ``deliver`` the site's frames take (at start and after a reload)."""
+    state.deliver = deliver_snooping if state.l2.snoop else deliver
+
+
+def deliver_flooded(state: SiteState, peer: Peer, frame: bytes, now: float,
+                    relays: list[Relay], decision: int | Drop | None = None) -> None:
+    """A frame ``peer`` flooded (FLOOD, or a group destination): the layer-2 policy
+    decides first, then it goes to the tap (and, on a hub, to the other spokes)."""
+    policy = state.policy
+    if decision is None:
+        if frame[:6] == LOOP_PROBE_MAC:  # never delivered, never learned
+            policy.ingress(frame, peer, now)
+            return
+        mss = state.config.mss_clamp
+        if mss is not None:
+            frame = clamp_mss(frame, mss)
+        decision = state.switch.ingress(frame, peer.port, now)
+        if decision in _REFUSALS:
+            if decision is Drop.LOOP_BLOCKED and frame[:6] in STP_MACS:
+                _to_tap(state, peer, frame)  # BPDUs cross a blocked tunnel
+                return
+            peer.drop(decision.value)  # type: ignore[union-attr]
+            return
+    if not policy.ingress(frame, peer, now):
+        return
+    if decision is TAP or decision is FLOOD:
+        _to_tap(state, peer, frame)
+        if decision is FLOOD and state.switch.hub:
+            relays.append(Relay(peer, frame, decision))
+        return
+    peer.frames_in += 1
+    peer.bytes_in += len(frame)
+    relays.append(Relay(peer, frame, decision))  # a hub: known at another spoke
+
+
+def _to_tap(state: SiteState, peer: Peer, frame: bytes) -> None:
+    counters = state.counters
+    try:
+        state.tap.write(offload.PLAIN_VNET_HDR + frame if state.caps.vnet_hdr else frame)
+    except OSError:
+        counters.tap_write_errors += 1
+    else:
+        counters.tap_frames_out += 1
+        counters.tap_bytes_out += len(frame)
+    peer.frames_in += 1
+    peer.bytes_in += len(frame)
+
+
+_REFUSALS = frozenset({Drop.PINNED_MAC, Drop.MAC_NOT_ALLOWED, Drop.LOOP_BLOCKED})
+
+
 def deliver_super(state: SiteState, peer: Peer, raw: bytes, now: float,
                   relays: list[Relay]) -> None:
     """A super-frame rebuilt from a peer's burst (``raw`` = virtio_net_hdr + frame)."""
     frame = raw[offload.VNET_HDR_LEN:]
     hdr_len = raw[2] | raw[3] << 8
-    decision = state.switch.ingress(frame[:hdr_len] if hdr_len else frame, peer.port, now)
-    if decision is Drop.PINNED_MAC or decision is Drop.MAC_NOT_ALLOWED:
+    head = frame[:hdr_len] if hdr_len else frame
+    decision = state.switch.ingress(head, peer.port, now)
+    if decision in _REFUSALS:
         peer.drop(decision.value)  # type: ignore[union-attr]
         return
+    if frame[0] & 1 or state.switch.lookup(vlan_id(frame), frame[:6], now) is None:
+        # flooded (a group, or a destination not known here): the policy's, per burst
+        meta = offload.parse_vnet(raw)
+        if not state.policy.ingress(head, peer, now, outbound.segments(meta, frame)):
+            return
     peer.bursts_in += 1
     peer.frames_in += 1
     peer.bytes_in += len(frame)
     if decision is TAP or decision is FLOOD:
         _super_to_tap(state, raw)
-    if decision is not TAP:
+    if decision is not TAP and (decision is not FLOOD or state.switch.hub):
         relays.append(Relay(peer, frame, decision, offload.parse_vnet(raw)))
 
 

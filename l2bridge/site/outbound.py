@@ -8,10 +8,15 @@ the tap):
   3. per read: a super-frame leaves on its own (``send_super``) after what is
      queued, so a flow's order holds; a plain frame (its checksum completed if
      the kernel left it partial, MSS clamped) goes to ``switch.egress``, which
-     says: one peer, every live peer (flood), or a counted drop;
+     says: one peer, flood, or a counted drop.  Only a flooded frame meets the
+     layer-2 policy (``policy.egress``: loop probes, storm control, DHCP/RA
+     guard, ARP/ND answers), which says which peers get it;
   4. each plain frame is cut into datagrams once (``Fragmenter.split``: one
-     FRAME, or FRAGMENTs when it does not fit) and queued per peer; each peer's
-     queue leaves in one ``send_datagrams`` at the end of the batch.
+     FRAME, or FRAGMENTs when it does not fit; a flooded FRAME is flagged) and
+     queued per peer; each peer's queue leaves in one ``send_datagrams`` at the
+     end of the batch;
+  5. after the batch: a MAC that moved between the tap and a peer wakes the
+     guard room (``guard.flapped``).
 Transmission (``send_datagrams``, the one send path for frames, bursts and
 relays): seal the batch with the peer's current session, send it in UDP GSO
 runs (or as one write of records on a TCP link), wait (bounded) when the
@@ -34,7 +39,7 @@ from l2bridge.core.mss import clamp_mss
 from l2bridge.core.paths import RELAY
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import FLOOD, Drop
-from l2bridge.site import events, reach
+from l2bridge.site import events, guard, reach
 from l2bridge.site.state import SiteState
 
 BATCH_FRAMES = 64
@@ -47,9 +52,11 @@ _VNET_HDR = offload.VNET_HDR
 
 
 async def handle(state: SiteState, frames: list[bytes], now: float) -> None:
-    """Steps 2-4 for one batch of tap reads (module flow)."""
+    """Steps 2-5 for one batch of tap reads (module flow)."""
     state.outbound_since = now
-    egress = state.switch.egress
+    switch = state.switch
+    egress = switch.egress
+    flood = state.policy.egress
     split = state.fragmenter.split
     within = state.fragmenter.split_within
     peers = state.peers
@@ -84,32 +91,31 @@ async def handle(state: SiteState, frames: list[bytes], now: float) -> None:
             _queue(queued, peer, split(frame) if room is None else within(frame, room),
                    len(frame))
         elif decision is FLOOD:
-            live = peers.live
-            if live:
-                datagrams = split(frame)
-                for peer in live:
-                    peer.flooded_out += 1
-                    room = peer.room
-                    _queue(queued, peer, datagrams if room is None else within(frame, room),
-                           len(frame))
+            chosen = flood(frame, now)  # the layer-2 policy: which peers, counted
+            if chosen:
+                cut: dict[tuple[bool, int | None], list[bytes]] = {}
+                for peer in chosen:
+                    _queue(queued, peer, flooded_datagrams(state, peer, frame, cut), len(frame))
         else:
             counters.tap_drop(decision.value)  # type: ignore[union-attr]
     if queued:
         await send_queued(state, queued, now)
+    if switch.flapped != state.l2.flaps_seen:
+        guard.flapped(state, now)
     state.outbound_since = None
 
 
-def targets(state: SiteState, decision: int | Drop, *, ingress: Peer | None = None
-            ) -> list[Peer] | Drop:
-    """The peers a switch decision sends to (counted unicast or flooded), or the drop.
+def targets(state: SiteState, decision: int | Drop, frame: bytes, now: float, *,
+            ingress: Peer | None = None, count: int = 1) -> list[Peer] | Drop:
+    """The peers a switch decision sends ``frame`` to (counted unicast or flooded), or the drop.
 
+    A flood meets the layer-2 policy (``count``: the segments of a super-frame);
     ``ingress`` is the peer a relayed frame came from: a flood never goes back to it.
     """
     if decision is FLOOD:
-        live = [p for p in state.peers.live if p is not ingress]
-        for peer in live:
-            peer.flooded_out += 1
-        return live
+        if ingress is None:
+            return state.policy.egress(frame, now, count)
+        return state.policy.relay(frame, ingress, now, count)
     if type(decision) is int and decision > 0:
         peer = state.peers.by_port[decision]
         peer.unicast_out += 1
@@ -120,15 +126,38 @@ def targets(state: SiteState, decision: int | Drop, *, ingress: Peer | None = No
 async def forward(state: SiteState, frame: bytes, decision: int | Drop, ingress: Peer,
                   now: float) -> None:
     """A hub relays a frame from ``ingress``: to one peer, or flooded to the others."""
-    chosen = targets(state, decision, ingress=ingress)
+    chosen = targets(state, decision, frame, now, ingress=ingress)
     if isinstance(chosen, Drop):
         ingress.drop(chosen.value)
         return
     if chosen:
-        datagrams = state.fragmenter.split(frame)
+        cut: dict[tuple[bool, int | None], list[bytes]] = {}
         for peer in chosen:
-            await send_datagrams(state, peer, datagrams if peer.room is None else
-                                 state.fragmenter.split_within(frame, peer.room), len(frame), now)
+            if decision is FLOOD:
+                datagrams = flooded_datagrams(state, peer, frame, cut)
+            else:
+                room = peer.room
+                datagrams = (state.fragmenter.split(frame) if room is None
+                             else state.fragmenter.split_within(frame, room))
+            await send_datagrams(state, peer, datagrams, len(frame), now)
+
+
+def flooded_datagrams(state: SiteState, peer: Peer, frame: bytes,
+                      cut: dict[tuple[bool, int | None], list[bytes]]) -> list[bytes]:
+    """A flooded frame's datagrams for ``peer``: FLOOD where it takes them (FRAME for an
+    older version), cut for its path's room; ``cut`` keeps each cut for the next peer."""
+    key = (peer.floods, peer.room)
+    datagrams = cut.get(key)
+    if datagrams is None:
+        fragmenter = state.fragmenter
+        if peer.floods:
+            datagrams = fragmenter.split_flooded(frame, peer.room)
+        elif peer.room is None:
+            datagrams = fragmenter.split(frame)
+        else:
+            datagrams = fragmenter.split_within(frame, peer.room)
+        cut[key] = datagrams
+    return datagrams
 
 
 async def send_queued(state: SiteState, queued: dict[Peer, list], now: float) -> None:
@@ -170,7 +199,8 @@ async def send_super(state: SiteState, raw: bytes, now: float) -> None:
         return
     frame = raw[_VNET:]
     state.counters.super_frames_in += 1
-    chosen = targets(state, state.switch.egress(frame[:meta.hdr_len], now))
+    head = frame[:meta.hdr_len]
+    chosen = targets(state, state.switch.egress(head, now), head, now, count=segments(meta, frame))
     if isinstance(chosen, Drop):
         state.counters.tap_drop(chosen.value)
         return
@@ -203,6 +233,13 @@ async def super_to_peers(state: SiteState, meta: offload.Meta, frame: bytes,
         for segment in segments:
             _queue(batch, peer, within(segment, room), len(segment))
         await send_queued(state, batch, now)
+
+
+def segments(meta: offload.Meta, frame: bytes) -> int:
+    """How many frames a super-frame stands for (what storm control counts)."""
+    if meta.gso_size <= 0:
+        return 1
+    return max(1, -(-(len(frame) - meta.hdr_len) // meta.gso_size))
 
 
 def _burst(state: SiteState, meta: offload.Meta, frame: bytes) -> list[bytes]:

@@ -477,7 +477,7 @@ def tick(state: SiteState, now: float, nursery: trio.Nursery) -> None:
         if due.dial:
             nursery.start_soon(dial, state, peer)
         for addr in due.probe:
-            send_inner(state, peer, state.hellos[1], now, to=addr)
+            send_inner(state, peer, state.hellos[1][peer.blocked is not None], now, to=addr)
         if due.ask:
             ask = wire.encode_ask(peer.sessions.keys.public)
             for neighbour in state.peers.live:
@@ -485,7 +485,8 @@ def tick(state: SiteState, now: float, nursery: trio.Nursery) -> None:
                     send_inner(state, neighbour, ask, now)
         if due.punch is not None:
             if peer.up:  # relayed: a sealed HELLO asking for a reply, straight at it
-                send_inner(state, peer, state.hellos[1], now, to=due.punch)
+                send_inner(state, peer, state.hellos[1][peer.blocked is not None], now,
+                           to=due.punch)
             else:
                 send_initiation(state, peer, now, fresh=False, extra=(due.punch,))
         if due.relay is not None:

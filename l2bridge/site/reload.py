@@ -11,7 +11,10 @@ Flow of ``apply`` (synchronous: no other task sees a half-applied config):
      transport starts its paths over (down, links closed); keepalive; its port
      policy (entries it may no longer hold are removed);
   5. added peers: a new port, its sessions, its policy, its paths; the resolver
-     resolves its endpoint and the timers handshake.
+     resolves its endpoint and the timers handshake;
+  6. the layer-2 policy from the new config (storm limits, every bucket full
+     again; DHCP/RA guard; ARP/ND suppression; duplicate-MAC settings; loop
+     protection), then the loop rule again (turned off, it releases every block).
 Unchanged peers are not touched: their sessions, entries and counters carry on.
 A follower applies the same plan (it receives the leader's config) and, like
 the leader, only through the event hooks.
@@ -19,14 +22,16 @@ the leader, only through the event hooks.
 
 from __future__ import annotations
 
+import trio
+
 from l2bridge.core import noise, offload, wire
 from l2bridge.core.config import PeerConfig, SiteConfig
 from l2bridge.core.keys import Secrets
 from l2bridge.core.peers import Peer
 from l2bridge.core.reload import ReloadPlan
 from l2bridge.core.secure import PeerSessions
-from l2bridge.site import events, reach
-from l2bridge.site.state import SiteState
+from l2bridge.site import events, guard, inbound, reach
+from l2bridge.site.state import SiteState, flap_settings
 
 
 def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secrets) -> None:
@@ -53,6 +58,7 @@ def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secre
         if change.keys or change.transport:
             events.peer_down(state, peer)
         if change.keys:
+            state.l2.loop.forget(peer.name)  # its probes were keyed with its old sessions
             _new_sessions(state, peer, pc, secrets)
         if change.keys or change.transport or change.endpoint:
             reach.adopt(state, peer, pc.transport)
@@ -62,13 +68,21 @@ def apply(state: SiteState, plan: ReloadPlan, config: SiteConfig, secrets: Secre
             state.switch.set_port_policy(peer.port, allowed=pc.allowed_macs, cap=pc.max_macs)
     for pc in plan.added:
         _add(state, pc, secrets)
+    state.switch.set_flap(**flap_settings(config))
+    state.configure_policy()
+    inbound.select(state)
+    guard.apply(state, trio.current_time())
 
 
 def _remove(state: SiteState, peer: Peer) -> None:
     events.peer_down(state, peer)
+    state.peers.block(peer, None)
+    state.switch.set_blocked(peer.port, False)
     reach.forget(state, peer)
     state.peers.remove(peer)
     state.switch.set_port_policy(peer.port)
+    state.l2.loop.forget(peer.name)
+    state.l2.storm.remove(peer.port)
     if state.sessions is not None and peer.sessions is not None:
         state.sessions.remove(peer.sessions)
         del state.peer_of[peer.sessions]

@@ -7,6 +7,7 @@ configured endpoints (the leader) and starts, in one nursery:
   events.timers  handshakes, keepalives, liveness (a follower: events.follower_timers)
   events.table_gc  aged MAC entries
   reach.run      (the leader) TCP links, hints, relays, punching, DNS re-resolution
+  guard.run      loop probes, blocks and the layer-2 reports (the leader)
 
 ``status()`` and ``fdb()`` are the views the control socket serves.  A worker
 of a multi-core site is a ``Site`` with its lane (``l2bridge.site.workers``).
@@ -21,7 +22,7 @@ import trio
 from l2bridge.core.config import SiteConfig
 from l2bridge.io.tap import Tap
 from l2bridge.io.transport import Transport
-from l2bridge.site import events, loop, reach, status
+from l2bridge.site import events, guard, inbound, loop, reach, status
 from l2bridge.site.state import SiteState
 
 
@@ -32,6 +33,8 @@ class Site:
                  **options: Any) -> None:
         """The site's state, built from ``options`` (``SiteState``'s keywords)."""
         self.state = SiteState(config, tap=tap, transport=transport, **options)
+        guard.install(self.state)
+        inbound.select(self.state)
         reach.prepare(self.state)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -49,6 +52,7 @@ class Site:
             nursery.start_soon(events.table_gc, state)
             if not state.follower:
                 nursery.start_soon(reach.run, state)
+                nursery.start_soon(guard.run, state)
             task_status.started()
 
     def status(self) -> dict:

@@ -6,11 +6,14 @@ logic, in the order packets are processed:
 
   outbound.py  tap → peers        inbound.py  peers → tap (demultiplex, deliver)
   events.py    what happens to a peer (named hooks) and the timers
+  guard.py     loop protection: probes, blocks, and the site's layer-2 reports
   status.py    what ``show`` and ``fdb`` report
 
 Facts are decided once and read from here: ``caps`` (what the kernel granted),
 ``budget`` (every size), the switch (and its layer-2 policy), the peers and
-their sessions.  Nothing here changes by itself: time is the ``now`` each room
+their sessions, and the layer-2 policy of flooded frames (``policy``: storm
+control, DHCP/RA guard, ARP/ND suppression) with the loop guard (``loop``).
+Nothing here changes by itself: time is the ``now`` each room
 passes down, never stored.  Tap and transport are passed in, so the same site
 runs on real devices and on the in-memory fakes of ``l2bridge.io.fakes``.
 """
@@ -23,16 +26,40 @@ from typing import Any
 
 import trio
 
-from l2bridge.core import noise, offload, wire
+from l2bridge.core import neigh, noise, offload, wire
 from l2bridge.core.budget import MtuBudget
 from l2bridge.core.caps import Capabilities
 from l2bridge.core.config import SiteConfig
+from l2bridge.core.loop import LoopGuard, site_mac
 from l2bridge.core.peers import Peer, PeerTable
+from l2bridge.core.policy import FloodPolicy
 from l2bridge.core.secure import PeerSessions, SessionTable, Timers
+from l2bridge.core.storm import StormControl
 from l2bridge.core.switch import Switch
 from l2bridge.io.tap import Tap
 from l2bridge.io.tcp import TcpLinks
 from l2bridge.io.transport import Transport
+
+
+@dataclass(slots=True)
+class Layer2:
+    """What layer-2 safety keeps between frames (the guard room and the policy's edges)."""
+
+    loop: LoopGuard
+    storm: StormControl
+    probe_mac: bytes  # the source MAC of this site's probes
+    probe_stamp: int = 0  # the last probe's timestamp (ns): never goes back
+    probe_keys: dict[bytes, bytes] = field(default_factory=dict)  # session key -> probe key
+    flaps_seen: int = 0  # switch.flapped when the guard room last looked
+    snoop: bool = False  # arp_suppress: unicast ARP/NA from peers teach bindings
+    # A follower's probes and flaps, for the leader (l2bridge.site.workers).
+    probe_reports: list[tuple[bytes, str | None]] = field(default_factory=list)
+    flap_reports: int = 0
+    # Called when loop protection blocks or releases a tunnel: the LAN's paths changed,
+    # so what the kernel bridge learned may point the wrong way (the daemon's flush).
+    topology_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # Called with the config after a reload changed the policy (the kernel's storm stage).
+    policy_hooks: list[Callable[[SiteConfig], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -95,6 +122,7 @@ class SiteState:
             max_entries_per_peer=config.max_entries_per_peer,
             max_frame=self.budget.max_frame,
             pinned=config.pinned_macs,
+            **flap_settings(config),
         )
         self.peers = PeerTable(
             (
@@ -129,10 +157,11 @@ class SiteState:
             self.sessions = SessionTable(identity, self.peer_of, timers=timers,
                                          clock_unix=clock_unix, lane=lane, lanes=caps.lanes,
                                          follower=follower)
-        self.hellos = (
-            wire.encode_hello(config.name, want_reply=False, offload=caps.bursts),
-            wire.encode_hello(config.name, want_reply=True, offload=caps.bursts),
-        )
+        # HELLOs by [want_reply][blocked]: the four a site ever sends (it accepts FLOODs).
+        self.hellos = tuple(
+            tuple(wire.encode_hello(config.name, want_reply=want, offload=caps.bursts,
+                                    blocked=blocked, floods=True) for blocked in (False, True))
+            for want in (False, True))
         # Reach (l2bridge.site.reach): peers by public key, TCP links (worker 0), a
         # follower's pipe to worker 0, and what one inbound batch relays or re-injects.
         self.identity_public = None if identity is None else identity.public
@@ -144,6 +173,21 @@ class SiteState:
         self.forwarding: dict[Peer, list[bytes]] = {}
         self.reinjected: list[tuple[bytes, object]] = []
         self.counters = SiteCounters()
+        # Layer-2 safety: the policy of flooded frames, the rest in ``l2`` (kept apart so
+        # that this object keeps few attributes: the per-frame path reads it often).
+        public = identity.public if identity is not None else b""
+        self.l2 = Layer2(
+            loop=LoopGuard(name=config.name, rank_key=public, hub=config.hub,
+                           interval_s=config.loop_probe_interval_s,
+                           enabled=config.loop_protect),
+            storm=StormControl(config.storm, enabled=config.storm_control, lanes=caps.lanes),
+            probe_mac=site_mac(config.name, public))
+        self.policy = FloodPolicy(switch=self.switch, peers=self.peers,
+                                  storm_control=self.l2.storm, on_probe=_no_probe,
+                                  to_tap=self.write_tap)
+        # The inbound room's deliver (``inbound.select``: with or without snooping).
+        self.deliver: Callable[..., None] = _unselected
+        self.configure_policy()
         self.kicks: set[str] = set()  # a follower's peers waiting for keys (the leader handshakes)
         self.started_at: float | None = None
         # Sections the running site adds to ``show`` (plumbing, workers), computed on demand.
@@ -155,3 +199,51 @@ class SiteState:
         self.inbound_since: float | None = None
         self.ticked: float | None = None
         self.health_checks: list[Callable[[float], str | None]] = []
+
+    def configure_policy(self) -> None:
+        """The layer-2 policy from ``config`` (at start and after a reload)."""
+        config = self.config
+        own = {p.name: p.storm for p in config.peers if p.storm is not None}
+        self.l2.storm.configure(config.storm, enabled=config.storm_control,
+                             own={peer.port: own[peer.name] for peer in self.peers
+                                  if peer.name in own})
+        servers = None
+        if config.dhcp_servers is not None:
+            servers = frozenset(self.peers.by_name[n].port for n in config.dhcp_servers
+                                if n in self.peers.by_name)
+        bindings = self.policy.bindings
+        if config.arp_suppress:
+            ageing = config.ageing_s or neigh.CONFLICT_HOLD_S
+            if bindings is None:
+                bindings = neigh.Bindings(max_entries=config.arp_max_bindings, ageing_s=ageing)
+            bindings.configure(max_entries=config.arp_max_bindings, ageing_s=ageing)
+        else:
+            bindings = None
+        self.policy.configure(dhcp_servers=servers, bindings=bindings)
+        self.l2.snoop = bindings is not None
+        self.l2.loop.configure(enabled=config.loop_protect,
+                               interval_s=config.loop_probe_interval_s)
+        for hook in self.l2.policy_hooks:
+            hook(config)
+
+    def write_tap(self, frame: bytes) -> None:
+        """One frame the site makes itself (a probe, an ARP or ND answer) into the LAN;
+        counted where it is made (the loop guard, the bindings), not as delivered."""
+        try:
+            self.tap.write(offload.PLAIN_VNET_HDR + frame if self.caps.vnet_hdr else frame)
+        except OSError:
+            self.counters.tap_write_errors += 1
+
+
+def flap_settings(config: SiteConfig) -> dict:
+    """The switch's duplicate-MAC settings (``Switch`` and ``Switch.set_flap`` keywords)."""
+    return {"flap_moves": config.mac_flap_moves if config.mac_flap_detect else None,
+            "flap_window_s": config.mac_flap_window_s, "flap_hold_s": config.mac_flap_hold_s}
+
+
+def _unselected(*args: object) -> None:
+    raise RuntimeError("inbound.select(state) has not run (Site does it)")
+
+
+def _no_probe(frame: bytes, peer: Peer | None, now: float) -> None:
+    """Until the guard room takes over: a probe is dropped."""

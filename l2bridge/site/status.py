@@ -9,8 +9,10 @@ traffic is healthy.
 
 from __future__ import annotations
 
+from l2bridge.core import storm
 from l2bridge.core.ether import format_mac
 from l2bridge.core.keys import fingerprint
+from l2bridge.core.loop import REASONS
 from l2bridge.core.peers import Peer
 from l2bridge.core.switch import TAP
 from l2bridge.site import reach
@@ -59,7 +61,9 @@ def show(state: SiteState, now: float) -> dict:
         "relay": cfg.relay,
         "unknown_source": counters.unknown_source,
         "socket_errors": state.transport.errors,
-        "fdb": {"entries": len(state.switch.entries(now)), **state.switch.counters},
+        "fdb": {"entries": len(state.switch.entries(now)), **state.switch.counters,
+                "held_macs": len(state.switch.held(now))},
+        **layer2_view(state, now),
         "peers": [peer_view(state, p, now) for p in state.peers],
         "workers": {"count": state.caps.lanes, "followers": []},
         **{name: section() for name, section in state.status_sections.items()},
@@ -112,8 +116,59 @@ def peer_view(state: SiteState, peer: Peer, now: float) -> dict:
         "bursts_in": peer.bursts_in,
         "bursts_out": peer.bursts_out,
         "burst_counters": dict(sorted(peer.bursts.counters.items())),
+        "loop_blocked": peer.blocked,
+        "blocks_us": peer.blocks_us,
+        "loop_blocks": peer.loop_blocks,
+        "flooded_by_class": {
+            "out": dict(zip(storm.CLASSES, peer.bum_out, strict=True)),
+            "in": dict(zip(storm.CLASSES, peer.bum_in, strict=True)),
+        },
+        "storm_limits": _limits(state.l2.storm.limits_of(peer.port)),
         "drops": dict(sorted(drops.items())),
     }
+
+
+def layer2_view(state: SiteState, now: float) -> dict:
+    """The layer-2 safety sections of ``show``: loop, storm, dhcp_servers, neigh."""
+    config = state.config
+    guard = state.l2.loop
+    live = bool(state.peers.live)
+    designated = guard.designated(now, active=live) if guard.enabled else None
+    segment = guard.segment(now) if guard.enabled else {}
+    blocked = []
+    for peer in state.peers:
+        if peer.carries_frames:
+            continue
+        serving = segment.get(designated or "")
+        reason = peer.blocked or "peer"
+        why = REASONS[reason].format(designated=serving.origin if serving else designated)
+        blocked.append({"peer": peer.name, "path": f"{config.name}-{peer.name}",
+                        "reason": reason, "why": why, "blocks_us": peer.blocks_us,
+                        "since_s": None if peer.blocked_since is None
+                        else round(now - peer.blocked_since, 3)})
+    bindings = state.policy.bindings
+    return {
+        "loop": {
+            "enabled": guard.enabled,
+            "probe_interval_s": guard.interval_s,
+            "segment": [{"peer": peer, "site": s.origin, "age_s": round(now - s.seen, 3)}
+                        for peer, s in sorted(segment.items())],
+            "designated": designated,
+            "self_loop": guard.self_looped(now),
+            "blocked": blocked,
+            "probes": dict(guard.counters),
+        },
+        "storm": {"enabled": state.l2.storm.enabled, **_limits(state.l2.storm.limits)},
+        "dhcp_servers": None if config.dhcp_servers is None else list(config.dhcp_servers),
+        "policy": dict(state.policy.counters),
+        "neigh": {"enabled": bindings is not None,
+                  **({"bindings": len(bindings), **bindings.counters} if bindings else {})},
+    }
+
+
+def _limits(limits: storm.StormLimits) -> dict:
+    return {"broadcast_per_s": limits.broadcast, "multicast_per_s": limits.multicast,
+            "unknown_unicast_per_s": limits.unknown_unicast, "burst_s": limits.burst_s}
 
 
 def _sessions_view(peer: Peer, now: float) -> dict:
@@ -138,11 +193,17 @@ def fdb(state: SiteState, now: float) -> list[dict]:
     """Every live MAC entry with the peer (or "local") it sits behind."""
     names = {p.port: p.name for p in state.peers}
     names[TAP] = "local"
-    return [
-        {"mac": format_mac(e.mac), "vlan": e.vlan, "peer": names.get(e.port, str(e.port)),
-         "age_s": round(e.age_s, 1)}
-        for e in state.switch.entries(now)
-    ]
+    held = {(h.vlan, h.mac): h for h in state.switch.held(now)}
+    out = []
+    for e in state.switch.entries(now):
+        entry = {"mac": format_mac(e.mac), "vlan": e.vlan,
+                 "peer": names.get(e.port, str(e.port)), "age_s": round(e.age_s, 1)}
+        h = held.get((e.vlan, e.mac))
+        if h is not None:  # a duplicate MAC: held here, also seen there
+            entry["held_s"] = round(h.remaining_s, 1)
+            entry["also_at"] = names.get(h.other_port, str(h.other_port))
+        out.append(entry)
+    return out
 
 
 def health(state: SiteState, now: float) -> str | None:

@@ -20,13 +20,17 @@ Layout (``workers = N`` > 1):
 Leader → follower messages (JSON): first ``{"op": "setup", path, document,
 secrets, caps, lanes}`` - the leader's parsed config, keys and capabilities, so a
 follower never reads a file of its own and runs exactly the leader's site; then
-``{"op": "peer", name, addr, path, up, offload}`` when a peer's endpoint, path,
-liveness or offload changes (``addr`` only for the UDP path), and ``{"op":
-"keys", "peer", "snapshot"}`` when its sessions change.  Follower → leader:
-``{"op": "ready"}`` once its site runs, ``{"op": "kick", "peer"}`` (data is
-waiting for keys), ``{"op": "status", ...}`` every STATUS_EVERY_S.  A follower
-changes peer state only through the site's event hooks (``events.peer_up``,
-``events.peer_down``), as the leader does.
+``{"op": "peer", name, addr, path, up, offload, blocked, blocks_us}`` when a
+peer's endpoint, path, liveness, offload or loop block changes (``addr`` only for
+the UDP path), and ``{"op": "keys", "peer", "snapshot"}`` when its sessions
+change.  Follower → leader: ``{"op": "ready"}`` once its site runs, ``{"op":
+"kick", "peer"}`` (data is waiting for keys), ``{"op": "probe", "frame",
+"peer"}`` (a loop probe it met: the leader holds the keys and the rule),
+``{"op": "flap"}`` (a MAC moved between the tap and a peer), ``{"op":
+"status", ...}`` every STATUS_EVERY_S.  Storm limits are split between the
+workers (each gets 1/N of every rate and burst).  A follower changes peer state
+only through the site's event hooks (``events.peer_up``, ``events.peer_down``,
+``guard.set_blocks``), as the leader does.
 
 Reload: the leader applies the plan to its own site, then sends ``{"op":
 "reload", path, document, secrets}``; each follower computes the same plan
@@ -56,7 +60,7 @@ from l2bridge.core.config import SiteConfig, config_from_dict
 from l2bridge.core.keys import Secrets
 from l2bridge.errors import L2bridgeError
 from l2bridge.io import proc
-from l2bridge.site import events, reach
+from l2bridge.site import events, guard, reach
 from l2bridge.site import reload as applying
 from l2bridge.site.site import Site
 from l2bridge.site.status import STALL_S
@@ -86,13 +90,14 @@ def peer_message(peer: Any) -> dict:
     """A peer's state for the followers; a path other than UDP is worker 0's to carry."""
     udp = peer.path == paths.UDP and type(peer.addr) is tuple
     return {"op": "peer", "name": peer.name, "addr": peer.addr if udp else None,
-            "path": peer.path, "up": peer.up, "offload": peer.offload}
+            "path": peer.path, "up": peer.up, "offload": peer.offload,
+            "blocked": peer.blocked, "blocks_us": peer.blocks_us}
 
 
 def peer_view(peer: Any) -> tuple:
     """What the followers know of a peer: when it changes, they are told."""
     return (peer.addr if type(peer.addr) is tuple else id(peer.addr), peer.path, peer.up,
-            peer.offload)
+            peer.offload, peer.blocked, peer.blocks_us)
 
 
 class Leader:
@@ -197,6 +202,15 @@ class Leader:
                 peer = state.peers.by_name.get(message.get("peer", ""))
                 if peer is not None:
                     events.kick(state, peer, trio.current_time())
+            elif op == "probe":
+                via = state.peers.by_name.get(message.get("peer") or "")
+                if message.get("peer") is None or via is not None:
+                    guard.on_probe(state, bytes.fromhex(message.get("frame", "")), via,
+                                  trio.current_time())
+            elif op == "flap":
+                now = trio.current_time()
+                if state.l2.loop.flap_probe_due(now):
+                    guard.send_probes(state, now)
 
     def _full_state(self) -> list[dict]:
         state = self.site.state
@@ -312,6 +326,8 @@ class Follower:
             elif not message["up"] and peer.up:
                 events.peer_down(state, peer)
             peer.offload = message["offload"]
+            guard.set_blocks(state, peer, message.get("blocked"), bool(message.get("blocks_us")),
+                            now)
         elif message["op"] == "keys" and state.sessions is not None:
             state.sessions.apply_snapshot(peer.sessions, message["snapshot"], now)
 
@@ -329,12 +345,20 @@ class Follower:
         logging.getLogger("l2bridge").setLevel(config.log_level.upper())
 
     async def _kicks(self) -> None:
+        """What the leader must do for this worker: handshakes, loop probes, flaps."""
         state = self.site.state
         while True:
             await trio.sleep(SYNC_EVERY_S)
             for name in sorted(state.kicks):
                 await self.channel.send(encode({"op": "kick", "peer": name}))
             state.kicks.clear()
+            reports, state.l2.probe_reports = state.l2.probe_reports, []
+            for frame, peer in reports:
+                await self.channel.send(encode({"op": "probe", "frame": frame.hex(),
+                                                "peer": peer}))
+            if state.l2.flap_reports:
+                state.l2.flap_reports = 0
+                await self.channel.send(encode({"op": "flap"}))
 
     async def _report(self) -> None:
         site = self.site
@@ -345,7 +369,7 @@ class Follower:
                 "local": status["local"],
                 "peers": {p["name"]: {k: p[k] for k in (
                     "frames_in", "bytes_in", "frames_out", "bytes_out", "datagrams_in",
-                    "datagrams_out", "bursts_in", "bursts_out", "drops")}
+                    "datagrams_out", "bursts_in", "bursts_out", "drops", "flooded_by_class")}
                     for p in status["peers"]},
             }
             await self.channel.send(encode(summary))

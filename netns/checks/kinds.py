@@ -12,6 +12,15 @@ VLANs: hosts with a ``vlan`` sit on access ports of their VLAN (see ``vlanport.p
 ``reachability`` expects exactly the same-VLAN pairs to answer and every other
 pair to stay silent, ``broadcast_once`` expects the broadcast only in the
 sender's VLAN, and ``vlan_tags`` proves the frames cross the gateways tagged.
+
+Layer-2 safety: ``wan_frames`` counts what crosses the WAN (datagrams at the WAN
+router, flooded frames by class from the gateways) during an action of its own
+or during an earlier check (the lab takes a ``WanCount`` before and after it);
+``loop_blocked`` reads which tunnels a site's loop protection blocks;
+``unplug`` removes a [[lan_link]] and times the way back through the tunnel;
+``storm`` floods broadcasts from a host beside an iperf3 run; ``dhcp_local``
+runs a DHCP server (and router) at several hosts and asks from each client;
+``mac_flap`` shows one MAC at two sites alternately.
 """
 
 from __future__ import annotations
@@ -27,17 +36,32 @@ from typing import Any, Protocol
 
 import trio
 
+from l2bridge.ops import control
 from netns.checks import frames, paths, streams, traffic
 from netns.checks.report import CheckResult
 from netns.describe.plan import Node, Plan
 from netns.describe.scenario import Check, Scenario
+from netns.realise.build import netlink
 from netns.realise.gateways import GatewayError
+
+CLASSES = ("broadcast", "multicast", "unknown_unicast")
+
+
+@dataclass(frozen=True, slots=True)
+class WanCount:
+    """What has crossed the WAN so far: datagrams into the WAN router, flooded frames
+    the gateways sent by class (summed over sites and peers; l2bridge gateways only)."""
+
+    at: float
+    datagrams: int
+    flooded: tuple[int, int, int]
 
 
 class Lab(Protocol):
     """What a check needs from a running lab (``netns.lab.Lab`` is one)."""
 
     plan: Plan
+    windows: dict[int, tuple[WanCount, WanCount]]  # check index -> counts before, after
 
     @property
     def prefix(self) -> str: ...
@@ -50,6 +74,8 @@ class Lab(Protocol):
     async def kill_site(self, site: str) -> None: ...
 
     async def start_site(self, site: str, *, wait: bool = True) -> None: ...
+
+    async def show(self, site: str) -> dict[str, Any]: ...
 
 
 REACHABILITY_CONCURRENCY = 8
@@ -79,6 +105,9 @@ Runner = Callable[[Lab, Mapping[str, Any], float], Awaitable[Outcome]]
 async def run_check(lab: Lab, check: Check) -> CheckResult:
     """Run one check, bounded by its timeout; never raises for a failing check."""
     runner = RUNNERS[check.kind]
+    counted = any(c.kind == "wan_frames" and c.params["during"] == check.index
+                  for c in lab.scenario.checks)  # a later check counts what this one sent
+    before = await wan_count(lab) if counted else None
     started = time.monotonic()
     outcome: Outcome | None = None
     try:
@@ -89,6 +118,8 @@ async def run_check(lab: Lab, check: Check) -> CheckResult:
     except OSError as e:
         outcome = (False, f"{check.kind}: {e.strerror or e}", {})
     elapsed = time.monotonic() - started
+    if before is not None:
+        lab.windows[check.index] = (before, await wan_count(lab))
     if outcome is None:
         outcome = (False, f"timed out after {check.timeout_s:g} s", {"timeout_s": check.timeout_s})
     ok, summary, numbers = outcome
@@ -534,6 +565,335 @@ def vlan_tags_verdict(src: Node, dst: Node, hosts: Sequence[Node], counts: Mappi
     return ok, summary, numbers
 
 
+# ---------------------------------------------------------------- layer-2 safety
+
+LOOP_POLL_S = 0.2
+STORM_LEAD_S = 0.5  # the flood runs this long before iperf3 starts, and after it ends
+DHCP6_WINDOW_S = 3.0
+FLAP_INTERVAL_S = 0.15  # between the two sites' frames: each gateway sees every one
+
+
+def _router_packets(wan_ns: str, interfaces: Sequence[str]) -> int:
+    """Packets the WAN router received on the sites' links (a worker thread)."""
+    wanted = set(interfaces)
+    total = 0
+    with netlink(wan_ns) as ipr:
+        for msg in ipr.get_links():
+            if msg.get_attr("IFLA_IFNAME") in wanted:
+                stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
+                total += int(stats["rx_packets"])
+    return total
+
+
+async def wan_count(lab: Lab) -> WanCount:
+    """What has crossed the WAN up to now (``WanCount``)."""
+    plan = lab.plan
+    datagrams = await trio.to_thread.run_sync(
+        _router_packets, plan.wan_ns, [s.wan_if for s in plan.sites])
+    flooded = [0, 0, 0]
+    for site in plan.sites:
+        if site.gateway != "l2bridge":
+            continue
+        view = await lab.show(site.name)
+        for peer in view.get("peers", []):
+            out = peer.get("flooded_by_class", {}).get("out", {})
+            for i, c in enumerate(CLASSES):
+                flooded[i] += int(out.get(c, 0))
+    return WanCount(time.monotonic(), datagrams, (flooded[0], flooded[1], flooded[2]))
+
+
+async def check_wan_frames(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
+    """Frames across the WAN during ``send`` (and ``seconds`` after) or an earlier check."""
+    if p["during"] is not None:
+        window = lab.windows.get(p["during"])
+        if window is None:
+            return False, f"check {p['during']} has not run: nothing was counted", {}
+        before, after = window
+        what = f"during check {p['during']}"
+    else:
+        before = await wan_count(lab)
+        if p["send"] == "broadcast":
+            src = lab.node(p["from"])
+            marker = new_marker(lab)
+            await traffic.send_frames(src.ns, "eth0", marker_frames(
+                frames.BROADCAST_MAC, _mac(src.mac), marker, p["count"]),
+                interval_s=MARKER_INTERVAL_S)
+        await trio.sleep_until(trio.current_time() + p["seconds"]
+                               - (time.monotonic() - before.at))
+        after = await wan_count(lab)
+        what = (f"{p['count']} broadcast{'s' if p['count'] > 1 else ''} from {p['from']}"
+                if p["send"] == "broadcast" else "nothing sent")
+        what += f", {p['seconds']:g} s"
+    return wan_frames_verdict(what, before, after, p)
+
+
+def wan_frames_verdict(what: str, before: WanCount, after: WanCount,
+                       p: Mapping[str, Any]) -> Outcome:
+    """Pass when every cap given holds; one line with the counts."""
+    datagrams = after.datagrams - before.datagrams
+    flooded = {c: after.flooded[i] - before.flooded[i] for i, c in enumerate(CLASSES)}
+    caps = [("datagrams", datagrams, p["max_datagrams"])]
+    caps += [(c.replace("_", " "), flooded[c], p[f"max_{c}"]) for c in CLASSES]
+    over = [f"{name} {n} > {cap}" for name, n, cap in caps if cap is not None and n > cap]
+    summary = (f"{what}: {datagrams} WAN datagrams; flooded {flooded['broadcast']} broadcast, "
+               f"{flooded['multicast']} multicast, {flooded['unknown_unicast']} unknown unicast")
+    limits = [f"{name} ≤ {cap}" for name, _, cap in caps if cap is not None]
+    if limits:
+        summary += f" (max {', '.join(limits)})"
+    if over:
+        summary += "; over: " + ", ".join(over)
+    numbers = {"datagrams": datagrams, "flooded": flooded,
+               "seconds": round(after.at - before.at, 3)}
+    return not over, summary, numbers
+
+
+async def check_loop_blocked(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
+    """Within ``within_s``, the site's ``show`` names exactly ``peers`` as blocked."""
+    started = time.monotonic()
+    want = sorted(p["peers"])
+    blocked: list[dict[str, Any]] = []
+    while True:
+        view = await lab.show(p["site"])
+        blocked = view.get("loop", {}).get("blocked", [])
+        if sorted(b["peer"] for b in blocked) == want:
+            break
+        if time.monotonic() - started >= p["within_s"]:
+            break
+        await trio.sleep(LOOP_POLL_S)
+    got = sorted(b["peer"] for b in blocked)
+    ok = got == want
+    names = "; ".join(f"{b['path']} ({b['reason']}: {b['why']})" for b in blocked) or "none"
+    summary = f"{p['site']} blocks: {names}"
+    if not ok:
+        summary += f"; expected {', '.join(want) or 'none'}"
+    return ok, summary, {"blocked": blocked, "expected": want,
+                         "after_s": round(time.monotonic() - started, 3)}
+
+
+def _delete_link(ns: str, ifname: str) -> None:
+    with netlink(ns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            ipr.link("del", index=found[0])
+
+
+async def check_unplug(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
+    """Remove a LAN link; pass when ``from`` reaches ``to`` again within ``within_s``."""
+    link = lab.plan.lan_link(p["link"])
+    src, dst = lab.node(p["from"]), lab.node(p["to"])
+    await trio.to_thread.run_sync(_delete_link, link.a_ns, link.ifname)
+    started = time.monotonic()
+    attempts = 0
+    while True:
+        attempts += 1
+        r = await traffic.ping(src.ns, dst.ip, count=1, deadline_s=RESTART_PROBE_S)
+        if r.ok:
+            break
+    back = time.monotonic() - started
+    blocked = {s.name: [b["path"] for b in (await lab.show(s.name)).get("loop", {})
+                        .get("blocked", [])]
+               for s in lab.plan.sites if s.gateway == "l2bridge"}
+    still = {site: paths for site, paths in blocked.items() if paths}
+    ok = back <= p["within_s"] and not still
+    summary = (f"{link.name} removed: {src.ref} → {dst.ref} answered after {back:.2f} s "
+               f"(probe {attempts}, limit {p['within_s']:g} s)")
+    summary += "; still blocked: " + ", ".join(
+        f"{s} {'/'.join(v)}" for s, v in still.items()) if still else "; no tunnel blocked"
+    return ok, summary, {"back_in_s": round(back, 3), "probes": attempts, "blocked": blocked}
+
+
+async def check_storm(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
+    """iperf3 alone, then beside a broadcast flood; the WAN within the limit."""
+    flooder = lab.node(p["from"])
+    src, dst = lab.node(p["iperf_from"]), lab.node(p["iperf_to"])
+    seconds = p["seconds"]
+    bound = seconds + 10.0
+    alone = await traffic.iperf3(dst.ns, dst.ip, src.ns, seconds=seconds, timeout_s=bound)
+    site = flooder.site
+    assert site is not None
+    view = await lab.show(site)
+    limits = view.get("storm", {})
+    before = await wan_count(lab)
+    flood: dict[str, Any] = {}
+    beside: traffic.IperfResult | None = None
+    failed: list[str] = []
+
+    async def run_flood() -> None:
+        try:
+            flood.update(await traffic.run_module(
+                flooder.ns, "netns.checks.flood",
+                ["eth0", f"{seconds + 2 * STORM_LEAD_S:g}"], timeout_s=bound))
+        except traffic.TrafficError as e:
+            failed.append(str(e))
+
+    async def run_iperf() -> None:
+        nonlocal beside
+        await trio.sleep(STORM_LEAD_S)
+        try:
+            beside = await traffic.iperf3(dst.ns, dst.ip, src.ns, seconds=seconds,
+                                          timeout_s=bound)
+        except traffic.TrafficError as e:
+            failed.append(f"beside the flood: {e}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_flood)
+        nursery.start_soon(run_iperf)
+    after = await wan_count(lab)
+    if beside is None:
+        beside = traffic.IperfResult(0.0, None, None, seconds, "TCP", {})
+    elapsed = after.at - before.at
+    peers = len(view.get("peers", []))
+    rate = float(limits.get("broadcast_per_s", 0))
+    allowed = peers * (rate * limits.get("burst_s", 0) + rate * elapsed) if rate else None
+    crossed = after.flooded[0] - before.flooded[0]
+    kept = 100.0 * beside.mbit_s / alone.mbit_s if alone.mbit_s else 0.0
+    within = allowed is None or not limits.get("enabled", True) or crossed <= allowed
+    ok = within and kept >= p["min_kept_percent"]
+    rate_sent = flood.get("sent", 0) / max(float(flood.get("seconds", 1.0)), 1e-9)
+    summary = (f"{flooder.ref} flooded {flood.get('sent', 0)} broadcasts "
+               f"({rate_sent:,.0f}/s); {crossed} crossed the WAN"
+               + (f" (limit {allowed:,.0f})" if allowed is not None else "")
+               + f"; iperf3 {beside.mbit_s:.1f} of {alone.mbit_s:.1f} Mbit/s kept "
+               f"({kept:.1f}%, min {p['min_kept_percent']:g}%)")
+    if failed:
+        ok = False
+        summary += "; " + "; ".join(failed)
+    numbers = {"flood_sent": flood.get("sent", 0), "flood_per_s": round(rate_sent),
+               "broadcast_crossed": crossed, "allowed": allowed,
+               "wan_datagrams": after.datagrams - before.datagrams,
+               "mbit_s_alone": round(alone.mbit_s, 2), "mbit_s_beside": round(beside.mbit_s, 2),
+               "kept_percent": round(kept, 2), "seconds": round(elapsed, 3)}
+    return ok, summary, numbers
+
+
+def _dhcp_ranges(lab: Lab, index: int, server: Node) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Server ``index``'s own IPv4 and IPv6 ranges (50 addresses each, none shared)."""
+    assert server.ipv4 is not None
+    v4 = ipaddress.ip_interface(server.ipv4).network
+    top = v4.num_addresses - 2 - index * DHCP_RANGE_SIZE
+    four = (str(v4[top - DHCP_RANGE_SIZE + 1]), str(v4[top]))
+    v6 = ipaddress.ip_network(lab.scenario.lan.ipv6 or "fd00:77::/64")
+    base = 0xD6C0_0000 + index * 0x1000
+    six = (str(v6[base]), str(v6[base + DHCP_RANGE_SIZE - 1]))
+    return four, six
+
+
+def _eui64_link_local(mac: str) -> str:
+    raw = bytearray(bytes.fromhex(mac.replace(":", "")))
+    raw[0] ^= 0x02
+    iid = bytes(raw[:3]) + b"\xff\xfe" + bytes(raw[3:])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
+
+
+async def check_dhcp_local(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
+    """Servers at every listed host at once; each client must be served from its own site."""
+    servers = [lab.node(ref) for ref in p["servers"]]
+    clients = [lab.node(ref) for ref in p["clients"]]
+    ranges = {s.ref: _dhcp_ranges(lab, i, s) for i, s in enumerate(servers)}
+    assert servers[0].ipv4 is not None
+    netmask = str(ipaddress.ip_interface(servers[0].ipv4).network.netmask)
+    results: dict[str, dict[str, Any]] = {}
+    logs: dict[str, Callable[[], str]] = {}
+    async with AsyncExitStack() as stack:
+        for s in servers:
+            four, six = ranges[s.ref]
+            logs[s.ref] = await stack.enter_async_context(traffic.dnsmasq(
+                s.ns, "eth0", range_v4=None if p["ipv6"] else four, netmask=netmask,
+                range_v6=six if p["ipv6"] else None))
+        for c in clients:
+            if p["ipv6"]:
+                results[c.ref] = await traffic.run_module(
+                    c.ns, "netns.checks.dhcp6", ["eth0", c.mac or "", f"{DHCP6_WINDOW_S:g}"],
+                    timeout_s=DHCP6_WINDOW_S + 5.0)
+            else:
+                r = await traffic.udhcpc(c.ns, "eth0", timeout_s=max(3.0, timeout_s / 4))
+                results[c.ref] = {"lease": r.address}
+        await trio.sleep(COUNT_SETTLE_S)  # a far server's answer still on its way
+        for c in clients:  # which servers heard the client at all (their logs name its MAC)
+            results[c.ref]["heard_by"] = [s.ref for s in servers
+                                          if (c.mac or "?").lower() in logs[s.ref]().lower()]
+    return dhcp_local_verdict(servers, clients, ranges, results, p["ipv6"])
+
+
+def dhcp_local_verdict(servers: Sequence[Node], clients: Sequence[Node],
+                       ranges: Mapping[str, tuple[tuple[str, str], tuple[str, str]]],
+                       results: Mapping[str, Mapping[str, Any]], ipv6: bool) -> Outcome:
+    """Each client leased from its own site's server only (and, IPv6, heard only its
+    own site's routers and servers)."""
+    def owner(address: str | None) -> Node | None:
+        if address is None:
+            return None
+        value = int(ipaddress.ip_address(address))
+        for s in servers:
+            low, high = ranges[s.ref][1 if ipv6 else 0]
+            if int(ipaddress.ip_address(low)) <= value <= int(ipaddress.ip_address(high)):
+                return s
+        return None
+
+    by_source = {_eui64_link_local(s.mac or ""): s for s in servers}
+    parts, wrong = [], []
+    per_client: dict[str, Any] = {}
+    for c in clients:
+        got = results.get(c.ref, {})
+        lease = got.get("lease")
+        server = owner(lease)
+        heard = {by_source[a["source"]].ref for a in got.get("advertised", [])
+                 if a.get("source") in by_source} | set(got.get("heard_by", []))
+        ras = {by_source[src].ref for src in got.get("ras", []) if src in by_source}
+        foreign = sorted(r for r in heard | ras
+                         if r.split(".")[0] != c.site)
+        fine = server is not None and server.site == c.site and not foreign
+        if ipv6 and not any(r.split(".")[0] == c.site for r in ras):
+            fine = False  # its own router must be heard
+        parts.append(f"{c.ref} ← {server.ref if server else 'nobody'}"
+                     + (f" (also heard {', '.join(foreign)})" if foreign else ""))
+        if not fine:
+            wrong.append(c.ref)
+        per_client[c.ref] = {"lease": lease, "server": server.ref if server else None,
+                             "advertised_by": sorted(heard), "ras_from": sorted(ras)}
+    family = "DHCPv6 + RA" if ipv6 else "DHCPv4"
+    summary = f"{family}: " + "; ".join(parts)
+    return not wrong, summary, {"clients": per_client, "wrong": wrong}
+
+
+async def check_mac_flap(lab: Lab, p: Mapping[str, Any], timeout_s: float) -> Outcome:
+    """One MAC at two sites alternately: both gateways count it, hold it, log it."""
+    a, b = lab.node(p["from"]), lab.node(p["to"])
+    dup = bytes.fromhex("02dd") + secrets.token_bytes(4)
+    marker = new_marker(lab)
+    for i in range(p["moves"]):
+        host = a if i % 2 == 0 else b
+        frame = frames.make_frame(frames.BROADCAST_MAC, dup, frames.ETHERTYPE_EXPERIMENTAL,
+                                  frames.marker_payload(marker, i))
+        await traffic.send_frames(host.ns, "eth0", [frame])
+        await trio.sleep(FLAP_INTERVAL_S)
+    await trio.sleep(1.5)  # the gateways report once a tick
+    text = dup.hex(":")
+    numbers: dict[str, Any] = {"mac": text, "sites": {}}
+    parts = []
+    ok = True
+    for node in (a, b):
+        site = lab.plan.site(node.site or "")
+        table = await trio.to_thread.run_sync(control.query, site.control_path, "fdb")
+        entries = table if isinstance(table, list) else []
+        entry = next((e for e in entries if e.get("mac") == text), None)
+        view = await lab.show(site.name)
+        detected = view.get("fdb", {}).get("dup_mac", 0)
+        try:
+            with open(site.log_path, errors="replace") as f:
+                logged = any(f"duplicate MAC {text}" in line for line in f)
+        except OSError:
+            logged = False
+        held = entry is not None and "held_s" in entry
+        ok = ok and held and detected >= 1 and logged
+        where = (f"held at {entry['peer']} {entry['held_s']:.0f} s, also at {entry['also_at']}"
+                 if held and entry is not None else "not held")
+        parts.append(f"{site.name}: {where}, {detected} detected, "
+                     f"{'logged' if logged else 'not logged'}")
+        numbers["sites"][site.name] = {"entry": entry, "dup_mac": detected, "logged": logged}
+    return ok, f"MAC {text} × {p['moves']} moves: " + "; ".join(parts), numbers
+
+
 RUNNERS: dict[str, Runner] = {
     "ping": check_ping,
     "reachability": check_reachability,
@@ -545,6 +905,12 @@ RUNNERS: dict[str, Runner] = {
     "restart": check_restart,
     "command": check_command,
     "vlan_tags": check_vlan_tags,
+    "wan_frames": check_wan_frames,
+    "loop_blocked": check_loop_blocked,
+    "unplug": check_unplug,
+    "storm": check_storm,
+    "dhcp_local": check_dhcp_local,
+    "mac_flap": check_mac_flap,
     "stream": streams.check_stream,  # type: ignore[dict-item]  # timeline checks: streams.Lab
     "recovers": streams.check_recovers,  # type: ignore[dict-item]
     "path": paths.check_path,  # type: ignore[dict-item]  # they read show: paths.Lab

@@ -38,6 +38,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -71,6 +72,7 @@ READY_POLL_S = 0.02  # how often readiness of a starting daemon is polled
 STOP_GRACE_S = 2.0  # SIGINT/SIGTERM before SIGKILL, where a tool must flush
 DHCP_LEASE_TIME = "1h"
 DHCP_SERVER_PORT = 67
+DHCP6_SERVER_PORT = 547
 DNSMASQ_READY_LINE = "DHCP, IP range"  # logged once sockets and interfaces are set up
 
 # AF_PACKET (linux/if_packet.h, linux/if_ether.h)
@@ -544,6 +546,75 @@ async def dhcp_lease(
         elapsed_s=client.elapsed_s,
         output=output,
     )
+
+
+@contextlib.asynccontextmanager
+async def dnsmasq(ns: str, ifname: str, *, range_v4: tuple[str, str] | None = None,
+                  netmask: str = "255.255.0.0", range_v6: tuple[str, str] | None = None
+                  ) -> AsyncIterator[Callable[[], str]]:
+    """A DHCP server (and, with ``range_v6``, a DHCPv6 server and IPv6 router sending
+    RAs) on ``ifname`` in ``ns`` while the block runs; ready when the block starts.
+    The block gets a function returning the server's log so far (what it heard).
+
+    The interface needs an address in each range's subnet.  Stopped (SIGTERM, then
+    SIGKILL) on leaving the block, whatever happens.
+    """
+    program = find_tool("dnsmasq")
+    with tempfile.TemporaryDirectory(prefix="l2b-dnsmasq-") as tmp:
+        argv = [program, "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
+                "--port=0", f"--interface={ifname}", "--bind-interfaces",
+                f"--dhcp-leasefile={os.path.join(tmp, 'leases')}", "--pid-file=",
+                "--dhcp-authoritative", "--no-ping"]
+        ready = []
+        if range_v4 is not None:
+            argv.append(f"--dhcp-range={range_v4[0]},{range_v4[1]},{netmask},{DHCP_LEASE_TIME}")
+            ready.append(("udp", DHCP_SERVER_PORT, DNSMASQ_READY_LINE))
+        if range_v6 is not None:
+            argv += [f"--dhcp-range={range_v6[0]},{range_v6[1]},64,{DHCP_LEASE_TIME}",
+                     "--enable-ra", "--ra-param=*,2,600"]
+            ready.append(("udp", DHCP6_SERVER_PORT, "DHCPv6, IP range"))
+        async with _spawn(ns, argv) as server:
+            for proto, port, line in ready:
+                await server.wait_listening(proto, port, DAEMON_START_TIMEOUT_S)
+                await server.wait_stderr(line, DAEMON_START_TIMEOUT_S)
+            try:
+                yield server.stderr
+            finally:
+                with trio.CancelScope(shield=True):
+                    await server.stop(signal.SIGTERM)
+
+
+async def udhcpc(ns: str, ifname: str, *, timeout_s: float) -> DhcpResult:
+    """Ask for a DHCPv4 lease with busybox udhcpc (the interface is left unconfigured)."""
+    busybox = find_tool("busybox")
+    tries = max(1, math.floor(timeout_s) - 1)
+    with tempfile.TemporaryDirectory(prefix="l2b-udhcpc-") as tmp:
+        script = os.path.join(tmp, "udhcpc.sh")
+        with open(script, "w") as f:
+            f.write(UDHCPC_SCRIPT)
+        os.chmod(script, 0o700)
+        argv = [busybox, "udhcpc", "-i", ifname, "-n", "-q", "-f", "-t", str(tries), "-T", "1",
+                "-s", script]
+        client = await _run(ns, argv, timeout_s)
+    match = _LEASE_LINE.search(client.stdout)
+    return DhcpResult(ok=match is not None, address=match[1] if match else None,
+                      elapsed_s=client.elapsed_s, output=client.stdout + client.stderr)
+
+
+async def run_module(ns: str, module: str, args: Sequence[str], *, timeout_s: float
+                     ) -> dict[str, Any]:
+    """Run ``python -m MODULE ARGS`` (a lab helper, e.g. ``netns.checks.flood``) in ``ns``
+    and return the JSON object it prints last; ``TrafficError`` if it prints none."""
+    r = await _run(ns, [sys.executable, "-m", module, *args], timeout_s)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.timed_out or not lines:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TrafficError(f"{module} in {ns}: "
+                           + (f"killed after {timeout_s:g} s" if r.timed_out else last))
+    try:
+        return _json_object(lines[-1])
+    except ValueError:
+        raise TrafficError(f"{module} in {ns}: unreadable output {lines[-1][:80]!r}") from None
 
 
 # --- capture --------------------------------------------------------------------

@@ -22,8 +22,10 @@ namespace              contents
                        100.64.<i>.1/24 toward the gateway, ``wan0`` 198.18.<i>.2/24
                        (the site's public address) toward the WAN router (nat.py)
 ``P-<site>-sw``        the LAN switch: bridge ``br0`` (STP off, forward delay 0)
-                       with port ``gw`` (peer of the gateway's ``eth1``) and one
-                       port per host, named after the host
+                       with port ``gw`` (peer of the gateway's ``eth1``), one
+                       port per host, named after the host, and ``lan<k>``
+                       for the scenario's LAN link k (``[[lan_link]]``: a veth
+                       straight to the other site's switch, beside the tunnel)
 ``P-<site>-<host>``    a LAN host: ``eth0`` with its MAC and addresses, ``lo`` up
 =====================  ==========================================================
 
@@ -108,6 +110,8 @@ SWITCH_BRIDGE = "br0"  # the LAN switch's bridge, in P-<site>-sw
 SWITCH_UPLINK = "gw"  # its port towards the gateway's eth1
 # Daemon keys of [[peer]] a site's ``l2bridge = {...}`` may give: they go on every peer.
 PEER_KEYS = ("transport",)
+# Checks that read an l2bridge daemon's show: a reference gateway cannot run them.
+SHOW_CHECKS = (*L2BRIDGE_CHECKS, "loop_blocked", "mac_flap", "storm")
 # The daemon's performance keys: with ``[lab] daemon_defaults`` the lab writes none of them.
 DAEMON_DEFAULT_KEYS = ("workers", "offload", "low_latency")
 
@@ -208,6 +212,19 @@ class SitePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class LanLinkPlan:
+    """A [[lan_link]] as built: a veth between two LAN switches (port ``lan<k>`` each)."""
+
+    name: str
+    a_ns: str
+    b_ns: str
+    ifname: str  # the same name at both ends
+
+    def __str__(self) -> str:
+        return f"lan link {self.name}: {self.a_ns}:{self.ifname} <-> {self.b_ns}:{self.ifname}"
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     prefix: str
     scenario: Scenario
@@ -220,6 +237,7 @@ class Plan:
     steps: tuple[Step, ...]
     offload: bool | None = None  # what the daemon configs say about offloads (None: default)
     dns: DnsPlan | None = None  # the lab's DNS server ([lab] dns)
+    lan_links: tuple[LanLinkPlan, ...] = ()
 
     def site(self, name: str) -> SitePlan:
         for s in self.sites:
@@ -229,6 +247,12 @@ class Plan:
 
     def hosts(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.role == "host"]
+
+    def lan_link(self, name: str) -> LanLinkPlan:
+        for link in self.lan_links:
+            if link.name == name:
+                return link
+        raise KeyError(name)
 
     def describe(self) -> list[str]:
         """The plan as readable lines (what ``lab plan`` prints)."""
@@ -427,6 +451,14 @@ def make_plan(
         ]
         by_name = {s.name: s for s in site_plans}
     identities = {s.name: make_identity(s.name) for s in site_plans} if mode == "openvpn" else {}
+    lan_links = []
+    for k, lan in enumerate(scenario.lan_links):
+        ifname = f"lan{k}"
+        planned = LanLinkPlan(lan.name, by_name[lan.a].sw_ns, by_name[lan.b].sw_ns, ifname)
+        for ns in (planned.a_ns, planned.b_ns):
+            names.claim(_iface(ns, ifname), f"lan_link[{k}]",
+                        f'lan_link[{k}] "{lan.name}" (its switch port)')
+        lan_links.append(planned)
     finished = []
     for s in site_plans:
         dials = scenario.site(s.name).dial_out
@@ -469,6 +501,7 @@ def make_plan(
         steps=(),
         offload=offload,
         dns=dns,
+        lan_links=tuple(lan_links),
     )
     return dataclasses.replace(plan, steps=tuple(_steps(plan)))
 
@@ -553,7 +586,7 @@ def _tunnel_refusals(scenario: Scenario, mode: str) -> Iterator[tuple[str, str, 
             yield (f"event[{e.index}].kind", f"{mode} gateways know their remotes by address "
                    "and never find a moved one", "the event")
     for c in scenario.checks:
-        if c.kind in L2BRIDGE_CHECKS:
+        if c.kind in SHOW_CHECKS:
             yield (f"check[{c.index}].kind", f"a {c.kind} check reads an l2bridge daemon's "
                    f"show, which {mode} gateways do not have", "the check")
     if scenario.dns:
@@ -686,6 +719,10 @@ def _steps(plan: Plan) -> Iterator[Step]:
             yield AddAddress(node.ns, "eth0", node.ipv4)
             if node.ipv6:
                 yield AddAddress(node.ns, "eth0", node.ipv6)
+    for link in plan.lan_links:  # another layer-2 path between two LANs (STP off: a loop)
+        yield AddVeth(link.a_ns, link.ifname, link.b_ns, link.ifname, sc.lan.mtu)
+        yield SetLink(link.a_ns, link.ifname, master=SWITCH_BRIDGE)
+        yield SetLink(link.b_ns, link.ifname, master=SWITCH_BRIDGE)
     legs = [leg for s in plan.sites if s.relay for leg in (s.relay.gw_leg, s.relay.router_leg)]
     ruleset = nft_ruleset(plan.prefix, [(s.wan_if, s.link) for s in plan.sites], legs)
     if ruleset is not None:
@@ -737,7 +774,8 @@ def render_site_config(
     else:
         table.append(("private_key_file", s.key_path))
     merged: dict[str, object] = dict(table)
-    merged.update(site.l2bridge)  # keys the lab owns were rejected by validation
+    merged.update(scenario.l2bridge)  # [lab] l2bridge: every site's daemon ...
+    merged.update(site.l2bridge)  # ... a site's own win; keys the lab owns were rejected
     per_peer = {k: merged.pop(k) for k in PEER_KEYS if k in merged}
     lines = ["[site]"] + [f"{k} = {_toml_value(v)}" for k, v in merged.items()]
     if scenario.daemon_defaults:

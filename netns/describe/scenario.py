@@ -28,7 +28,10 @@ Invariants guaranteed to the planner:
 - every pair of sites that peer can reach each other (``reach_problem``): one
   of them dials the other (it dials out and the other is not behind NAT), or
   both are behind NAT and share a third site that is not, which tells each the
-  other's public address and relays when punching fails.
+  other's public address and relays when punching fails;
+- every LAN link (``[[lan_link]]``: another layer-2 path between two sites' LAN
+  switches, e.g. a backup cable that makes a loop) joins two different sites,
+  has a unique name and no twin between the same two sites.
 """
 
 from __future__ import annotations
@@ -170,6 +173,15 @@ class Lan:
 
 
 @dataclass(frozen=True, slots=True)
+class LanLink:
+    """A direct layer-2 link between two sites' LAN switches (beside the tunnel)."""
+
+    name: str
+    a: str
+    b: str
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     """One check: a kind, its parameters (defaults filled in) and a timeout."""
 
@@ -194,6 +206,8 @@ class Scenario:
     sites: tuple[Site, ...]
     checks: tuple[Check, ...]
     insecure: bool = False  # l2bridge gateways without keys (cleartext)
+    lan_links: tuple[LanLink, ...] = ()
+    l2bridge: Mapping[str, Any] = field(default_factory=dict)  # daemon keys of every site
     events: tuple[Event, ...] = ()  # [[event]]: faults on the timeline or between checks
     pcap: tuple[str, ...] = ()  # [lab] pcap: interfaces to capture ("NODE:IF" or "all")
     dns: bool = False  # a dnsmasq in the WAN router; peers' endpoints are names
@@ -318,6 +332,7 @@ LAB_SCHEMA: dict[str, Param] = {
     "keepalive": _seconds(0.1, 60, DEFAULT_KEEPALIVE_S),
     "dead_after": _seconds(0.2, 600, DEFAULT_DEAD_AFTER_S),
     "insecure": schema.boolean(False),  # true: cleartext gateways (the demonstration only)
+    "l2bridge": schema.table(None, None),  # daemon [site] keys of every site (a site's win)
     "pcap": schema.strings([], of='"NODE:IF" strings or "all"'),  # captures (describe/pcap.py)
     "dns": schema.boolean(False),  # dnsmasq in the WAN router; endpoints by name
     "resolve_interval": _seconds(1, 3600),  # the daemons' [site] resolve_interval
@@ -370,6 +385,11 @@ SITE_SCHEMA: dict[str, Param] = {
     "l2bridge": schema.table(None, None),  # extra keys of the daemon's [site]: checked below
     "wan": schema.table(_OVERRIDES_SCHEMA, None),
     "host": schema.tables(HOST_SCHEMA, "site.host", min_items=1, max_items=MAX_HOSTS_PER_SITE),
+}
+LAN_LINK_SCHEMA: dict[str, Param] = {
+    "name": schema.string(default=None),
+    "a": schema.string("a site name"),
+    "b": schema.string("a site name"),
 }
 # Keys of the daemon's own [site] table the lab writes itself.
 L2BRIDGE_OWNED = frozenset(
@@ -446,8 +466,58 @@ CHECK_SCHEMAS: dict[str, dict[str, Param]] = {
         "to": HOST_REF,
         "count": _count(10_000, 5),
     },
+    # Frames crossing the WAN: during an action of its own (``send`` from ``from``) or
+    # during an earlier check (``during`` = its index); caps fail the check.
+    "wan_frames": {
+        "from": schema.string('a host reference "site.host"', None),
+        "send": schema.choice(("broadcast", "nothing"), "broadcast"),
+        "count": _count(10_000, 1),
+        "seconds": _seconds(0.1, 600, 10.0),
+        "during": schema.integer(0, 10_000, None),
+        "max_datagrams": schema.integer(0, 10**9, None),
+        "max_broadcast": schema.integer(0, 10**9, None),
+        "max_multicast": schema.integer(0, 10**9, None),
+        "max_unknown_unicast": schema.integer(0, 10**9, None),
+    },
+    # The peers a site's loop protection blocks (what its ``show`` names), within a bound.
+    "loop_blocked": {
+        "site": schema.string("a site name"),
+        "peers": schema.strings(None, of="site names", min_items=0),
+        "within_s": _seconds(0.1, 600, 5.0),
+    },
+    # Remove a [[lan_link]]; then time until ``from`` reaches ``to`` again (the tunnel).
+    "unplug": {
+        "link": schema.string("a [[lan_link]] name"),
+        "from": HOST_REF,
+        "to": HOST_REF,
+        "within_s": _seconds(0.1, 600, 6.0),
+    },
+    # A host floods broadcasts for ``seconds`` while iperf3 runs between two others;
+    # the WAN must carry at most the sending site's limit, iperf3 keep its share.
+    "storm": {
+        "from": HOST_REF,
+        "iperf_from": HOST_REF,
+        "iperf_to": HOST_REF,
+        "seconds": _seconds(1, 60, 4.0),
+        "min_kept_percent": _percent(90.0),
+    },
+    # A DHCP server (and, for IPv6, a router) at each server host; every client must
+    # get its lease (and its RAs) from a server at its own site only.
+    "dhcp_local": {
+        "servers": schema.strings(None, of="host references", min_items=1),
+        "clients": schema.strings(None, of="host references", min_items=1),
+        "ipv6": schema.boolean(False),
+    },
+    # The same MAC alternately at two sites' LANs: each gateway holds and reports it.
+    "mac_flap": {
+        "from": HOST_REF,
+        "to": HOST_REF,
+        "moves": _count(1000, 8),
+    },
 }
 CHECK_KIND = schema.choice(tuple(CHECK_SCHEMAS))
+LAYER2_KINDS = frozenset({"wan_frames", "loop_blocked", "unplug", "storm", "dhcp_local",
+                          "mac_flap"})
 _COMMON_CHECK: dict[str, Param] = {
     "kind": CHECK_KIND,
     "name": schema.string(default=None),
@@ -466,6 +536,12 @@ CHECK_TIMEOUT_S: dict[str, float] = {
     "restart": 30.0,
     "command": 30.0,
     "vlan_tags": 15.0,
+    "wan_frames": 30.0,
+    "loop_blocked": 15.0,
+    "unplug": 20.0,
+    "storm": 60.0,
+    "dhcp_local": 40.0,
+    "mac_flap": 20.0,
     **timeline.TIMELINE_CHECK_TIMEOUT_S,
     **PATH_CHECK_TIMEOUT_S,
 }
@@ -474,6 +550,7 @@ TOP_SCHEMA: dict[str, Param] = {
     "lan": schema.table(LAN_SCHEMA, {}, rule="a table [lan]"),
     "wan": schema.table(WAN_SCHEMA, {}, rule="a table [wan]"),
     "site": schema.tables(SITE_SCHEMA, "site", min_items=2, max_items=MAX_SITES),
+    "lan_link": schema.tables(LAN_LINK_SCHEMA, "lan_link", []),
     "check": schema.tables(None, "check", []),  # each against its kind's schema, below
     "event": schema.tables(None, "event", []),  # each against its kind's schema (timeline.py)
 }
@@ -500,10 +577,12 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
 
 
 class _Parser:
-    def __init__(self, path: str, vlans: Mapping[str, int | None] | None = None) -> None:
+    def __init__(self, path: str, vlans: Mapping[str, int | None] | None = None,
+                 link_names: set[str] | None = None) -> None:
         self.path = path
         self.checker = Checker(ScenarioError, path)
         self.vlans: dict[str, int | None] = dict(vlans or {})  # host ref -> VLAN
+        self.link_names: set[str] = set(link_names or ())  # the [[lan_link]] names
         self.timeouts_given: set[str] = set()  # check keys with their own timeout
         self.peers: dict[str, list[str]] = {}  # site -> the sites it peers with
 
@@ -530,9 +609,12 @@ class _Parser:
         problem = reach_problem(wan, sites)
         if problem is not None:
             raise self.fail(*problem)
+        extra = self.daemon_keys(lab["l2bridge"] or {}, "lab")
+        lan_links = self.lan_links(doc["lan_link"], {s.name for s in sites})
         refs = {f"{s.name}.{h.name}" for s in sites for h in s.hosts}
         self.peers = peerings(sites)
         self.vlans = {f"{s.name}.{h.name}": h.vlan for s in sites for h in s.hosts}
+        self.link_names = {link.name for link in lan_links}
         checks = self.checks(doc["check"], refs, {s.name for s in sites})
         links = {s.name: dataclasses.asdict(_link(wan, s)) for s in sites}
         events = timeline.parse_events(
@@ -554,6 +636,8 @@ class _Parser:
             sites=sites,
             checks=checks,
             insecure=lab["insecure"],
+            lan_links=lan_links,
+            l2bridge=extra,
             events=events,
             pcap=tuple(lab["pcap"]),
             dns=lab["dns"],
@@ -561,6 +645,44 @@ class _Parser:
             up_within_s=lab["up_within"],
             daemon_defaults=lab["daemon_defaults"],
         )
+
+    def daemon_keys(self, extra: Mapping[str, Any], key: str) -> dict[str, Any]:
+        """Extra keys of the daemon's [site] table: none the lab owns, nothing nested."""
+        for k, v in extra.items():
+            if k in L2BRIDGE_OWNED:
+                raise self.fail(f"{key}.l2bridge.{k}",
+                                f'"{k}" is set by the lab itself (remove it)')
+            problem = _daemon_value(v)
+            if problem:
+                raise self.fail(f"{key}.l2bridge.{k}", problem)
+        return dict(extra)
+
+    def lan_links(self, tables: list[dict[str, Any]], sites: set[str]) -> tuple[LanLink, ...]:
+        """The [[lan_link]] tables: two different known sites, unique names and pairs."""
+        links: list[LanLink] = []
+        names: dict[str, int] = {}
+        pairs: dict[frozenset[str], int] = {}
+        for i, t in enumerate(tables):
+            key = f"lan_link[{i}]"
+            for end in ("a", "b"):
+                if t[end] not in sites:
+                    raise self.fail(f"{key}.{end}", f'no site "{t[end]}" (one of: '
+                                    f'{", ".join(sorted(sites))})')
+            if t["a"] == t["b"]:
+                raise self.fail(f"{key}.b", f'"b" must differ from "a" ({t["a"]}): a LAN link '
+                                "joins two sites' LANs")
+            pair = frozenset((t["a"], t["b"]))
+            if pair in pairs:
+                raise self.fail(key, f"a second link between {t['a']} and {t['b']} (also "
+                                f"lan_link[{pairs[pair]}])")
+            pairs[pair] = i
+            name = t["name"] or f"{t['a']}-{t['b']}"
+            if name in names:
+                raise self.fail(f"{key}.name", duplicate("LAN link name", name,
+                                                         f"lan_link[{names[name]}]"))
+            names[name] = i
+            links.append(LanLink(name, t["a"], t["b"]))
+        return tuple(links)
 
     def sites(self, tables: list[dict[str, Any]], lan: Lan) -> tuple[Site, ...]:
         sites: list[Site] = []
@@ -584,15 +706,7 @@ class _Parser:
                         f"{key}.hub", f"only one hub site is supported ({hub_at} is the hub)"
                     )
                 hub_at = key
-            extra = t["l2bridge"] or {}
-            for k, v in extra.items():
-                if k in L2BRIDGE_OWNED:
-                    raise self.fail(
-                        f"{key}.l2bridge.{k}", f'"{k}" is set by the lab itself (remove it)'
-                    )
-                problem = _daemon_value(v)
-                if problem:
-                    raise self.fail(f"{key}.l2bridge.{k}", problem)
+            extra = self.daemon_keys(t["l2bridge"] or {}, key)
             link = {k: v for k, v in (t["wan"] or {}).items() if v is not None}
             hosts = self.hosts(t["host"], key, v4, v6, addresses, macs)
             sites.append(Site(name=name, hosts=hosts, hub=t["hub"], l2bridge=extra, wan=link,
@@ -697,7 +811,7 @@ class _Parser:
                 problem = site_problem(kind, t, self.peers)
                 if problem is not None:
                     raise self.fail(f"{key}.{problem[0]}", problem[1])
-            if kind == "restart" and t["site"] not in sites:
+            if kind in ("restart", "loop_blocked") and t["site"] not in sites:
                 raise self.fail(
                     f"{key}.site", f'no site "{t["site"]}" (one of: {", ".join(sorted(sites))})'
                 )
@@ -710,12 +824,57 @@ class _Parser:
                                 '"at")')
             if kind in ("stream", "recovers") and at is None:
                 at = 0.0  # on the timeline; a recovers check's real start is its event's
+            if kind in LAYER2_KINDS:
+                self.check_layer2(kind, t, key, refs, sites, i)
             params = {k: v for k, v in t.items() if k not in _COMMON_CHECK}
             name = t["name"] or _default_check_name(kind, params)
             timeout = t["timeout"] if t["timeout"] is not None else CHECK_TIMEOUT_S[kind]
             checks.append(Check(kind=kind, name=name, params=params, timeout_s=timeout, index=i,
                                 at=at))
         return tuple(checks)
+
+    def check_layer2(self, kind: str, t: dict[str, Any], key: str, refs: set[str],
+                     sites: set[str], index: int) -> None:
+        """Cross-field rules of the layer-2 safety check kinds."""
+        def host(param: str, ref: str, where: str) -> None:
+            if ref not in refs:
+                raise self.fail(where, f'no host "{ref}" (expected "site.host", one of: '
+                                f"{', '.join(sorted(refs))})")
+
+        if kind == "wan_frames":
+            if t["during"] is not None:
+                if t["during"] >= index:
+                    raise self.fail(f"{key}.during", f"expected the index of an earlier check "
+                                    f"(0 to {index - 1}), found {t['during']}")
+                if t["from"] is not None:
+                    raise self.fail(f"{key}.from", 'give either "during" or "from", not both')
+            elif t["from"] is None and t["send"] != "nothing":
+                raise self.fail(key, 'give "from" (the sender), "during" (an earlier check) '
+                                'or send = "nothing"')
+            if t["from"] is not None:
+                host("from", t["from"], f"{key}.from")
+        elif kind == "loop_blocked":
+            for j, peer in enumerate(t["peers"]):
+                if peer not in sites or peer == t["site"]:
+                    raise self.fail(f"{key}.peers[{j}]", f'no other site "{peer}" (one of: '
+                                    f'{", ".join(sorted(sites - {t["site"]}))})')
+        elif kind == "unplug":
+            if t["link"] not in self.link_names:
+                known = ", ".join(sorted(self.link_names)) or "none: add a [[lan_link]]"
+                raise self.fail(f"{key}.link", f'no LAN link "{t["link"]}" (one of: {known})')
+        elif kind == "storm":
+            used = [t["from"], t["iperf_from"], t["iperf_to"]]
+            if len(set(used)) != 3:
+                raise self.fail(f"{key}.iperf_to", "the flooding host and the two iperf3 "
+                                "hosts must be three different hosts")
+        elif kind == "dhcp_local":
+            for param in ("servers", "clients"):
+                for j, ref in enumerate(t[param]):
+                    host(param, ref, f"{key}.{param}[{j}]")
+            if set(t["servers"]) & set(t["clients"]):
+                raise self.fail(f"{key}.clients", "a host cannot be a server and a client")
+        elif kind == "mac_flap" and t["from"].split(".")[0] == t["to"].split(".")[0]:
+            raise self.fail(f"{key}.to", f'expected a host at another site than {t["from"]}')
 
     def timeline_checks(self, checks: tuple[Check, ...], events: tuple[Event, ...]
                         ) -> tuple[Check, ...]:
@@ -856,7 +1015,8 @@ def parse_check(raw: Mapping[str, Any], scenario: Scenario, path: str = "<check>
     refs = set(scenario.host_refs())
     sites = {s.name for s in scenario.sites}
     vlans = {f"{s.name}.{h.name}": h.vlan for s in scenario.sites for h in s.hosts}
-    parser = _Parser(path, vlans)
+    links = {link.name for link in scenario.lan_links}
+    parser = _Parser(path, vlans, links)
     parser.peers = scenario.peers_of()
     return parser.checks([dict(raw)], refs, sites)[0]
 
@@ -897,6 +1057,19 @@ def _default_check_name(kind: str, params: Mapping[str, Any]) -> str:
         return f"broadcast_once from {params['from']}"
     if kind == "restart":
         return f"restart {params['site']}"
+    if kind == "wan_frames":
+        if params["during"] is not None:
+            return f"wan_frames during check {params['during']}"
+        return f"wan_frames {params['send']} from {params['from']}"
+    if kind == "loop_blocked":
+        return f"loop_blocked {params['site']}: {', '.join(params['peers']) or 'none'}"
+    if kind == "unplug":
+        return f"unplug {params['link']}, then {params['from']} → {params['to']}"
+    if kind == "storm":
+        return (f"storm from {params['from']}, iperf3 {params['iperf_from']} → "
+                f"{params['iperf_to']}")
+    if kind == "dhcp_local":
+        return "dhcp_local" + (" ipv6" if params["ipv6"] else " ipv4")
     if kind == "recovers":
         return f"recovers after event[{params['event']}]: {params['from']} → {params['to']}"
     if kind == "stream":

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2bridge.core import schema
-from l2bridge.core.reload import LIVE_SITE, SITE_KEY
+from l2bridge.core.reload import LIVE_SITE_KEYS
 from l2bridge.core.schema import Checker, Param, format_number
 
 TIMELINE_MAX_S = 3600.0
@@ -61,7 +61,7 @@ RELAY_KEYS = ("delay_ms", "jitter_ms", "reorder_percent")
 L2BRIDGE_ONLY = ("stop", "continue", "reload")  # kinds that need an l2bridge process
 
 # The daemon's [site] keys a reload may change: the live fields, as written in the file.
-RELOADABLE = tuple(sorted(SITE_KEY.get(f, f) for f in LIVE_SITE))
+RELOADABLE = LIVE_SITE_KEYS
 
 
 class EventProblem(Exception):

@@ -238,7 +238,7 @@ async def test_strangers_and_garbage_are_counted_never_fatal(lab, autojump_clock
     ta = lab.net.transports[("10.0.0.97", 55555)]
     b_addr = ("10.0.0.98", 55555)
     garbage = [b"", b"\x11", b"\x12\x00", b"\x13\x01", b"\x99" * 30, b"\x12\x10\x00\x01abc",
-               b"\x13\x04\x00\x00b", wire.encode_hello("mallory", False)]
+               b"\x13\x10\x00\x00b", wire.encode_hello("mallory", False)]
     for g in garbage:
         ta.inject(g, b_addr)
     for g in garbage:

@@ -328,3 +328,47 @@ async def test_one_neighbour_relays_to_several_peers_at_once(lab, autojump_clock
     assert await carries(lab, "a", "b", b"to-all") == 1
     assert got(lab.taps["c"], b"to-all") == 1
     assert peer(lab, "a", "b")["via"] == peer(lab, "a", "c")["via"] == "m"
+
+
+# ---------------------------------------------------------------- layer-2 safety on every path
+
+
+async def flood_broadcasts(lab: Lab, src: str, dst: str, count: int) -> int:
+    """``count`` broadcasts from a host at ``src``: how many reached ``dst``'s LAN."""
+    for i in range(count):
+        lab.taps[src].inject(frame(BCAST, mac(9), b"storm%05d" % i + b"\0" * 30))
+    await trio.sleep(0.5)
+    return got(lab.taps[dst], b"storm")
+
+
+async def test_storm_control_holds_on_a_tcp_link(lab, sites, autojump_clock):
+    a, b, _ = sites
+    limits = {"storm_broadcast": "100", "storm_burst": "1"}
+    extra = {"site": limits, "a": {"transport": '"tcp"'}, "b": {"transport": '"tcp"'}}
+    await lab.start(a, config_for(a, [b], extra=extra))
+    await lab.start(b, config_for(b, [a], extra=extra))
+    await wait_for(lambda: both(lab, "a", "b", "tcp"), 5)
+    crossed = await flood_broadcasts(lab, "a", "b", 2000)
+    assert 100 <= crossed <= 160  # the burst, plus what the rate refilled meanwhile
+    assert peer(lab, "a", "b")["drops"]["storm_broadcast_out"] == 2000 - crossed
+    assert peer(lab, "b", "a")["flooded_by_class"]["in"]["broadcast"] == crossed
+    assert not lab.captured  # all of it over the TCP link
+
+
+async def test_storm_control_holds_on_a_relayed_path(lab, sites, autojump_clock):
+    a, b, m, _ = three(sites)
+    limits = {"site": {"storm_broadcast": "100", "storm_burst": "1"}}
+    configs = {"a": config_for(a, [m, b], dial_in=("b",), extra=limits),
+               "b": config_for(b, [m, a], dial_in=("a",), extra=limits),
+               "m": config_for(m, [a, b], dial_in=("a", "b"))}
+    direct = {addr_of("a"), addr_of("b")}
+    lab.block = lambda data, src, dst: src in direct and dst in direct  # relayed by m
+    for site in (m, a, b):
+        await lab.start(site, configs[site.name])
+    await wait_for(lambda: both(lab, "a", "b", "relay"), 20)
+    from_a = got(lab.taps["b"], b"storm")
+    crossed = await flood_broadcasts(lab, "a", "b", 2000) - from_a
+    # b hears a's broadcasts once: straight from a (relayed by m), never m's copy too
+    assert 100 <= crossed <= 160
+    assert peer(lab, "a", "b")["drops"]["storm_broadcast_out"] == 2000 - crossed
+    assert peer(lab, "b", "a")["flooded_by_class"]["in"]["broadcast"] == crossed

@@ -166,6 +166,20 @@ def test_example_file_loads() -> None:
     assert config.mss_clamp == 1374 - 32  # sealed: DATA header and tag
     assert [peer.name for peer in config.peers] == ["berlin", "paris", "laptop"]
     assert config.peers[2].endpoint is None
+    assert config.dhcp_servers == ("berlin",) and config.arp_suppress
+    assert config.peers[1].storm is not None and config.peers[1].storm.multicast == 5000
+
+
+def test_the_example_file_shows_every_key() -> None:
+    text = EXAMPLE.read_text()
+    site, _, peers = text.partition("[[peer]]")
+    written = {line.split("=")[0].strip() for line in site.splitlines() if "=" in line
+               and not line.startswith("#")}
+    assert set(SITE_KEYS) - written == set()
+    peer_keys = {line.split("=")[0].strip() for line in peers.splitlines() if "=" in line
+                 and not line.startswith("#")}
+    storm_keys = {"storm_broadcast", "storm_unknown_unicast", "storm_burst"}  # one is shown
+    assert set(PEER_KEYS) - peer_keys - storm_keys == set()
 
 
 def test_load_config_reads_file(tmp_path: Path) -> None:
@@ -860,6 +874,47 @@ def test_secure_mss_clamp_leaves_room_for_the_seal() -> None:
     secure = parse_config(SECURE + "mss_clamp = true\n")
     clear = parse_config(MINIMAL + "mss_clamp = true\n")
     assert clear.mss_clamp - secure.mss_clamp == 32
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("storm_broadcast = 0", "site.storm_broadcast: expected a number of frames per second "
+     "from 1 to 1000000, found 0"),
+    ("storm_multicast = -5", "site.storm_multicast: expected a number of frames per second "
+     "from 1 to 1000000, found -5"),
+    ("storm_unknown_unicast = 1e12", "site.storm_unknown_unicast: expected a number of frames "
+     "per second from 1 to 1000000, found 1000000000000"),
+    ("storm_unknown_unicast = nan", "site.storm_unknown_unicast: expected a number of frames "
+     "per second from 1 to 1000000, found nan"),
+    ("storm_burst = 0", "site.storm_burst: expected a number of seconds from 0.01 to 60, "
+     "found 0"),
+    ("loop_probe_interval = 0", "site.loop_probe_interval: expected a number of seconds from "
+     "0.1 to 60, found 0"),
+    ("mac_flap_moves = 0", "site.mac_flap_moves: expected an integer from 1 to 1000, found 0"),
+    ("mac_flap_hold = -1", "site.mac_flap_hold: expected a number of seconds from 1 to 86400, "
+     "found -1"),
+    ("arp_max_bindings = 0", "site.arp_max_bindings: expected an integer from 1 to 1000000, "
+     "found 0"),
+    ("loop_protect = 1", "site.loop_protect: expected true or false, found an integer (1)"),
+    ('dhcp_servers = ["paris"]', 'site.dhcp_servers[0]: no peer "paris" (expected a [[peer]] '
+     "name: none configured)"),
+])
+def test_layer2_safety_values_are_refused_by_name(body: str, message: str) -> None:
+    assert error_of(f'[site]\nname = "london"\ninsecure = true\n{body}\n') == \
+        f"site.toml: {message}"
+
+
+def test_a_peers_own_storm_limits_and_the_dhcp_servers() -> None:
+    config = parse_config(MINIMAL + 'dhcp_servers = ["b", "c"]\nstorm_burst = 4\n'
+                          '[[peer]]\nname = "b"\nstorm_broadcast = 50\n[[peer]]\nname = "c"\n')
+    assert config.dhcp_servers == ("b", "c")
+    assert config.peers[0].storm is not None
+    assert (config.peers[0].storm.broadcast, config.peers[0].storm.burst_s) == (50, 4)
+    assert config.peers[1].storm is None
+    assert error_of(MINIMAL + 'dhcp_servers = ["b", "b"]\n[[peer]]\nname = "b"\n') == (
+        'site.toml: site.dhcp_servers[1]: duplicate peer "b" (also site.dhcp_servers[0])')
+    assert error_of(MINIMAL + '[[peer]]\nname = "b"\nstorm_multicast = 0\n') == (
+        "site.toml: peer[0].storm_multicast: expected a number of frames per second from 1 "
+        "to 1000000, found 0")
 
 
 def test_default_workers_leave_a_core_to_the_kernel_per_worker() -> None:

@@ -80,3 +80,33 @@ def test_the_http_answer_is_bounded_and_exact() -> None:
     assert metrics.answer(b"garbage\r\n\r\n", lambda: STATUS).startswith(b"HTTP/1.1 400")
     half = b"GET /metrics HTTP/1.1\r\n" + b"x" * metrics.REQUEST_MAX_BYTES
     assert metrics.answer(half, lambda: STATUS).startswith(b"HTTP/1.1 431")
+
+
+def test_layer2_safety_series() -> None:
+    status = {**STATUS,
+              "fdb": {**STATUS["fdb"], "dup_mac": 2, "held": 9, "held_macs": 1},
+              "loop": {"probes": {"sent": 40, "seen": 12}, "self_loop": False},
+              "neigh": {"bindings": 7, "answered_arp": 3, "conflicts": 1},
+              "policy": {"dhcp_kept_local": 4, "bpdus": 0},
+              "peers": [{**STATUS["peers"][0], "loop_blocked": "segment", "loop_blocks": 1,
+                         "drops": {"storm_broadcast_out": 5},
+                         "flooded_by_class": {"out": {"broadcast": 2}, "in": {}}},
+                        STATUS["peers"][1]]}
+    text = metrics.exposition(lambda: status).decode()
+    got = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            got[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert got[("l2bridge_peer_loop_blocked", (("peer", "berlin"),))] == 1
+    assert got[("l2bridge_peer_loop_blocked", (("peer", "paris"),))] == 0
+    assert got[("l2bridge_peer_loop_blocks_total", (("peer", "berlin"),))] == 1
+    assert got[("l2bridge_peer_flooded_by_class_frames_total",
+                (("class", "broadcast"), ("direction", "tx"), ("peer", "berlin")))] == 2
+    assert got[("l2bridge_drops_total",
+                (("peer", "berlin"), ("reason", "storm_broadcast_out")))] == 5
+    assert got[("l2bridge_loop_probes_total", (("event", "seen"),))] == 12
+    assert got[("l2bridge_fdb_events_total", (("event", "dup_mac"),))] == 2
+    assert got[("l2bridge_fdb_held_macs", ())] == 1
+    assert got[("l2bridge_neigh_answered_total", (("protocol", "arp"),))] == 3
+    assert got[("l2bridge_neigh_bindings", ())] == 7
+    assert got[("l2bridge_dhcp_requests_kept_local_total", ())] == 4

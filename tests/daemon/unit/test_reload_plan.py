@@ -61,3 +61,15 @@ def test_new_keys_for_a_peer_and_site_wide_live_keys() -> None:
     assert result.site == ("ageing_s", "keepalive_s", "dead_after_s", "log_level")
     psk = Secrets(SECRETS.private, {"c": bytes(32)})
     assert plan(config(), config(), SECRETS, psk).changed == (PeerChange("c", keys=True),)
+
+
+def test_the_layer2_safety_keys_change_live() -> None:
+    new = config({"loop_protect": "false", "storm_broadcast": "10", "dhcp_servers": "[]",
+                  "arp_suppress": "true", "mac_flap_hold": "30", "loop_probe_interval": "2"},
+                 {"b": {**PEERS["b"], "storm_multicast": "5"}, "c": PEERS["c"]})
+    result = plan(config(), new, SECRETS, SECRETS)
+    assert not result.refused
+    assert set(result.site) == {"loop_protect", "storm", "dhcp_servers", "arp_suppress",
+                                "mac_flap_hold_s", "loop_probe_interval_s"}
+    assert result.changed == (PeerChange("b", storm=True),)
+    assert "storm limits" in result.describe() and "loop_probe_interval" in result.describe()

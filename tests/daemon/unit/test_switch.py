@@ -24,7 +24,7 @@ from l2bridge.core.ether import (
     ZERO_MAC,
     vlan_id,
 )
-from l2bridge.core.switch import FLOOD, TAP, Drop, FdbEntry, Switch
+from l2bridge.core.switch import FLOOD, TAP, Drop, FdbEntry, HeldMac, MacEvent, Switch
 
 A = bytes.fromhex("020000000001")  # hosts behind the tap
 B = bytes.fromhex("020000000002")
@@ -124,6 +124,7 @@ def test_drop_values_are_counter_names() -> None:
         "mac_not_allowed",
         "local_dest",
         "hairpin",
+        "loop_blocked",
     }
 
 
@@ -152,12 +153,14 @@ def test_egress_to_local_destination_dropped() -> None:
 # --- ingress ------------------------------------------------------------------
 
 
-def test_mesh_ingress_always_to_tap() -> None:
+def test_mesh_ingress_goes_to_the_tap_group_frames_as_floods() -> None:
     sw = Switch()
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0)
     sw.egress(frame(BROADCAST_MAC, A), 0.0)
-    for dst in (A, Y, Z, BROADCAST_MAC, MCAST, X):
+    for dst in (A, Y, Z, X):
         assert sw.ingress(frame(dst, X), P1, 1.0) == TAP
+    for dst in (BROADCAST_MAC, MCAST):  # the tap, through the policy of flooded frames
+        assert sw.ingress(frame(dst, X), P1, 1.0) == FLOOD
     assert sw.lookup(0, X, 1.0) == P1
     assert sw.lookup(0, Y, 1.0) == P2
 
@@ -303,7 +306,7 @@ def test_move_between_ports() -> None:
     assert (sw.port_count(P1), sw.port_count(P2)) == (0, 1)
     sw.egress(frame(BROADCAST_MAC, X), 2.0)  # the host now sits on the local LAN
     assert sw.lookup(0, X, 2.0) == TAP
-    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 3.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 3.0) == FLOOD
     assert counters(sw) == (1, 3, 0, 0)
 
 
@@ -346,10 +349,10 @@ def test_per_peer_cap_evicts_that_peers_least_recently_seen() -> None:
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P1, 1.0)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 2.0)  # X seen again: Y is the older
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 3.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 3.0) == FLOOD
     assert sw.lookup(0, Y, 3.0) is None
     assert sw.lookup(0, X, 3.0) == P1 and sw.lookup(0, Z, 3.0) == P1
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 4.0) == TAP  # a move: P2 has room
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 4.0) == FLOOD  # a move: P2 has room
     assert sw.port_count(P1) == 1 and sw.port_count(P2) == 1
     assert sw.counters["evicted"] == 1
 
@@ -369,7 +372,7 @@ def test_move_into_full_peer_evicts_there() -> None:
     sw = Switch(max_entries=10, max_entries_per_peer=1)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0)
-    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 1.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, X), P2, 1.0) == FLOOD
     assert sw.lookup(0, X, 1.0) == P2
     assert sw.lookup(0, Y, 1.0) is None
     assert (sw.port_count(P1), sw.port_count(P2)) == (0, 1)
@@ -403,7 +406,7 @@ def test_stale_entries_go_before_live_ones_are_evicted() -> None:
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0)
     # no expire() call: the cap purges the stale entries itself, evicting nothing
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == FLOOD
     assert sw.entries(10.0) == [FdbEntry(0, Z, P1, 0.0)]
     assert (len(sw), sw.port_count(P1)) == (1, 1)
     assert counters(sw) == (3, 0, 2, 0)
@@ -414,10 +417,10 @@ def test_stale_entries_never_block_per_peer_learning() -> None:
     sw = Switch(ageing_s=10.0, max_entries=10, max_entries_per_peer=1)
     sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
     sw.ingress(frame(BROADCAST_MAC, Y), P2, 4.0)
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P1, 10.0) == FLOOD
     assert sw.entries(10.0) == [FdbEntry(0, Y, P2, 6.0), FdbEntry(0, Z, P1, 0.0)]
     # a move into a peer whose only entry is stale succeeds the same way
-    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 14.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, Z), P2, 14.0) == FLOOD
     assert sw.lookup(0, Z, 14.0) == P2
     assert counters(sw) == (3, 1, 2, 0)
 
@@ -455,7 +458,7 @@ def test_flush_port() -> None:
     assert sw.flush_port(P3) == 0
     assert counters(sw) == (5, 0, 0, 2)
     # the flushed port learns again from scratch
-    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 12.0) == TAP
+    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 12.0) == FLOOD
     assert sw.lookup(0, X, 12.0) == P1
 
 
@@ -477,13 +480,24 @@ def test_entries_are_frozen_and_sorted() -> None:
 class NaiveSwitch:
     """DESIGN §2 written for clarity: one dict of stored rows, full scans.
 
-    Layer-2 policy: a peer may never claim a ``pinned`` source, nor one outside
-    its port's ``allowed`` list (a port missing from ``allowed`` may use any).
+    Layer-2 policy: a blocked peer port teaches nothing and is refused; a peer
+    may never claim a ``pinned`` source, nor one outside its port's ``allowed``
+    list (a port missing from ``allowed`` may use any).  Duplicate MACs: a live
+    entry that moved ``flap[0]`` times within ``flap[1]`` seconds stays where it
+    is for ``flap[2]`` seconds.
     """
 
     def __init__(self, hub: bool, ageing_s: float, max_entries: int, per_peer: int, max_frame: int,
                  pinned: frozenset[bytes] = frozenset(),
-                 allowed: dict[int, frozenset[bytes]] | None = None):
+                 allowed: dict[int, frozenset[bytes]] | None = None,
+                 flap: tuple[int, float, float] | None = None):
+        self.flap = flap
+        self.blocked: set[int] = set()
+        self.histories: dict[tuple[int, bytes], list[float]] = {}  # in insertion order
+        self.holds: dict[tuple[int, bytes], tuple[float, int, int]] = {}
+        self.events: list[MacEvent] = []
+        self.tap_moves: dict[int, int] = {}
+        self.flapped = 0
         self.pinned = pinned
         self.allowed = allowed or {}
         self.hub = hub
@@ -492,7 +506,8 @@ class NaiveSwitch:
         self.per_peer = per_peer
         self.max_frame = max_frame
         self.rows: dict[tuple[int, bytes], list] = {}  # (vlan, mac) -> [port, last_seen]
-        self.counters = {"learned": 0, "moved": 0, "expired": 0, "flushed": 0, "evicted": 0}
+        self.counters = {"learned": 0, "moved": 0, "expired": 0, "flushed": 0, "evicted": 0,
+                         "dup_mac": 0, "held": 0}
 
     def live(self, vlan: int, mac: bytes, now: float) -> int | None:
         row = self.rows.get((vlan, mac))
@@ -529,7 +544,55 @@ class NaiveSwitch:
             counts[row[0]] = counts.get(row[0], 0) + 1
         return min(counts, key=lambda p: (-counts[p], p))
 
+    def stays(self, key: tuple[int, bytes], old: int, port: int, now: float) -> bool:
+        """A move of a live entry from ``old`` to ``port``: refused while held or when
+        it would be one move too many."""
+        if TAP in (old, port):
+            peer = max(old, port)
+            self.tap_moves[peer] = self.tap_moves.get(peer, 0) + 1
+            self.flapped += 1
+        if self.flap is None:
+            return False
+        moves, window, hold = self.flap
+        if key in self.holds:
+            if now < self.holds[key][0]:
+                self.counters["held"] += 1
+                return True
+            del self.holds[key]
+            self.histories.pop(key, None)
+        if key not in self.histories and len(self.histories) >= self.max_entries:
+            for k in [k for k, h in self.histories.items() if not h or h[-1] <= now - window]:
+                del self.histories[k]
+            if len(self.histories) >= self.max_entries:
+                del self.histories[next(iter(self.histories))]
+        recent = [t for t in self.histories.get(key, []) if t > now - window]
+        if len(recent) < moves:
+            self.histories[key] = [*recent, now]
+            return False
+        if len(self.holds) >= self.max_entries:
+            del self.holds[next(iter(self.holds))]
+        self.holds[key] = (now + hold, old, port)
+        del self.histories[key]
+        self.counters["dup_mac"] += 1
+        self.counters["held"] += 1
+        self.events.append(MacEvent(key[0], key[1], old, port, moves + 1, now + hold))
+        return True
+
+    def held(self, now: float) -> list[HeldMac]:
+        return sorted((HeldMac(v, m, p, o, until - now)
+                       for (v, m), (until, p, o) in self.holds.items() if now < until),
+                      key=lambda h: (h.vlan, h.mac))
+
+    def set_blocked(self, port: int, blocked: bool) -> int:
+        if not blocked:
+            self.blocked.discard(port)
+            return 0
+        self.blocked.add(port)
+        return self.flush_port(port)
+
     def learn(self, vlan: int, mac: bytes, port: int, now: float) -> Drop | None:
+        if port in self.blocked:
+            return Drop.LOOP_BLOCKED
         if port != TAP and mac in self.pinned:
             return Drop.PINNED_MAC
         if port in self.allowed and mac not in self.allowed[port]:
@@ -542,6 +605,8 @@ class NaiveSwitch:
             self.rows[key][1] = now
             return None
         if old is not None:
+            if self.stays(key, old, port, now):
+                return None
             self.make_room(port, now)
             self.rows[key] = [port, now]
             self.counters["moved"] += 1
@@ -585,10 +650,10 @@ class NaiveSwitch:
         bad = self.validate(f) or self.learn(vlan_id(f), f[6:12], port, now)
         if bad is not None:
             return bad
-        if not self.hub:
-            return TAP
         if f[0] & 1:
             return FLOOD
+        if not self.hub:
+            return TAP
         where = self.live(vlan_id(f), f[:6], now)
         if where is None:
             return FLOOD
@@ -596,6 +661,11 @@ class NaiveSwitch:
 
     def expire(self, now: float) -> float | None:
         self.purge(now)
+        self.holds = {k: h for k, h in self.holds.items() if h[0] > now}
+        if self.histories and self.flap is not None:
+            window = self.flap[1]
+            self.histories = {k: h for k, h in self.histories.items()
+                              if h and h[-1] > now - window}
         return min((row[1] + self.ageing_s for row in self.rows.values()), default=None)
 
     def flush_port(self, port: int) -> int:
@@ -603,6 +673,9 @@ class NaiveSwitch:
         for key in doomed:
             del self.rows[key]
         self.counters["flushed"] += len(doomed)
+        self.holds = {k: h for k, h in self.holds.items() if port not in h[1:]}
+        self.histories.clear()
+        self.tap_moves.pop(port, None)
         return len(doomed)
 
     def entries(self, now: float) -> list[FdbEntry]:
@@ -643,10 +716,12 @@ class SwitchVersusModel(RuleBasedStateMachine):
         per_peer=st.integers(1, 3),
         pinned=st.sampled_from([frozenset(), frozenset({A})]),
         allowed=st.sampled_from([{}, {P3: frozenset({X, Y})}, {P2: frozenset({A, X})}]),
+        flap=st.sampled_from([None, (1, 2.0, 1.0), (2, 3.0, 0.5), (3, 1.0, 2.0)]),
     )
     def setup(self, hub: bool, ageing_s: float, max_entries: int, per_peer: int,
-              pinned: frozenset[bytes], allowed: dict[int, frozenset[bytes]]) -> None:
-        args = (hub, ageing_s, max_entries, per_peer, MAX_FRAME, pinned, allowed)
+              pinned: frozenset[bytes], allowed: dict[int, frozenset[bytes]],
+              flap: tuple[int, float, float] | None) -> None:
+        args = (hub, ageing_s, max_entries, per_peer, MAX_FRAME, pinned, allowed, flap)
         self.sw = Switch(
             hub=hub,
             ageing_s=ageing_s,
@@ -654,6 +729,9 @@ class SwitchVersusModel(RuleBasedStateMachine):
             max_entries_per_peer=per_peer,
             max_frame=MAX_FRAME,
             pinned=pinned,
+            flap_moves=flap and flap[0],
+            flap_window_s=flap[1] if flap else 1.0,
+            flap_hold_s=flap[2] if flap else 1.0,
         )
         for port, macs in allowed.items():
             self.sw.set_port_policy(port, allowed=macs)
@@ -688,6 +766,10 @@ class SwitchVersusModel(RuleBasedStateMachine):
     def flush_port(self, port: int) -> None:
         assert self.sw.flush_port(port) == self.model.flush_port(port)
 
+    @rule(port=st.sampled_from(PORTS[1:]), blocked=st.booleans())
+    def set_blocked(self, port: int, blocked: bool) -> None:
+        assert self.sw.set_blocked(port, blocked) == self.model.set_blocked(port, blocked)
+
     @invariant()
     def same_state(self) -> None:
         if not hasattr(self, "sw"):
@@ -703,6 +785,11 @@ class SwitchVersusModel(RuleBasedStateMachine):
         for vlan in VLANS:
             for mac in UNICAST:
                 assert sw.lookup(vlan, mac, now) == model.live(vlan, mac, now)
+        assert sw.held(now) == model.held(now)
+        assert sw.events == model.events
+        assert (sw.tap_moves, sw.flapped) == (model.tap_moves, model.flapped)
+        for port in PORTS[1:]:
+            assert sw.blocked(port) == (port in model.blocked)
 
 
 SwitchVersusModel.TestCase.settings = settings(
@@ -721,10 +808,10 @@ def test_a_port_cap_overrides_the_per_peer_default() -> None:
         return bytes([0x0A, 0, 0, 0, 1, n])
 
     decisions = [sw.ingress(frame(BROADCAST_MAC, src(10 + i)), P2, float(i)) for i in range(3)]
-    assert decisions == [TAP, TAP, TAP]
+    assert decisions == [FLOOD, FLOOD, FLOOD]
     assert sw.lookup(0, src(10), 3.0) is None  # evicted: the cap is 2
     more = [sw.ingress(frame(BROADCAST_MAC, src(20 + i)), P1, 0.0) for i in range(5)]
-    assert more == [TAP] * 5
+    assert more == [FLOOD] * 5
     assert sw.port_count(P1) == 4 and sw.port_count(P2) == 2
     with pytest.raises(ValueError):
         sw.set_port_cap(0, 5)
@@ -743,8 +830,92 @@ def test_a_ports_allow_list_is_checked_where_a_source_is_learned() -> None:
     sw = Switch(ageing_s=10.0)
     sw.set_port_policy(P1, allowed=frozenset({X}), cap=5)
     assert sw.ingress(frame(BROADCAST_MAC, Y), P1, 0.0) is Drop.MAC_NOT_ALLOWED
-    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0) == TAP
-    assert sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0) == TAP  # other ports: any source
+    assert sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0) == FLOOD
+    assert sw.ingress(frame(BROADCAST_MAC, Y), P2, 0.0) == FLOOD  # other ports: any source
     no_learning = Switch(ageing_s=0.0)
     no_learning.set_port_policy(P1, allowed=frozenset({X}))
     assert no_learning.ingress(frame(BROADCAST_MAC, Y), P1, 0.0) is Drop.MAC_NOT_ALLOWED
+
+
+# --- duplicate MACs, loop-blocked ports -----------------------------------------
+
+
+def test_a_mac_moving_more_than_n_times_in_the_window_is_held_where_it_was() -> None:
+    sw = Switch(flap_moves=5, flap_window_s=180.0, flap_hold_s=60.0)
+    sw.egress(frame(BROADCAST_MAC, A), 0.0)
+    now = 0.0
+    for i in range(5):  # five moves: allowed
+        now += 1.0
+        port = P1 if i % 2 == 0 else TAP
+        if port == TAP:
+            sw.egress(frame(BROADCAST_MAC, A), now)
+        else:
+            assert sw.ingress(frame(BROADCAST_MAC, A), P1, now) == FLOOD
+        assert sw.lookup(0, A, now) == port
+    assert sw.counters["moved"] == 5 and sw.counters["dup_mac"] == 0
+    # the sixth move within 180 s: held at P1 (where it was), the frame still forwarded
+    assert sw.egress(frame(X, A), 6.0) == FLOOD
+    assert sw.lookup(0, A, 6.0) == P1
+    assert sw.events == [MacEvent(0, A, P1, TAP, 6, 66.0)]
+    assert sw.held(6.0) == [HeldMac(0, A, P1, TAP, 60.0)]
+    assert (sw.counters["dup_mac"], sw.counters["held"]) == (1, 1)
+    for t in (7.0, 30.0, 65.9):  # frames from the other port never move it
+        sw.egress(frame(BROADCAST_MAC, A), t)
+        sw.ingress(frame(BROADCAST_MAC, A), P1, t)
+    assert sw.lookup(0, A, 65.9) == P1
+    assert sw.counters["held"] == 4 and sw.counters["dup_mac"] == 1
+    # the hold ends: it moves again, with a fresh history
+    sw.egress(frame(BROADCAST_MAC, A), 66.0)
+    assert sw.lookup(0, A, 66.0) == TAP
+    assert sw.held(66.0) == []
+    assert sw.tap_moves == {P1: 10} and sw.flapped == 10  # 6 moves, 4 held
+
+
+def test_moves_older_than_the_window_do_not_count() -> None:
+    sw = Switch(flap_moves=2, flap_window_s=10.0, flap_hold_s=5.0)
+    sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
+    for t, port in ((1.0, P2), (2.0, P1), (12.5, P2), (13.0, P1)):
+        sw.ingress(frame(BROADCAST_MAC, X), port, t)
+        assert sw.lookup(0, X, t) == port
+    assert sw.counters["dup_mac"] == 0
+    sw.ingress(frame(BROADCAST_MAC, X), P2, 14.0)  # third move within 10 s
+    assert sw.lookup(0, X, 14.0) == P1 and sw.counters["dup_mac"] == 1
+    assert sw.tap_moves == {} and sw.flapped == 0  # peer to peer: no tap relocation
+
+
+def test_duplicate_detection_can_be_off() -> None:
+    sw = Switch(flap_moves=None)
+    sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
+    for i in range(50):
+        sw.ingress(frame(BROADCAST_MAC, X), P1 + i % 2, float(i))
+    assert sw.counters["moved"] == 49 and sw.counters["dup_mac"] == 0
+    with pytest.raises(ValueError):
+        Switch(flap_moves=0)
+
+
+def test_move_histories_and_holds_stay_bounded() -> None:
+    sw = Switch(max_entries=8, flap_moves=1, flap_window_s=1000.0, flap_hold_s=1000.0)
+    for i in range(200):
+        mac = bytes([2, 0, 0, 0, 9, i])
+        sw.egress(frame(BROADCAST_MAC, mac), float(i))
+        sw.ingress(frame(BROADCAST_MAC, mac), P1, float(i))  # move 1
+        sw.egress(frame(BROADCAST_MAC, mac), float(i))  # move 2: held
+    assert len(sw._moves) <= 8 and len(sw._held) <= 8
+    assert sw.counters["dup_mac"] == 200
+
+
+def test_a_blocked_port_teaches_nothing_and_is_refused() -> None:
+    sw = Switch()
+    sw.ingress(frame(BROADCAST_MAC, X), P1, 0.0)
+    sw.egress(frame(BROADCAST_MAC, A), 0.0)
+    assert sw.set_blocked(P1, True) == 1
+    assert sw.blocked(P1)
+    assert sw.ingress(frame(A, X), P1, 1.0) is Drop.LOOP_BLOCKED
+    assert sw.ingress(frame(BROADCAST_MAC, Y), P1, 1.0) is Drop.LOOP_BLOCKED
+    assert sw.egress(frame(X, A), 1.0) == FLOOD  # nothing is known behind it
+    assert sw.ingress(frame(A, Y), P2, 1.0) == TAP  # other peers carry on
+    assert sw.set_blocked(P1, False) == 0
+    assert sw.ingress(frame(A, X), P1, 2.0) == TAP
+    assert sw.lookup(0, X, 2.0) == P1
+    with pytest.raises(ValueError):
+        sw.set_blocked(TAP, True)

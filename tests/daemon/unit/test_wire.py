@@ -88,7 +88,7 @@ def test_encode_hello_rejects_bad_names(name: str) -> None:
         (b"\x12\x00\x00\x01x", "bad_fragment"),  # count 1
         (b"\x12\x21\x00\x01x", "bad_fragment"),  # index 2 of 2
         (b"\x12\x10\x00\x01x", "bad_fragment"),  # index 1, count 1
-        (b"\x13\x04\x00\x00name", "bad_hello"),  # unknown flag
+        (b"\x13\x10\x00\x00name", "bad_hello"),  # unknown flag
         (b"\x13\x00\x00\x01name", "bad_hello"),  # b2b3 not zero
         (b"\x13\x00\x00\x00\xff\xfe", "bad_hello"),  # not UTF-8
         (b"\x13\x00\x00\x00" + b"n" * 65, "bad_hello"),  # name too long
@@ -324,6 +324,26 @@ def test_fragment_id_reusable_after_completion() -> None:
     assert reassembler.feed(Fragment(5, 1, 2, b"d"), 0.0) is None
     assert reassembler.feed(Fragment(5, 0, 2, b"c"), 0.0) == b"cd"
     assert reassembler.counters["reassembled"] == 2
+
+
+def test_hello_carries_the_blocked_and_floods_flags() -> None:
+    datagram = encode_hello("london", want_reply=True, offload=False, blocked=True,
+                            floods=True)
+    assert datagram[1] == 0x0D
+    assert decode(datagram) == Hello("london", True, False, True, True)
+    assert decode(encode_hello("london", False)).blocked is False
+
+
+def test_a_flooded_frame_has_a_type_of_its_own() -> None:
+    frag = Fragmenter(100)
+    frame = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"x" * 28
+    (flooded,) = frag.split_flooded(frame)
+    assert flooded[:4] == b"\x19\x00\x00\x00"
+    assert decode(flooded) == Frame(frame)
+    big = frame + b"y" * 200
+    assert frag.split_flooded(big) == Fragmenter(100).split(big)  # fragments stay fragments
+    assert [d[:1] for d in frag.split_flooded(frame, 40)] == [b"\x12"] * 2  # a path's room
+    assert frag.split_flooded(frame, 1000)[0][:1] == b"\x19"  # a TCP link's room
 
 
 # ---------------------------------------------------------------- reach messages

@@ -100,8 +100,11 @@ def test_shipped_timelines_parse_and_order() -> None:
      "jitter 5 ms above its delay 0 ms (expected jitter_ms <= delay_ms)"),
     (event(at=1, kind="reload", site="berlin") + "l2bridge = { mtu = 1400 }\n",
      't.toml: event[0].l2bridge.mtu: the daemon cannot change "mtu" while it runs '
-     "(reloadable: ageing, dead_after, keepalive, log_level, max_entries, "
-     "max_entries_per_peer, pinned_macs, relay, resolve_interval)"),
+     "(reloadable: ageing, arp_max_bindings, arp_suppress, dead_after, dhcp_servers, "
+     "keepalive, log_level, loop_probe_interval, loop_protect, mac_flap_detect, mac_flap_hold, "
+     "mac_flap_moves, mac_flap_window, max_entries, max_entries_per_peer, pinned_macs, relay, "
+     "resolve_interval, storm_broadcast, storm_burst, storm_control, storm_multicast, "
+     "storm_unknown_unicast)"),
     (event(at=1, kind="lan_down", site="berlin", host="berlin.h1"),
      't.toml: event[0]: give exactly one of "site" (the link from its LAN switch to its '
      'gateway) or "host" (that host\'s switch port)'),
@@ -194,3 +197,15 @@ def test_report_lists_events_and_a_failed_event_fails_the_run() -> None:
     assert "  e0  ok  t = 2.01 s  link_down berlin: down" in table
     assert table.rstrip().endswith("FAIL: 1/1 checks passed, 1 events failed")
     assert '"events": [' in to_json(report) and not report.ok
+
+
+def test_vxlan_gateways_refuse_checks_that_read_show() -> None:
+    from netns.describe.scenario import load_scenario
+    from support import scenario_path
+
+    for name, kind in (("lan-loop", "loop_blocked"), ("mac-flap", "mac_flap"),
+                       ("broadcast-storm", "storm")):
+        with pytest.raises(ScenarioError) as info:
+            make_plan(load_scenario(scenario_path(name)), prefix="l2b00000", gateway="vxlan",
+                      wan_mtu=1550)
+        assert f"a {kind} check reads an l2bridge daemon's show" in str(info.value)
