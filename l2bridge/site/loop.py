@@ -81,6 +81,9 @@ class _Waiter:
             self.epoll.close()
 
     async def wait(self, deadline: float | None) -> None:
+        if deadline is None and self.epoll is not None:  # the common case: no cancel scope
+            await trio.lowlevel.wait_readable(self.epoll.fileno())
+            return
         with trio.move_on_at(float("inf") if deadline is None else deadline):
             if self.epoll is not None:
                 await trio.lowlevel.wait_readable(self.epoll.fileno())
