@@ -200,8 +200,9 @@ def test_report_lists_events_and_a_failed_event_fails_the_run() -> None:
 
 
 def test_vxlan_gateways_refuse_checks_that_read_show() -> None:
-    from netns.describe.scenario import load_scenario
     from support import scenario_path
+
+    from netns.describe.scenario import load_scenario
 
     for name, kind in (("lan-loop", "loop_blocked"), ("mac-flap", "mac_flap"),
                        ("broadcast-storm", "storm")):
