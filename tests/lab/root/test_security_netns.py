@@ -49,6 +49,7 @@ from pyroute2 import netns as pr_netns
 from support import REPO, two_sites
 
 from l2bridge.core import keys, noise
+from l2bridge.core.secure import REKEY_TIMEOUT_S
 from netns.checks import traffic
 from netns.checks.frames import BROADCAST_MAC, ETHERTYPE_EXPERIMENTAL, make_frame, marker_payload
 from netns.describe.scenario import parse_scenario
@@ -111,17 +112,30 @@ async def peer_of(lab: Lab, site: str, peer: str) -> dict[str, Any]:
 
 async def sessions_settled(lab: Lab, sites: Sequence[str] = ("london", "berlin"),
                            timeout_s: float = BOUND_S) -> None:
-    """Wait (bounded) until both start-up handshakes of every pair completed.
+    """Wait (bounded) until the start-up handshakes are over: every peer up at every
+    site, and either two handshakes counted at each or no counter moving for longer
+    than REKEY_TIMEOUT_S.
 
-    Both sides initiate at start; one initiation may be lost while the other
-    daemon starts and is retried REKEY_TIMEOUT later.  Once each side counts two
-    handshakes nothing else handshakes until the next rekey, so a test can
-    tell a handshake an attacker caused from one the protocol owed.
+    Both sides may initiate at start (two handshakes each) or one may answer the
+    other's first (one each); an initiation lost while the other daemon starts is
+    retried REKEY_TIMEOUT_S later.  After that nothing handshakes until the next
+    rekey, so a test can tell a handshake an attacker caused from one the
+    protocol owed.
     """
+    quiet_s = REKEY_TIMEOUT_S + 1.0
     with trio.fail_after(timeout_s):
+        last: list[int] = []
+        since = trio.current_time()
         while True:
-            counts = [p["handshakes"] for s in sites for p in (await lab.show(s))["peers"]]
-            if all(c >= 2 for c in counts):
+            peers = [p for s in sites for p in (await lab.show(s))["peers"]]
+            counts = [p["handshakes"] for p in peers]
+            if not all(p["state"] == "up" and p["handshakes"] for p in peers):
+                last, since = counts, trio.current_time()
+            elif all(c >= 2 for c in counts):
+                return
+            elif counts != last:
+                last, since = counts, trio.current_time()
+            elif trio.current_time() - since >= quiet_s:
                 return
             await trio.sleep(0.1)
 
