@@ -24,6 +24,7 @@ inherit from it.
 from __future__ import annotations
 
 import os
+import signal
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -41,6 +42,16 @@ if not any(ep.name == "l2bridge_lab" for ep in entry_points(group="pytest11")):
 
 NEEDS_ROOT_REASON = "needs root (network namespaces, veths, bridges, /dev/net/tun)"
 _IS_ROOT = os.geteuid() == 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI runner cancelling the job, ``timeout``) ends the run as Ctrl-C does:
+    every fixture's teardown runs, so no namespace or daemon outlives the run."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

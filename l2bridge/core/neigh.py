@@ -47,6 +47,7 @@ from l2bridge.core.classify import (
     l3_offset,
 )
 from l2bridge.core.ether import ETHERTYPE_IPV6
+from l2bridge.core.offload import fold_checksum, ones_sum
 
 # Specification constants.
 ARP_LEN = 28
@@ -241,16 +242,7 @@ def reply(frame: bytes, request: Request, mac: bytes, router: bool | None) -> by
                                  ND_OPT_TLLA, 1, mac))
     pseudo = request.target + request.asker_ip + struct.pack("!I3xB", len(icmp),
                                                               IPPROTO_ICMPV6)
-    struct.pack_into("!H", icmp, 2, _checksum(pseudo + icmp))
+    struct.pack_into("!H", icmp, 2, fold_checksum(ones_sum(pseudo + icmp)))
     ip = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), IPPROTO_ICMPV6, ND_HOP_LIMIT,
                      request.target, request.asker_ip)
     return head + ETHERTYPE_IPV6.to_bytes(2, "big") + ip + bytes(icmp)
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF

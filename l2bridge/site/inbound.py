@@ -239,16 +239,7 @@ def deliver(state: SiteState, peer: Peer, frame: bytes, now: float,
         frame = clamp_mss(frame, mss)
     decision = state.switch.ingress(frame, peer.port, now)
     if decision is TAP:
-        counters = state.counters
-        try:
-            state.tap.write(offload.PLAIN_VNET_HDR + frame if state.caps.vnet_hdr else frame)
-        except OSError:
-            counters.tap_write_errors += 1
-        else:
-            counters.tap_frames_out += 1
-            counters.tap_bytes_out += len(frame)
-        peer.frames_in += 1
-        peer.bytes_in += len(frame)
+        _to_tap(state, peer, frame)
         return
     if decision is FLOOD:
         deliver_flooded(state, peer, frame, now, relays, decision)
