@@ -28,6 +28,7 @@ log = logging.getLogger("l2bridge")
 
 CHECK_EVERY_S = 5.0
 SETTLE_S = 0.05  # let a burst of link events (a bridge deleted releases every port) end
+REPAIR_ATTEMPTS = 2  # a refused repair is decided again once, from a fresh look
 RTMGRP_LINK = 0x1
 NETLINK_RCVBUF_BYTES = 1 << 20
 
@@ -49,26 +50,37 @@ class PlumbingWatch:
             return None
         return plumbing.status(self.plumb.expected(), self.observed)
 
-    def check(self) -> None:
-        """Observe once; log, repair or raise ``PlumbingError`` as ``plumbing.decide`` says."""
-        try:
+    async def check(self) -> None:
+        """Observe; log, repair or raise ``PlumbingError`` as ``plumbing.decide`` says.
+
+        A repair the kernel refuses is decided again once from a fresh look after
+        SETTLE_S: a bridge being deleted releases its ports before it is gone, so a
+        look in between sees a port to re-attach to a bridge that is going away."""
+        for attempt in range(REPAIR_ATTEMPTS):
+            try:
+                self._check_once()
+                return
+            except NetctlError as exc:
+                if attempt + 1 == REPAIR_ATTEMPTS:
+                    log.error("repairing the plumbing failed: %s", exc)
+                    raise PlumbingError(f"repairing the plumbing failed: {exc}") from None
+            await trio.sleep(SETTLE_S)
+
+    def _check_once(self) -> None:
+        now = self.plumb.observe()
+        decision = plumbing.decide(self.plumb.expected(), self.observed, now)
+        for note in decision.notes:
+            log.warning("%s", note)
+        if decision.fatal is not None:
+            self.observed = now
+            log.error("%s", decision.fatal)
+            raise PlumbingError(decision.fatal)
+        if decision.repairs:
+            self.plumb.repair(decision.repairs)
+            for repair in decision.repairs:
+                if repair.reason is not None:
+                    log.warning("%s", repair.reason)
             now = self.plumb.observe()
-            decision = plumbing.decide(self.plumb.expected(), self.observed, now)
-            for note in decision.notes:
-                log.warning("%s", note)
-            if decision.fatal is not None:
-                self.observed = now
-                log.error("%s", decision.fatal)
-                raise PlumbingError(decision.fatal)
-            if decision.repairs:
-                self.plumb.repair(decision.repairs)
-                for repair in decision.repairs:
-                    if repair.reason is not None:
-                        log.warning("%s", repair.reason)
-                now = self.plumb.observe()
-        except NetctlError as exc:
-            log.error("repairing the plumbing failed: %s", exc)
-            raise PlumbingError(f"repairing the plumbing failed: {exc}") from None
         self.observed = now
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -76,7 +88,7 @@ class PlumbingWatch:
         """Watch until cancelled (module flow)."""
         events = _link_events()
         try:
-            self.check()
+            await self.check()
             task_status.started()
             while True:
                 with trio.move_on_after(CHECK_EVERY_S):
@@ -84,7 +96,7 @@ class PlumbingWatch:
                     _drain(events)
                     await trio.sleep(SETTLE_S)
                 _drain(events)
-                self.check()
+                await self.check()
         finally:
             trio.lowlevel.notify_closing(events)
             events.close()
