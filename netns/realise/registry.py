@@ -10,6 +10,10 @@ created}``.  It is written BEFORE the first namespace is created, and rewritten
 lab namespace that exists is listed (a listed one may not exist yet).  ``pid`` 0 means detached
 (``lab up`` / ``run --keep``): owned by nobody until ``lab down``.
 
+A scratch state (``Registry.scratch``, gateway ``scratch``) records namespaces that
+belong to no lab, such as a test's own topology, so they too are found after their
+owner was killed.
+
 ``clean`` removes only labs whose owner is dead: its pid no longer exists, or now
 belongs to a process with a different start time (field 22 of /proc/PID/stat).
 Removal kills every process inside each listed namespace (SIGTERM, then SIGKILL),
@@ -31,15 +35,16 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from pyroute2 import netns as pr_netns
 
-from netns.describe.plan import LAB_RUN_DIR, PREFIX_SHAPE, Plan, is_prefix
-from netns.realise.nsenter import netns_path
+from netns.describe.plan import LAB_RUN_DIR, PREFIX_SHAPE, Plan, is_prefix, new_prefix
+from netns.realise.nsenter import create_netns, netns_path
 
 STATE_FILE = "state.json"
+SCRATCH_GATEWAY = "scratch"  # the gateway a scratch state names: no lab, a test's namespaces
 KILL_GRACE_S = 0.5
 KILL_POLL_S = 0.01
 
@@ -98,6 +103,20 @@ class Registry:
             nodes={ref: node.ns for ref, node in plan.nodes.items()},
             created=time.time(),
         )
+        return cls._claim(state, root)
+
+    @classmethod
+    def scratch(cls, purpose: str, root: str = LAB_RUN_DIR) -> Registry:
+        """A state for namespaces that belong to no lab (a test's own topology): a fresh
+        prefix owned by this process, so ``clean`` removes them once it is dead.  ``lab
+        list`` shows ``purpose`` as its scenario and ``scratch`` as its gateway."""
+        pid = os.getpid()
+        state = LabState(prefix=new_prefix(), scenario=purpose, gateway=SCRATCH_GATEWAY,
+                         pid=pid, start_time=process_start_time(pid), created=time.time())
+        return cls._claim(state, root)
+
+    @classmethod
+    def _claim(cls, state: LabState, root: str) -> Registry:
         reg = cls(state, root)
         os.makedirs(root, mode=0o755, exist_ok=True)
         os.mkdir(reg.dir, 0o755)  # fails if the prefix is taken: never share a directory
@@ -213,6 +232,26 @@ def destroy(state: LabState, root: str = LAB_RUN_DIR) -> list[str]:
             problems.append(f"namespace {ns}: {e.strerror or e}")
     shutil.rmtree(os.path.join(root, state.prefix), ignore_errors=True)
     return problems
+
+
+@contextlib.contextmanager
+def scratch_namespaces(purpose: str, names: Sequence[str],
+                       root: str = LAB_RUN_DIR) -> Iterator[list[str]]:
+    """Namespaces ``<prefix>-<name>`` for work outside any lab (a test's own topology).
+
+    They are recorded (``Registry.scratch``) before they exist and removed, with every
+    process inside, on every exit path; after a SIGKILL of their owner ``lab clean``
+    removes them like a dead runner's lab.
+    """
+    reg = Registry.scratch(purpose, root)
+    namespaces = [f"{reg.state.prefix}-{name}" for name in names]
+    try:
+        reg.add_namespaces(namespaces)
+        for ns in namespaces:
+            create_netns(ns)
+        yield namespaces
+    finally:
+        destroy(reg.state, root)
 
 
 def clean(root: str = LAB_RUN_DIR) -> list[LabState]:

@@ -3,33 +3,47 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
+import signal
 import struct
 from collections.abc import Iterator
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
 
-from netns.realise.nsenter import create_netns, in_netns
-
-SCRATCH_PREFIX = "l2bt-"
+from netns.realise.nsenter import in_netns, pids_in_netns
+from netns.realise.registry import scratch_namespaces
 
 
 @contextlib.contextmanager
-def extra_ns() -> Iterator[str]:
-    """One more scratch namespace with lo up and IPv6 off; removed on every exit path.
+def extra_ns(purpose: str = "a daemon test's scratch namespace") -> Iterator[str]:
+    """A scratch namespace with lo up and IPv6 off (no kernel chatter); removed, with every
+    process still inside (killed and reaped), on every exit path.
 
-    Only threads of this process ever enter it, so removing it leaves nothing behind.
+    It is recorded as a scratch lab state (``scratch_namespaces``) before it exists, so
+    ``l2bridge lab clean`` removes it if the test runner is killed.  IPv6 is off so that
+    the kernel sends nothing on its own (no router solicitations, no MLD): every frame a
+    test sees is one it caused.
     """
-    name = SCRATCH_PREFIX + secrets.token_hex(4)
-    create_netns(name)
-    try:
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        disable_ipv6(name)
-        yield name
-    finally:
-        pyroute2_netns.remove(name)
+    with scratch_namespaces(purpose, ["t"]) as (name,):
+        try:
+            with IPRoute(netns=name) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            disable_ipv6(name)
+            yield name
+        finally:
+            kill_and_reap(name)
+
+
+def kill_and_reap(ns: str) -> None:
+    """SIGKILL every process in ``ns`` but this one, and reap those that are our children."""
+    own = os.getpid()
+    for pid in pids_in_netns(ns):
+        if pid == own:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def disable_ipv6(ns: str) -> None:

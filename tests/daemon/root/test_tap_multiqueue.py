@@ -1,6 +1,6 @@
 """A multi-queue tap with vnet_hdr: each TCP flow stays on one queue.
 
-Topology (every namespace ``l2bt-<hex>``, removed on every exit path):
+Topology (scratch namespaces, ``nshelpers.extra_ns``):
 
     host ns                         bridge ns (scratch_ns)
     vh 10.9.1.1 ── veth ── vb ── br0 ── l2bq (tap, 2 queues, vnet_hdr + offloads)

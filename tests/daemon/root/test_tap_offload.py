@@ -1,6 +1,6 @@
 """IFF_VNET_HDR and TUNSETOFFLOAD on real taps inside scratch namespaces.
 
-Topology of the data-path tests (every namespace ``l2bt-<hex>``, removed on exit):
+Topology of the data-path tests (scratch namespaces, ``nshelpers.extra_ns``):
 
     host ns            bridge ns (scratch_ns)                    server ns
     vh 10.9.0.1 ── vb ── br0 ── l2ba (tap, vnet_hdr)  ⇄ relay ⇄  l2bb (tap, vnet_hdr) 10.9.0.2

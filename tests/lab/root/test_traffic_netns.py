@@ -1,6 +1,6 @@
 """Traffic primitives: pure frame/pcap/output parsing, then real tools in namespaces.
 
-The netns tests build their own topology (``l2btr-<hex>-{s,a,b,c}``): a
+The netns tests build their own topology (scratch namespaces ``<prefix>-{s,a,b,c}``): a
 bridge ``br0`` in namespace ``s`` with one veth port per host namespace::
 
     a eth0 (10.250.0.1, fd00:250::1) ─┐
@@ -8,12 +8,11 @@ bridge ``br0`` in namespace ``s`` with one veth port per host namespace::
     c eth0 (no address: DHCP client) ─┘
 
 Nothing leaves those namespaces; teardown kills whatever still runs in them
-and deletes them.
+and deletes them (``lab clean`` does, if the runner was killed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import secrets
@@ -45,7 +44,8 @@ from netns.checks.traffic import (
     send_frames,
     tcpdump_count,
 )
-from netns.realise.nsenter import create_netns, in_netns, pids_in_netns
+from netns.realise.nsenter import in_netns, pids_in_netns
+from netns.realise.registry import scratch_namespaces
 
 SRC = bytes.fromhex("020000000001")
 DST = bytes.fromhex("020000000002")
@@ -126,32 +126,15 @@ def _build(topo: Topo) -> None:
             ipr.link("set", index=idx, state="up")
 
 
-def _destroy(names: list[str]) -> None:
-    from pyroute2 import netns
-
-    for name in names:
-        for pid in pids_in_netns(name):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        netns.remove(name)
-
-
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topo]:
     if os.geteuid() != 0:
         pytest.skip("needs root: builds network namespaces, veths and a bridge")
-
-    prefix = f"l2btr-{secrets.token_hex(3)}"
-    t = Topo(s=f"{prefix}-s", a=f"{prefix}-a", b=f"{prefix}-b", c=f"{prefix}-c")
-    created: list[str] = []
-    try:
-        for name in (t.s, *t.hosts):
-            create_netns(name)
-            created.append(name)
+    with scratch_namespaces("traffic primitives' topology (tests/lab/root/test_traffic_netns.py)",
+                            ["s", "a", "b", "c"]) as (s, a, b, c):
+        t = Topo(s=s, a=a, b=b, c=c)
         _build(t)
         yield t
-    finally:
-        _destroy(created)
 
 
 @pytest.fixture
