@@ -330,21 +330,9 @@ class FakeLinks:
         self.links.discard(link)
 
     def sweep(self, now: float) -> list[FakeLink]:
-        from l2bridge.io.tcp import AUTH_DEADLINE_S
+        from l2bridge.io.tcp import sweep_links
 
-        closed = []
-        for link in list(self.links):
-            if link.closed:
-                continue
-            if link.peer is None and now - link.opened >= AUTH_DEADLINE_S:
-                link.close("tcp_unauthenticated")
-            elif now - link.last_rx >= self.idle_s:
-                link.close("tcp_idle")
-            else:
-                continue
-            self.counters[link.closed or "closed"] += 1
-            closed.append(link)
-        return closed
+        return sweep_links(self.links, now, self.idle_s, self.counters)
 
     def close(self) -> None:
         for link in list(self.links):

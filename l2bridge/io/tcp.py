@@ -35,7 +35,7 @@ import errno
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -252,6 +252,40 @@ class TcpLink:
         self.sock.close()
 
 
+class Deadlined(Protocol):
+    """What ``sweep_links`` reads of a link (a ``TcpLink`` or the fakes' in-memory one)."""
+
+    closed: str | None
+    peer: Any
+    opened: float
+    last_rx: float
+
+    def close(self, reason: str = "closed") -> None: ...
+
+
+L = TypeVar("L", bound=Deadlined)
+
+
+def sweep_links(links: set[L], now: float, idle_s: float, counters: Counter[str]) -> list[L]:
+    """Close the links past a deadline: not authenticated within ``AUTH_DEADLINE_S``
+    (``tcp_unauthenticated``), or silent for ``idle_s`` (``tcp_idle``); each is counted
+    under its reason.  Returns the links closed."""
+    closed = []
+    for link in list(links):
+        if link.closed:
+            continue
+        if link.peer is None and now - link.opened >= AUTH_DEADLINE_S:
+            reason = "tcp_unauthenticated"
+        elif now - link.last_rx >= idle_s:
+            reason = "tcp_idle"
+        else:
+            continue
+        link.close(reason)
+        counters[reason] += 1
+        closed.append(link)
+    return closed
+
+
 class TcpLinks:
     """The listener and the links of one site (module docstring)."""
 
@@ -355,20 +389,7 @@ class TcpLinks:
 
     def sweep(self, now: float) -> list[TcpLink]:
         """Close links past their deadline (module docstring); the links closed."""
-        closed = []
-        for link in list(self.links):
-            if link.closed:
-                continue
-            if link.peer is None and now - link.opened >= AUTH_DEADLINE_S:
-                link.close("tcp_unauthenticated")
-                self.counters["tcp_unauthenticated"] += 1
-            elif now - link.last_rx >= self.idle_s:
-                link.close("tcp_idle")
-                self.counters["tcp_idle"] += 1
-            else:
-                continue
-            closed.append(link)
-        return closed
+        return sweep_links(self.links, now, self.idle_s, self.counters)
 
     def close(self) -> None:
         for link in list(self.links):

@@ -11,10 +11,8 @@ and a control path naming someone else's file is refused without touching it.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import pytest
 from pyroute2 import IPRoute
 from support import repo_env, site_toml
 
+from l2bridge.ops.control import ControlError, query
 from netns.realise.nsenter import netns_preexec
 
 WAIT_S = 15.0  # a bound for the watcher to notice and act (it checks on every link event)
@@ -56,19 +55,14 @@ class Site:
     def answers(self) -> bool:
         try:
             self.show()
-        except (OSError, ValueError):
+        except ControlError:
             return False
         return True
 
     def show(self) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.sock)
-            s.sendall(b'{"cmd": "show"}\n')
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        return json.loads(data)
+        reply = query(str(self.sock), "show", timeout_s=5)
+        assert isinstance(reply, dict)
+        return reply
 
     @property
     def log(self) -> str:

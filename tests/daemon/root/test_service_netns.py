@@ -11,7 +11,6 @@ real HTTP client and parsed with Prometheus' own parser.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -28,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import repo_env, site_toml
 
 from l2bridge.io.notify import socket_address
+from l2bridge.ops.control import query
 from netns.realise.nsenter import in_netns, netns_preexec
 
 BOUND_S = 30.0  # a wait longer than this is a failure
@@ -87,14 +87,9 @@ class Daemon:
                 stdin=subprocess.DEVNULL, env=env)
 
     def show(self) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(self.sock)
-            s.sendall(b'{"cmd": "show"}\n')
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        return json.loads(data)
+        reply = query(str(self.sock), "show", timeout_s=10)
+        assert isinstance(reply, dict)
+        return reply
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "l2bridge", *args], capture_output=True,
