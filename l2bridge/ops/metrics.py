@@ -61,7 +61,7 @@ PEER_COUNTERS = {
     "handshakes": ("l2bridge_peer_handshakes_total", "Completed handshakes with the peer"),
     "rekeys": ("l2bridge_peer_rekeys_total", "Handshakes that replaced a current session"),
     "times_down": ("l2bridge_peer_down_total", "Times the peer was declared down"),
-    "roamed": ("l2bridge_peer_roamed_total", "Times the peer's endpoint moved"),
+    "roamed": ("l2bridge_peer_roamed_total", "Times the peer's UDP endpoint was learned or moved"),
     "path_changes": ("l2bridge_peer_path_changes_total",
                      "Times the peer's data moved between UDP, TCP and a relay"),
     "relayed_in": ("l2bridge_peer_relayed_rx_bytes_total",

@@ -187,13 +187,13 @@ def arrived(state: SiteState, peer: Peer, addr: object, now: float, probe: bool)
     reach = peer.reach
     kind = type(addr)
     if kind is tuple:
+        old = reach.udp
+        if old != addr:  # its UDP endpoint is learned (the first one too) or moved, even
+            peer.roamed += 1  # while data goes another way (a relay, a TCP link)
+            if old is not None:
+                log.info("peer %s roamed from %s to %s", peer.name, describe(state, old),
+                         describe(state, addr))
         if reach.arrived_udp(addr, probe=probe):
-            old = peer.addr
-            if old is None or (peer.path == paths.UDP and old != addr):
-                peer.roamed += 1  # the endpoint follows the datagram (the first one too)
-                if old is not None:
-                    log.info("peer %s roamed from %s to %s", peer.name, describe(state, old),
-                             describe(state, addr))
             retarget(state, peer, addr)
     elif is_link(addr):
         link: TcpLink = addr  # type: ignore[assignment]

@@ -372,3 +372,45 @@ async def test_storm_control_holds_on_a_relayed_path(lab, sites, autojump_clock)
     assert 100 <= crossed <= 160
     assert peer(lab, "a", "b")["drops"]["storm_broadcast_out"] == 2000 - crossed
     assert peer(lab, "b", "a")["flooded_by_class"]["in"]["broadcast"] == crossed
+
+
+async def test_roamed_counts_the_first_direct_endpoint_after_a_relay(lab, sites, autojump_clock):
+    """Relayed first (no direct hole yet), then the direct path opens: the peer's UDP
+    endpoint is learned then, and ``roamed`` counts that first binding once."""
+    a, b, m, configs = three(sites)
+    direct = {addr_of("a"), addr_of("b")}
+    lab.block = lambda data, src, dst: src in direct and dst in direct
+    await lab.start(m, configs["m"])
+    await lab.start(a, configs["a"])
+    await lab.start(b, configs["b"])
+    await wait_for(lambda: both(lab, "a", "b", "relay"), 20)
+    assert (peer(lab, "a", "b")["roamed"], peer(lab, "b", "a")["roamed"]) == (0, 0)
+    lab.block = None
+    await wait_for(lambda: both(lab, "a", "b", "udp"), 30)
+    await trio.sleep(5)
+    assert peer(lab, "a", "b")["endpoint"] == "{}:{}".format(*addr_of("b"))
+    assert (peer(lab, "a", "b")["roamed"], peer(lab, "b", "a")["roamed"]) == (1, 1)
+
+
+async def test_a_peer_started_over_by_a_reload_has_not_roamed(lab, sites, autojump_clock):
+    """A reload that starts a peer over (its transport changed: new paths, a new
+    handshake) keeps the endpoint it is bound to: its datagrams from there are no roam."""
+    from l2bridge.core import reload as planning
+    from l2bridge.core.keys import Secrets
+    from l2bridge.site import reload as applying
+
+    a, b, _ = sites
+    old = config_for(a, [b], dial_in=("b",))
+    await lab.start(a, old)
+    await lab.start(b, config_for(b, [a]))
+    await wait_for(lambda: both(lab, "a", "b", "udp"), 10)
+    assert peer(lab, "a", "b")["roamed"] == 1  # b dialled in: its endpoint learned
+    new = config_for(a, [b], dial_in=("b",), extra={"b": {"transport": '"udp"'}})
+    secrets = Secrets(a.private, {})
+    plan = planning.plan(old, new, secrets, secrets)
+    assert [c.what for c in plan.changed] == [["transport"]]
+    applying.apply(lab.bridges["a"].state, plan, new, secrets)
+    await wait_for(lambda: both(lab, "a", "b", "udp"), 10)
+    assert await carries(lab, "b", "a", b"after-reload") == 1
+    assert peer(lab, "a", "b")["endpoint"] == "{}:{}".format(*addr_of("b"))
+    assert peer(lab, "a", "b")["roamed"] == 1
