@@ -24,7 +24,6 @@ inherit from it.
 from __future__ import annotations
 
 import os
-import signal
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -42,23 +41,6 @@ if not any(ep.name == "l2bridge_lab" for ep in entry_points(group="pytest11")):
 
 NEEDS_ROOT_REASON = "needs root (network namespaces, veths, bridges, /dev/net/tun)"
 _IS_ROOT = os.geteuid() == 0
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """SIGTERM (a CI runner cancelling the job, ``timeout``) ends the run as Ctrl-C does:
-    every fixture's teardown runs, so no namespace or daemon outlives the run.  Only in
-    this process: a child forked from it (a preexec, a fork server) dies of SIGTERM as
-    it would have, never running this process's teardowns itself."""
-    runner = os.getpid()
-
-    def interrupt(signum: int, frame: object) -> None:
-        if os.getpid() != runner:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

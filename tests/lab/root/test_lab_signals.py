@@ -198,3 +198,42 @@ def test_run_json_with_compare(tmp_path: object) -> None:
     assert doc["checks"][-1]["numbers"]["ratio"] > 0
     assert doc["total"] == len(load_scenario(TWO).checks) + 1
     assert leftovers(doc["lab"]) == []
+
+
+INNER_TESTS = f"""
+import sys
+import trio
+
+async def test_holds_a_lab(lab_scenario):
+    lab = await lab_scenario({TWO!r}, gateway="vxlan", wan_mtu=1550)
+    print("LAB", lab.plan.prefix, file=sys.stderr, flush=True)
+    await trio.sleep(60)
+
+def test_after_it():
+    print("RAN AFTER THE SIGTERM", file=sys.stderr, flush=True)
+"""
+
+
+def test_sigterm_to_a_test_run_tears_its_labs_down_and_ends_it(tmp_path: object) -> None:
+    """The pytest plugin: SIGTERM to a test runner (a CI job cancelled) interrupts the
+    trio test holding a lab as Ctrl-C does, the lab is torn down, and no test runs after."""
+    path = os.path.join(str(tmp_path), "test_inner.py")
+    with open(path, "w") as f:
+        f.write(INNER_TESTS)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                             "-o", "trio_mode=true", path], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        prefix = wait_for(proc, r"^LAB l2b[0-9a-f]{5}$", timeout_s=60)[-1].split()[1]
+        assert leftovers(prefix)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode() + err.decode()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
+    assert "Interrupted: SIGTERM: the test run was asked to stop" in text
+    assert "RAN AFTER THE SIGTERM" not in text and "abandoned" not in text
+    assert leftovers(prefix) == []
