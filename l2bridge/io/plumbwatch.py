@@ -55,10 +55,12 @@ class PlumbingWatch:
 
         A repair the kernel refuses is decided again once from a fresh look after
         SETTLE_S: a bridge being deleted releases its ports before it is gone, so a
-        look in between sees a port to re-attach to a bridge that is going away."""
+        look in between sees a port to re-attach to a bridge that is going away.  A note
+        the first look already said is not said again."""
+        said: set[str] = set()
         for attempt in range(REPAIR_ATTEMPTS):
             try:
-                self._check_once()
+                self._check_once(said)
                 return
             except NetctlError as exc:
                 if attempt + 1 == REPAIR_ATTEMPTS:
@@ -66,11 +68,13 @@ class PlumbingWatch:
                     raise PlumbingError(f"repairing the plumbing failed: {exc}") from None
             await trio.sleep(SETTLE_S)
 
-    def _check_once(self) -> None:
+    def _check_once(self, said: set[str]) -> None:
         now = self.plumb.observe()
         decision = plumbing.decide(self.plumb.expected(), self.observed, now)
         for note in decision.notes:
-            log.warning("%s", note)
+            if note not in said:
+                said.add(note)
+                log.warning("%s", note)
         if decision.fatal is not None:
             self.observed = now
             log.error("%s", decision.fatal)

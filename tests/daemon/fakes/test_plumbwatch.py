@@ -46,3 +46,40 @@ async def test_a_refused_repair_is_decided_again_and_names_the_real_cause() -> N
             await watch.check()
     assert plumb.repairs == 1
     assert 'bridge "br9" was deleted; l2bridge did not create it' in str(info.value)
+
+
+class RefusedOnce:
+    """The NIC disappears and the tap leaves the bridge; re-attaching the tap is refused
+    once, then done: the decision (with its note about the NIC) is made twice."""
+
+    def __init__(self) -> None:
+        self.looks = [
+            {"br9": BRIDGE, "l2b0": TAP, "eth1": NIC},
+            {"br9": BRIDGE, "l2b0": LinkView(2, "tun", 0, True), "eth1": None},
+            {"br9": BRIDGE, "l2b0": LinkView(2, "tun", 0, True), "eth1": None},
+            {"br9": BRIDGE, "l2b0": TAP, "eth1": None},
+        ]
+        self.repairs = 0
+
+    def expected(self) -> Expected:
+        return Expected(bridge="br9", tap="l2b0", interfaces=("eth1",), created=False)
+
+    def observe(self) -> dict[str, LinkView | None]:
+        return self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
+
+    def repair(self, repairs: object) -> None:
+        self.repairs += 1
+        if self.repairs == 1:
+            raise NetctlError('enslaving tap "l2b0" to bridge "br9": Device busy (EBUSY)')
+
+
+async def test_a_retried_decision_says_its_notes_once(caplog: pytest.LogCaptureFixture) -> None:
+    plumb = RefusedOnce()
+    watch = PlumbingWatch(plumb)  # type: ignore[arg-type]
+    await watch.check()
+    with trio.fail_after(5):
+        await watch.check()
+    assert plumb.repairs == 2
+    notes = [r.getMessage() for r in caplog.records if "disappeared" in r.getMessage()]
+    assert notes == ['interface "eth1" disappeared: the LAN behind it is cut; '
+                     "it is attached again when it comes back"]
